@@ -1,0 +1,167 @@
+"""The DRAC2022 Task 1 submission format: ``1.nii.gz`` (IRMA), ``2.nii.gz`` (NA), ``3.nii.gz`` (NV).
+
+Each file is one uint8 stack (N, H, W) of {0, 1} masks, slices in integer-sorted case order,
+written like the organisers' example: ``SimpleITK.GetImageFromArray`` without transpose, so
+SimpleITK reports size (W, H, N), spacing 1, origin 0 and identity direction.
+
+Header check against the organisers' example files (SimpleITK 2.5.7 / ITK 5.4): size convention,
+spacing, origin, direction, pixel type and every NIfTI header key agree except the size fields
+``dim[1..3]`` and ``xyzt_units``, which is 10 here (mm + seconds) and 2 (mm) in the example. ITK
+5.4 always sets the time-unit bits; older ITK left them 0. It has no effect on a 3D image
+(dim[4] = 1, pixdim[4] = 0) and readers, the organisers' included, take only the array.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from drac_algo.classes import LESION_CLASSES
+from drac_algo.errors import DracInputError
+from drac_algo.fsutil import atomic_path
+from drac_algo.metrics import check_binary
+
+SUBMISSION_FILES: dict[int, str] = {c.index: f"{c.index}.nii.gz" for c in LESION_CLASSES}
+_BAD_TEAM = re.compile(r"[/\\\x00]")
+
+
+def check_stack(stack: np.ndarray, where: str) -> None:
+    """Raise :class:`DracInputError` unless ``stack`` is a non-empty (N, H, W) uint8 array of
+    {0, 1}."""
+    if not isinstance(stack, np.ndarray):
+        raise DracInputError(f"{where}: expected a numpy array, got {type(stack).__name__}")
+    if stack.ndim != 3 or 0 in stack.shape:
+        raise DracInputError(f"{where}: expected a non-empty (N, H, W) stack, got {stack.shape}")
+    if stack.dtype != np.uint8:
+        raise DracInputError(f"{where}: expected dtype uint8, got {stack.dtype}")
+    check_binary(stack, where)
+
+
+def _check_classes(keys: set[int], where: str) -> None:
+    expected = set(SUBMISSION_FILES)
+    if keys != expected:
+        raise DracInputError(
+            f"{where}: expected classes {sorted(expected)}, got {sorted(keys)} "
+            f"(missing {sorted(expected - keys)}, unknown {sorted(keys - expected)})"
+        )
+
+
+def _check_same_shape(shapes: dict[int, tuple[int, ...]], where: str) -> None:
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(f"class {i}: {s}" for i, s in sorted(shapes.items()))
+        raise DracInputError(f"{where}: the three stacks must have one (N, H, W) shape; {listed}")
+
+
+def write_submission(out_dir: str | os.PathLike, stacks: dict[int, np.ndarray]) -> list[Path]:
+    """Write ``1.nii.gz``, ``2.nii.gz``, ``3.nii.gz`` into ``out_dir``, each atomically.
+
+    stacks: class index (1, 2, 3) -> (N, H, W) uint8 in {0, 1}, one shape for all three, slices
+    in integer-sorted case order. A 0/255 stack is an error (values must be {0, 1}). Returns the
+    written paths in class order.
+    """
+    out_dir = Path(out_dir)
+    _check_classes(set(stacks), "write_submission")
+    for index, stack in stacks.items():
+        check_stack(stack, f"submission class {index}")
+    _check_same_shape({i: s.shape for i, s in stacks.items()}, "write_submission")
+    written = []
+    for index, name in sorted(SUBMISSION_FILES.items()):
+        path = out_dir / name
+        with atomic_path(path) as tmp:
+            sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(stacks[index])), str(tmp))
+        written.append(path)
+    return written
+
+
+def read_submission(folder: str | os.PathLike) -> dict[int, np.ndarray]:
+    """Read a submission folder: class index -> (N, H, W) uint8 in {0, 1}.
+
+    Stacks stored with another pixel type are accepted when their values are 0 and 1 (and
+    returned as uint8). Errors name the file: missing files, unreadable files, not 3D, several
+    components, values other than {0, 1}, stacks of different shapes.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DracInputError(f"submission folder not found: {folder}")
+    missing = [n for n in SUBMISSION_FILES.values() if not (folder / n).is_file()]
+    if missing:
+        present = sorted(p.name for p in folder.iterdir())
+        raise DracInputError(
+            f"submission folder {folder} lacks {', '.join(missing)}; it holds: "
+            + (", ".join(present) or "nothing")
+        )
+    stacks = {}
+    for index, name in sorted(SUBMISSION_FILES.items()):
+        path = folder / name
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError:
+            raise DracInputError(f"{path}: unreadable or truncated NIfTI file") from None
+        if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+            raise DracInputError(
+                f"{path}: expected a 3D one-component stack (size W, H, N), got dimension "
+                f"{image.GetDimension()} with {image.GetNumberOfComponentsPerPixel()} components"
+            )
+        array = sitk.GetArrayFromImage(image)
+        check_binary(array, str(path))
+        stacks[index] = array.astype(np.uint8, copy=False)
+    _check_same_shape({i: s.shape for i, s in stacks.items()}, f"submission {folder}")
+    return stacks
+
+
+def zip_submission(folder: str | os.PathLike, zip_path: str | os.PathLike, team: str) -> Path:
+    """Package a checked submission folder as ``zip_path`` holding ``TEAM/1.nii.gz`` etc.
+
+    The files are read and validated first; the zip is written atomically and stored
+    uncompressed (the NIfTI files are already gzip-compressed).
+    """
+    if not team.strip() or _BAD_TEAM.search(team) or team in {".", ".."}:
+        raise DracInputError(f"team name {team!r} cannot be a zip folder name")
+    folder, zip_path = Path(folder), Path(zip_path)
+    read_submission(folder)
+    with atomic_path(zip_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+        for name in SUBMISSION_FILES.values():
+            zf.write(folder / name, arcname=f"{team}/{name}")
+    return zip_path
+
+
+@dataclass
+class NiftiHeader:
+    """What SimpleITK reports about a file without reading its pixels.
+
+    size: (x, y, z) = (W, H, N) for a submission stack; metadata: the NIfTI header keys.
+    """
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    pixel_type: str
+    components: int
+    metadata: dict[str, str]
+
+
+def read_header(path: str | os.PathLike) -> NiftiHeader:
+    """Header of an image file as SimpleITK sees it (pixels are not decoded)."""
+    path = Path(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise DracInputError(f"{path}: unreadable image header") from None
+    return NiftiHeader(
+        size=tuple(reader.GetSize()),
+        spacing=tuple(reader.GetSpacing()),
+        origin=tuple(reader.GetOrigin()),
+        direction=tuple(reader.GetDirection()),
+        pixel_type=sitk.GetPixelIDValueAsString(reader.GetPixelID()),
+        components=int(reader.GetNumberOfComponents()),
+        metadata={k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()},
+    )

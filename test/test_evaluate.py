@@ -1,0 +1,163 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from click.testing import CliRunner
+
+from drac_algo.data import find_layout
+from drac_algo.evaluate import main
+from drac_algo.submission import write_submission
+
+REPO = Path(__file__).resolve().parents[1]
+IDS = [86, 285, 1299]  # integer order; "1299" sorts before "285" as text
+
+
+def _box(r0, r1, c0, c1, size=32):
+    mask = np.zeros((size, size), np.uint8)
+    mask[r0:r1, c0:c1] = 1
+    return mask
+
+
+# Ground truth per case and class (only lesions present get a file) and a prediction whose
+# scores are worked out by hand:
+#   class 1: case 86 gt 16 px, pred 8 px inside -> dice 16/24, iou 8/16; case 285 gt empty (FP
+#            ignored); case 1299 gt 4 px, pred empty -> 0, 0.  Class: dice 1/3, iou 1/4, 2 scored.
+#   class 2: case 285 exact -> 1, 1 (FP on case 86 ignored).  Class: 1, 1, 1 scored.
+#   class 3: no gt anywhere -> NaN (null), 0 scored.  Means over classes 1 and 2: 2/3, 5/8.
+GT = {86: {1: _box(0, 4, 0, 4)}, 285: {2: _box(0, 8, 0, 8)}, 1299: {1: _box(10, 12, 10, 12)}}
+PRED = {
+    86: {1: _box(0, 4, 0, 2), 2: _box(20, 22, 20, 22)},
+    285: {1: _box(30, 31, 30, 31), 2: _box(0, 8, 0, 8)},
+    1299: {3: _box(1, 2, 1, 2)},
+}
+EXPECTED = {
+    "classes": {
+        "1": {"dice": pytest.approx(1 / 3), "iou": pytest.approx(1 / 4), "n_scored": 2},
+        "2": {"dice": 1.0, "iou": 1.0, "n_scored": 1},
+        "3": {"dice": None, "iou": None, "n_scored": 0},
+    },
+    "mean_dice": pytest.approx(2 / 3),
+    "mean_iou": pytest.approx(5 / 8),
+}
+
+
+def _stacks(cases):
+    zeros = np.zeros((32, 32), np.uint8)
+    return {i: np.stack([cases[cid].get(i, zeros) for cid in IDS]) for i in (1, 2, 3)}
+
+
+@pytest.fixture
+def gt_root(make_drac):
+    return make_drac({"b": GT}, name="gt")
+
+
+def _run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result
+
+
+def _scores(tmp_path, *args):
+    out = tmp_path / "scores.json"
+    result = _run(*args, "--json", out)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data == EXPECTED
+    assert list(data) == ["classes", "mean_dice", "mean_iou"]
+    return result
+
+
+def test_png_ground_truth_against_a_submission(tmp_path, gt_root):
+    layout = find_layout(gt_root)
+    write_submission(tmp_path / "sub", _stacks(PRED))
+    result = _scores(
+        tmp_path, "--gt", layout.test_masks, "--pred", tmp_path / "sub", "--images",
+        layout.test_images,
+    )  # fmt: skip
+    lines = result.stdout.splitlines()
+    assert lines[1].split()[-3:] == ["0.3333", "0.2500", "2/3"]
+    assert lines[4].split()[-2:] == ["0.6667", "0.6250"]
+    assert "class 3 (Neovascularization): no image has a ground-truth lesion" in result.stderr
+
+
+def test_whole_drac_root_picks_test_ground_truth_and_images(tmp_path, make_drac):
+    root = make_drac({"a": {1: {1: _box(0, 1, 0, 1)}}, "b": GT}, sep="._", outer="copy")
+    write_submission(tmp_path / "sub", _stacks(PRED))
+    _scores(tmp_path, "--gt", root, "--pred", tmp_path / "sub")
+
+
+def test_png_folders_on_both_sides(tmp_path, gt_root, make_drac):
+    pred = find_layout(make_drac({"b": PRED}, name="pred")).test_masks
+    _scores(tmp_path, "--gt", gt_root, "--pred", pred)
+
+
+def test_submissions_on_both_sides(tmp_path, gt_root):
+    write_submission(tmp_path / "gt", _stacks(GT))
+    write_submission(tmp_path / "pred", _stacks(PRED))
+    _scores(tmp_path, "--gt", tmp_path / "gt", "--pred", tmp_path / "pred")
+    images = find_layout(gt_root).test_images
+    _scores(tmp_path, "--gt", tmp_path / "gt", "--pred", tmp_path / "pred", "--images", images)
+
+
+def test_png_masks_need_a_case_list(tmp_path, gt_root):
+    write_submission(tmp_path / "sub", _stacks(PRED))
+    result = _run("--gt", find_layout(gt_root).test_masks, "--pred", tmp_path / "sub")
+    assert result.exit_code == 2
+    assert "--images is needed" in result.stderr
+
+
+def test_case_count_mismatch_is_an_error(tmp_path, gt_root):
+    stacks = {i: s[:2] for i, s in _stacks(PRED).items()}
+    write_submission(tmp_path / "sub", stacks)
+    result = _run("--gt", gt_root, "--pred", tmp_path / "sub")
+    assert result.exit_code == 2
+    assert "differ in (cases, H, W)" in result.stderr and "(3, 32, 32)" in result.stderr
+
+
+def test_image_size_mismatch_is_an_error(tmp_path, gt_root):
+    stacks = {i: s[:, :16] for i, s in _stacks(PRED).items()}
+    write_submission(tmp_path / "sub", stacks)
+    result = _run("--gt", gt_root, "--pred", tmp_path / "sub")
+    assert result.exit_code == 2 and "(3, 16, 32)" in result.stderr
+
+
+def test_0_255_prediction_is_an_error(tmp_path, gt_root):
+    write_submission(tmp_path / "sub", _stacks(PRED))
+    sitk.WriteImage(sitk.GetImageFromArray(_stacks(PRED)[1] * 255), str(tmp_path / "sub/1.nii.gz"))
+    result = _run("--gt", gt_root, "--pred", tmp_path / "sub")
+    assert result.exit_code == 2
+    assert "1.nii.gz: values must be {0, 1}; found {0, 255}" in result.stderr
+
+
+def test_png_prediction_with_bad_values_is_an_error(tmp_path, gt_root, make_drac):
+    pred = find_layout(make_drac({"b": PRED}, name="pred")).test_masks
+    bad = pred / "2. Nonperfusion Areas" / "285.png"
+    cv2.imwrite(str(bad), np.full((32, 32), 7, np.uint8))
+    result = _run("--gt", gt_root, "--pred", pred)
+    assert result.exit_code == 2 and "285.png: mask values" in result.stderr
+
+
+def test_unrecognised_folder_lists_its_children(tmp_path, gt_root):
+    (tmp_path / "odd" / "masks").mkdir(parents=True)
+    result = _run("--gt", gt_root, "--pred", tmp_path / "odd")
+    assert result.exit_code == 2
+    assert "neither a submission folder" in result.stderr and "holds: masks/" in result.stderr
+
+
+def test_module_entry_point(tmp_path):
+    stacks = _stacks(GT)
+    write_submission(tmp_path / "gt", stacks)
+    args = ["-m", "drac_algo.evaluate", "--gt", tmp_path / "gt", "--pred", tmp_path / "gt"]
+    done = subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-2].split()[-2:] == ["1.0000", "1.0000"]
