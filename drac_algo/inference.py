@@ -1,0 +1,646 @@
+"""The ensemble inference engine: probability maps and masks for one image, one network per
+lesion class member (seeds/folds), with test-time augmentation.
+
+Per class and image (shapes for an input image (H, W) uint8):
+
+1. For each member: scale the uint8 image bilinearly so that the longer side equals the member's
+   ``input_size`` (aspect ratio kept; for square images this is exactly the training/validation
+   resize of :func:`drac_algo.augment.eval_transform`); normalise ``(x / 255 - mean) / std``
+   with the member's own normalisation; reflect-pad, centred, to a square whose side is the next
+   multiple of 32 (encoders halve the size up to 5 times, and the D4 transforms that swap H and
+   W need a square so that all views share one batch).
+2. The member's TTA views (the requested set intersected with the transforms its bundle entry
+   lists as valid) go through the network in batches of at most ``max_views_per_batch``; each
+   view's logits (n, 1, S, S) are mapped back with that transform's inverse, then passed through
+   a sigmoid.
+3. The ensemble averages *probabilities*, not logits: the mean of the sigmoid over views gives a
+   member map, which is cropped and resized back to (H, W) (bilinear when enlarging, area when
+   shrinking); the mean over the class's members gives the class probability map (H, W)
+   float32 in [0, 1].
+4. ``mask = probability >= threshold`` (uint8 {0, 1}), then the class's optional clean-up
+   (:func:`drac_algo.postprocess.postprocess_mask`).
+
+The functional core (:func:`predict_probability`) takes any callables as networks, so tests use
+fake networks. :class:`Predictor` holds the networks of a whole bundle, loaded once, and adds
+device/precision set-up, prefetching of the next image and out-of-memory handling: on
+``torch.OutOfMemoryError`` the views per batch are halved down to 1 (and stay reduced for later
+images), then the image runs on the CPU; each step is logged as a warning.
+"""
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from drac_algo.errors import DracInputError
+from drac_algo.postprocess import postprocess_mask, threshold_probability
+from drac_algo.tta import TTATransform, select_transforms
+
+logger = logging.getLogger(__name__)
+
+PAD_MULTIPLE = 32
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+Network = Callable[[torch.Tensor], torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass(frozen=True)
+class Member:
+    """One network of a class ensemble and the input contract it was trained with.
+
+    ``network`` maps a float32 batch (n, 1, S, S) (S a multiple of 32) to logits (n, 1, S, S);
+    any callable works. ``input_size`` is the side the longer image side is scaled to;
+    ``mean``/``std`` the normalisation of ``x / 255``; ``tta`` the transform names valid for
+    this network (``None`` = all).
+    """
+
+    network: Network
+    input_size: int
+    mean: float = 0.5
+    std: float = 0.25
+    tta: tuple[str, ...] | None = None
+    name: str = "member"
+
+    def __post_init__(self) -> None:
+        if self.input_size < 1:
+            raise DracInputError(f"{self.name}: input_size must be >= 1, found {self.input_size}")
+        if not self.std > 0:
+            raise DracInputError(f"{self.name}: normalisation std must be > 0, found {self.std}")
+
+
+@dataclass(frozen=True)
+class ClassEnsemble:
+    """The members of one lesion class and how their mean probability becomes a mask."""
+
+    index: int
+    members: tuple[Member, ...]
+    threshold: float = 0.5
+    min_component_px: int = 0
+    fill_holes: bool = False
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise DracInputError(f"class {self.index} ({self.key}): no members")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise DracInputError(
+                f"class {self.index} ({self.key}): threshold must lie in [0, 1], "
+                f"found {self.threshold}"
+            )
+
+
+@dataclass
+class CasePrediction:
+    """The engine's output for one image, keyed by class index.
+
+    probabilities: (H, W) float32 in [0, 1]; masks: (H, W) uint8 in {0, 1} (after threshold and
+    clean-up); seconds: engine wall time for this image; warnings: out-of-memory events.
+    """
+
+    probabilities: dict[int, np.ndarray]
+    masks: dict[int, np.ndarray]
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# Device and precision
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` = the first CUDA device when available, else the CPU. Asking for CUDA on a
+    machine without it raises :class:`DracInputError`."""
+    if isinstance(device, str) and device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DracInputError(f"unknown device {device!r}: {exc}") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DracInputError(f"device {device!r} requested but CUDA is not available")
+        if resolved.index is None:
+            # Parameters report "cuda:0", never "cuda": compare like with like.
+            resolved = torch.device("cuda", torch.cuda.current_device())
+    return resolved
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``; ``None`` means plain float32.
+
+    ``"auto"``: bf16 on CUDA where supported, else fp16 on CUDA; fp32 elsewhere. ``"bf16"`` and
+    ``"fp16"`` are honoured on the CPU too (explicit opt-in); ``"bf16"`` on a CUDA device
+    without bf16 support raises :class:`DracInputError`.
+    """
+    if precision not in PRECISIONS:
+        raise DracInputError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    is_cuda = device.type == "cuda"
+    if precision == "auto":
+        if not is_cuda:
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "bf16" and is_cuda and not torch.cuda.is_bf16_supported():
+        raise DracInputError(f"precision 'bf16' requested but {device} does not support it")
+    return _DTYPES[precision]
+
+
+def _precision_name(dtype: torch.dtype | None) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _release_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _module_device(network: Network) -> torch.device | None:
+    if not isinstance(network, torch.nn.Module):
+        return None
+    for tensor in (*network.parameters(), *network.buffers()):
+        return tensor.device
+    return None
+
+
+def _place(network: Network, device: torch.device) -> None:
+    """Move an ``nn.Module`` to ``device`` if it lives elsewhere. Other callables are assumed to
+    run wherever their input is."""
+    current = _module_device(network)
+    if current is not None and current != device:
+        network.to(device)
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry: from an image to the network's square input and back
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where an (H, W) image sits inside the network input: scaled to ``resized`` (h, w) and
+    placed at (``top``, ``left``) in a ``side`` x ``side`` square."""
+
+    original: tuple[int, int]
+    resized: tuple[int, int]
+    side: int
+    top: int
+    left: int
+
+
+def plan_geometry(
+    shape: tuple[int, int], input_size: int, multiple: int = PAD_MULTIPLE
+) -> Geometry:
+    """Scale (H, W) so that max(H, W) == ``input_size`` (aspect ratio kept, each side at least 1),
+    then pad to a centred square with a side that is a multiple of ``multiple``."""
+    h, w = (int(s) for s in shape)
+    if h < 1 or w < 1:
+        raise DracInputError(f"image must have a positive size, found {h} x {w}")
+    if max(h, w) == input_size:
+        rh, rw = h, w
+    else:
+        scale = input_size / max(h, w)
+        rh, rw = max(1, round(h * scale)), max(1, round(w * scale))
+    side = math.ceil(max(rh, rw) / multiple) * multiple
+    return Geometry((h, w), (rh, rw), side, (side - rh) // 2, (side - rw) // 2)
+
+
+def _resize(array: np.ndarray, shape: tuple[int, int], area_when_shrinking: bool) -> np.ndarray:
+    if array.shape == shape:
+        return array
+    shrinking = shape[0] * shape[1] < array.shape[0] * array.shape[1]
+    area = area_when_shrinking and shrinking
+    interpolation = cv2.INTER_AREA if area else cv2.INTER_LINEAR
+    return cv2.resize(array, (shape[1], shape[0]), interpolation=interpolation)
+
+
+def to_network_input(
+    image: np.ndarray, input_size: int, mean: float, std: float, multiple: int = PAD_MULTIPLE
+) -> tuple[np.ndarray, Geometry]:
+    """(H, W) uint8 -> ((S, S) float32 normalised, reflect-padded network input, its Geometry).
+
+    The uint8 image is resized bilinearly before normalising, as
+    :func:`drac_algo.augment.eval_transform` does in training and validation, so a square image
+    gets exactly the input the networks were validated on.
+    """
+    geometry = plan_geometry(image.shape, input_size, multiple)
+    resized = _resize(image, geometry.resized, area_when_shrinking=False)
+    x = (resized.astype(np.float32) / np.float32(255.0) - np.float32(mean)) / np.float32(std)
+    (rh, rw), side = geometry.resized, geometry.side
+    padding = ((geometry.top, side - rh - geometry.top), (geometry.left, side - rw - geometry.left))
+    # Reflection keeps image statistics in the border (zeros would look like a dark vessel-free
+    # region, which is what nonperfusion looks like); the border is cropped off afterwards.
+    return np.ascontiguousarray(np.pad(x, padding, mode="reflect")), geometry
+
+
+def from_network_output(probability: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """(S, S) probabilities in the padded frame -> (H, W) float32 in [0, 1] at the original size."""
+    (rh, rw), top, left = geometry.resized, geometry.top, geometry.left
+    crop = np.ascontiguousarray(probability[top : top + rh, left : left + rw], dtype=np.float32)
+    return np.clip(_resize(crop, geometry.original, area_when_shrinking=True), 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# The forward pass over TTA views
+
+
+def forward_views(
+    network: Network,
+    x: torch.Tensor,
+    transforms: Sequence[TTATransform],
+    max_views_per_batch: int,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Mean sigmoid probability over TTA views.
+
+    x: (1, 1, S, S) float32 on the network's device. Views are batched ``max_views_per_batch``
+    at a time; each view's logits go through its transform's inverse before the sigmoid.
+    Returns (S, S) float32 in [0, 1] on the same device.
+    """
+    if not transforms:
+        raise DracInputError("forward_views: no TTA transforms given")
+    device = x.device
+    total: torch.Tensor | None = None
+    with torch.inference_mode(), _autocast(device, dtype):
+        for start in range(0, len(transforms), max_views_per_batch):
+            group = transforms[start : start + max_views_per_batch]
+            batch = torch.cat([t.forward(x) for t in group])
+            if device.type == "cuda":
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            logits = network(batch)
+            if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != tuple(batch.shape):
+                found = getattr(logits, "shape", type(logits).__name__)
+                raise DracInputError(
+                    f"network returned {found} for a batch {tuple(batch.shape)}; expected logits "
+                    "of the same shape (n, 1, S, S)"
+                )
+            for i, transform in enumerate(group):
+                probability = torch.sigmoid(transform.inverse(logits[i : i + 1]).float())
+                total = probability if total is None else total + probability
+    return total[0, 0] / len(transforms)
+
+
+@dataclass
+class _RunState:
+    """What the engine learns while running: the working views per batch and OOM events."""
+
+    max_views_per_batch: int
+    oom_retries: int = 0
+    cpu_fallbacks: int = 0
+    events: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        logger.warning(message)
+        self.events.append(message)
+
+
+def _member_probability(
+    member: Member,
+    transforms: Sequence[TTATransform],
+    padded: np.ndarray,
+    device: torch.device,
+    precision: str,
+    state: _RunState,
+) -> np.ndarray:
+    """(S, S) float32 mean probability over views for one member, with the OOM fallbacks."""
+    x = torch.from_numpy(padded)[None, None]
+    dtype = resolve_precision(precision, device)
+    while True:
+        out_of_memory = False
+        try:
+            _place(member.network, device)
+            result = forward_views(
+                member.network, x.to(device), transforms, state.max_views_per_batch, dtype
+            )
+            return result.float().cpu().numpy()
+        except torch.OutOfMemoryError:
+            # Leave the except block before freeing memory: the traceback holds the tensors.
+            out_of_memory = True
+        if out_of_memory:
+            _release_memory(device)
+            if state.max_views_per_batch <= 1:
+                if device.type == "cpu":
+                    raise torch.OutOfMemoryError(
+                        f"{member.name}: out of memory on the CPU with one view per batch"
+                    )
+                break
+            smaller = max(1, state.max_views_per_batch // 2)
+            state.oom_retries += 1
+            state.warn(
+                f"{member.name}: out of memory on {device} with {state.max_views_per_batch} "
+                f"views per batch; retrying with {smaller}"
+            )
+            state.max_views_per_batch = smaller
+    state.cpu_fallbacks += 1
+    state.warn(
+        f"{member.name}: out of memory on {device} even with one view per batch; "
+        "running this image on the CPU"
+    )
+    cpu = torch.device("cpu")
+    _place(member.network, cpu)  # moved back to the device at the start of the next call
+    return forward_views(member.network, x, transforms, 1, resolve_precision(precision, cpu))
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise DracInputError(f"image: expected a numpy array, found {type(image).__name__}")
+    if image.ndim != 2 or image.dtype != np.uint8:
+        raise DracInputError(
+            f"image: expected a 2D (H, W) uint8 array, found shape {image.shape} {image.dtype}"
+        )
+    return image
+
+
+def _class_probability(
+    members: Sequence[Member],
+    transforms: Sequence[Sequence[TTATransform]],
+    image: np.ndarray,
+    device: torch.device,
+    precision: str,
+    state: _RunState,
+    inputs: dict[tuple, tuple[np.ndarray, Geometry]],
+) -> np.ndarray:
+    """Mean over members of each member's probability map, (H, W) float32 in [0, 1].
+    ``inputs`` caches prepared network inputs by (input_size, mean, std) across calls for the
+    same image."""
+    total = np.zeros(image.shape, dtype=np.float32)
+    for member, views in zip(members, transforms, strict=True):
+        key = (member.input_size, member.mean, member.std)
+        if key not in inputs:
+            inputs[key] = to_network_input(image, *key)
+        padded, geometry = inputs[key]
+        member_map = _member_probability(member, views, padded, device, precision, state)
+        total += from_network_output(member_map, geometry)
+    return total / np.float32(len(members))
+
+
+def predict_probability(
+    members: Sequence[Member],
+    image: np.ndarray,
+    tta: str | Sequence[str] = "d4",
+    max_views_per_batch: int = 8,
+    device: str | torch.device = "cpu",
+    precision: str = "auto",
+) -> np.ndarray:
+    """One class's probability map for one image: the mean over members of the mean over TTA
+    views of the sigmoid probabilities (probabilities are averaged, not logits).
+
+    members: networks already on ``device`` (``nn.Module``s are moved there if not); image: (H, W)
+    uint8; tta: a set name from :data:`drac_algo.tta.TTA_SETS` or transform names, intersected
+    per member with ``member.tta``. Returns (H, W) float32 in [0, 1].
+    """
+    image = _check_image(image)
+    if not members:
+        raise DracInputError("predict_probability: no members given")
+    if max_views_per_batch < 1:
+        raise DracInputError(f"max_views_per_batch must be >= 1, found {max_views_per_batch}")
+    device = resolve_device(device)
+    resolve_precision(precision, device)
+    transforms = [select_transforms(tta, m.tta, where=m.name) for m in members]
+    state = _RunState(max_views_per_batch)
+    return _class_probability(members, transforms, image, device, precision, state, {})
+
+
+# --------------------------------------------------------------------------------------------
+# The stateful predictor
+
+
+_END = object()
+
+
+def _default_load(item: Any) -> Any:
+    from drac_algo.images import load_image
+
+    return load_image(item)
+
+
+def _pixels(loaded: Any) -> np.ndarray:
+    return loaded if isinstance(loaded, np.ndarray) else loaded.pixels
+
+
+class Predictor:
+    """All class ensembles of a model, on one device, loaded once and reused for every image.
+
+    ``predict(image)`` gives a :class:`CasePrediction`; ``predict_many(items)`` does the same for
+    a sequence of files while the next one is decoded in a background thread. Out-of-memory
+    handling shrinks ``max_views_per_batch`` for the rest of the run (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        classes: Sequence[ClassEnsemble],
+        *,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        tta: str | Sequence[str] = "d4",
+        max_views_per_batch: int = 8,
+        source: str | Path | None = None,
+    ) -> None:
+        if not classes:
+            raise DracInputError("Predictor: no classes given")
+        indices = [c.index for c in classes]
+        if len(set(indices)) != len(indices):
+            raise DracInputError(f"Predictor: duplicate class indices {indices}")
+        if max_views_per_batch < 1:
+            raise DracInputError(f"max_views_per_batch must be >= 1, found {max_views_per_batch}")
+        self.device = resolve_device(device)
+        self.precision = precision
+        self.dtype = resolve_precision(precision, self.device)
+        self.tta = tta
+        self.requested_views_per_batch = max_views_per_batch
+        self.source = None if source is None else str(source)
+        self.ensembles: dict[int, ClassEnsemble] = {
+            c.index: c for c in sorted(classes, key=lambda c: c.index)
+        }
+        self.transforms: dict[int, list[tuple[TTATransform, ...]]] = {
+            c.index: [
+                select_transforms(tta, m.tta, where=f"class {c.index} {m.name}") for m in c.members
+            ]
+            for c in self.ensembles.values()
+        }
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # every image has the same shape
+        for ensemble in self.ensembles.values():
+            for member in ensemble.members:
+                if isinstance(member.network, torch.nn.Module):
+                    member.network.eval()
+                    _place(member.network, self.device)
+                    if self.device.type == "cuda":
+                        member.network.to(memory_format=torch.channels_last)
+        self._state = _RunState(max_views_per_batch)
+        self._seconds: list[float] = []
+
+    @classmethod
+    def from_bundle(
+        cls,
+        folder: str | Path,
+        *,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        tta: str | Sequence[str] = "d4",
+        max_views_per_batch: int = 8,
+        classes: Iterable[int] | None = None,
+    ) -> "Predictor":
+        """Build every member of the bundle in ``folder`` (see :mod:`drac_algo.bundle`) once,
+        with the thresholds, clean-up and TTA validity stored there. ``classes`` limits the run
+        to some class indices."""
+        from drac_algo.bundle import build_member, load_bundle
+
+        bundle = load_bundle(folder)
+        wanted = sorted(bundle.classes) if classes is None else sorted(set(classes))
+        missing = [i for i in wanted if i not in bundle.classes]
+        if missing:
+            raise DracInputError(
+                f"{folder}: classes {missing} requested, the bundle holds {sorted(bundle.classes)}"
+            )
+        ensembles = []
+        for index in wanted:
+            entry = bundle.classes[index]
+            members = tuple(
+                Member(
+                    network=build_member(folder, spec, map_location="cpu"),
+                    input_size=spec.input_size,
+                    mean=spec.normalization.mean,
+                    std=spec.normalization.std,
+                    tta=tuple(spec.tta),
+                    name=f"{entry.key} {spec.file}",
+                )
+                for spec in entry.members
+            )
+            ensembles.append(
+                ClassEnsemble(
+                    index=entry.index,
+                    members=members,
+                    threshold=entry.threshold,
+                    min_component_px=entry.min_component_px,
+                    fill_holes=entry.fill_holes,
+                    key=entry.key,
+                )
+            )
+        return cls(
+            ensembles,
+            device=device,
+            precision=precision,
+            tta=tta,
+            max_views_per_batch=max_views_per_batch,
+            source=folder,
+        )
+
+    @property
+    def classes(self) -> tuple[int, ...]:
+        """The class indices this predictor produces, ascending."""
+        return tuple(self.ensembles)
+
+    def predict(self, image: np.ndarray) -> CasePrediction:
+        """Probability maps and masks of every class for one (H, W) uint8 image."""
+        image = _check_image(image)
+        start = time.perf_counter()
+        first_event = len(self._state.events)
+        inputs: dict[tuple, tuple[np.ndarray, Geometry]] = {}
+        probabilities, masks = {}, {}
+        for index, ensemble in self.ensembles.items():
+            probability = _class_probability(
+                ensemble.members,
+                self.transforms[index],
+                image,
+                self.device,
+                self.precision,
+                self._state,
+                inputs,
+            )
+            mask = threshold_probability(probability, ensemble.threshold)
+            probabilities[index] = probability
+            masks[index] = postprocess_mask(mask, ensemble.min_component_px, ensemble.fill_holes)
+        seconds = time.perf_counter() - start
+        self._seconds.append(seconds)
+        return CasePrediction(probabilities, masks, seconds, self._state.events[first_event:])
+
+    def predict_many(
+        self, items: Iterable[Any], load: Callable[[Any], Any] | None = None
+    ) -> Iterator[tuple[Any, Any, CasePrediction]]:
+        """Yield ``(item, loaded, prediction)`` in the order of ``items``, decoding the next item
+        in a background thread while the current one runs through the networks.
+
+        ``load(item)`` returns either an (H, W) uint8 array or an object with a ``.pixels`` array
+        (default: :func:`drac_algo.images.load_image`, so items are file paths). An error while
+        loading an item is raised when that item's turn comes, after the earlier ones were
+        yielded.
+        """
+        load = _default_load if load is None else load
+        iterator = iter(items)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="drac-prefetch") as pool:
+
+            def submit() -> tuple[Any, Future] | None:
+                item = next(iterator, _END)
+                return None if item is _END else (item, pool.submit(load, item))
+
+            pending = submit()
+            try:
+                while pending is not None:
+                    item, future = pending
+                    loaded = future.result()
+                    pending = submit()
+                    yield item, loaded, self.predict(_pixels(loaded))
+            finally:
+                if pending is not None:
+                    pending[1].cancel()
+
+    def settings(self) -> dict[str, Any]:
+        """The run's settings for a results file (JSON-serialisable)."""
+        return {
+            "device": str(self.device),
+            "precision": self.precision,
+            "autocast": _precision_name(self.dtype),
+            "tta": self.tta if isinstance(self.tta, str) else list(self.tta),
+            "max_views_per_batch": self.requested_views_per_batch,
+            "bundle": self.source,
+            "classes": {
+                str(index): {
+                    "key": ensemble.key,
+                    "threshold": ensemble.threshold,
+                    "min_component_px": ensemble.min_component_px,
+                    "fill_holes": ensemble.fill_holes,
+                    "members": [
+                        {
+                            "name": member.name,
+                            "input_size": member.input_size,
+                            "views": [t.name for t in views],
+                        }
+                        for member, views in zip(
+                            ensemble.members, self.transforms[index], strict=True
+                        )
+                    ],
+                }
+                for index, ensemble in self.ensembles.items()
+            },
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Timings and out-of-memory counts so far (JSON-serialisable)."""
+        seconds = self._seconds
+        return {
+            "images": len(seconds),
+            "seconds_total": float(sum(seconds)),
+            "seconds_mean": float(np.mean(seconds)) if seconds else None,
+            "seconds_max": float(max(seconds)) if seconds else None,
+            "views_per_batch_now": self._state.max_views_per_batch,
+            "oom_retries": self._state.oom_retries,
+            "cpu_fallbacks": self._state.cpu_fallbacks,
+        }
