@@ -1,0 +1,227 @@
+"""Augmentation and input preparation (albumentations 2.0.8).
+
+Input: an image ``(H, W)`` uint8 (one channel) and optionally a mask ``(H, W)`` uint8 in {0, 1}.
+Output of :func:`apply_transform`: image tensor ``(1, S, S)`` float32, normalised as
+``(pixels / 255 - mean) / std`` (:class:`~drac_algo.models.Normalization`), and mask tensor
+``(1, S, S)`` float32 in {0, 1} (``S`` = the input size), or ``None`` without a mask.
+
+The training pipeline is the method's: horizontal flip, rotation, random crop, Gaussian noise,
+random brightness/contrast, one of {elastic, grid distortion, affine}, then normalisation.
+Geometric transforms move the mask with the image (nearest-neighbour, so it stays binary);
+intensity transforms touch the image only. The random crop needs an image larger than the
+crop: the image is first resized to the input size (as in evaluation), then with probability
+``crop_p`` zoomed by a random factor in ``[1, crop_zoom_max]`` and cropped back to the input
+size at a random place (scale-then-crop). Evaluation: resize to the input size, normalise.
+
+Every transform is built with ``strict=True`` and so is the ``Compose``: a misspelt or
+pre-2.0 argument name raises instead of being dropped with a warning. ``OneOf`` takes no
+``strict`` argument in 2.0.8; the strict ``Compose`` checks the transforms inside it.
+
+Albumentations transforms carry their own random generator, which a DataLoader copies into
+every worker unchanged: reseed each worker's copy (``transform.set_random_seed(seed)`` from a
+``worker_init_fn``) or the workers repeat each other's augmentations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+from drac_algo.errors import DracInputError
+from drac_algo.models import Normalization
+
+REFERENCE_SIZE = 1024  # the DRAC image size, at which AugmentConfig's elastic values are given
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Probabilities and strengths of the training augmentation (a recipe's ``[augment]``).
+
+    Probabilities are in [0, 1]; ``distortion_p`` is the chance that one of elastic / grid /
+    affine is applied (each then equally likely). Noise std is a fraction of 255.
+    """
+
+    hflip_p: float = 0.5
+    rotate_p: float = 0.5
+    rotate_limit: float = 45.0  # degrees, either way
+    crop_p: float = 0.5
+    crop_zoom_max: float = 1.25
+    noise_p: float = 0.2
+    noise_std_range: tuple[float, float] = (0.01, 0.05)
+    brightness_contrast_p: float = 0.3
+    brightness_limit: float = 0.2
+    contrast_limit: float = 0.2
+    distortion_p: float = 0.3
+    # Elastic strength as at 1024 x 1024 (REFERENCE_SIZE): alpha 3000 with sigma 50 displaces
+    # pixels by about 3 px on average (max about 10). Other input sizes scale sigma with the
+    # size and alpha with its square, which keeps the displacement the same fraction of the image.
+    elastic_alpha: float = 3000.0
+    elastic_sigma: float = 50.0
+    grid_distort_limit: float = 0.15
+    affine_scale: tuple[float, float] = (0.9, 1.1)
+    affine_translate: float = 0.05  # fraction of the image size, either way
+    affine_shear: float = 5.0  # degrees, either way
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+                raise DracInputError(f"{f.name} must be numeric; got {value!r}")
+            if f.name.endswith("_p") and not 0 <= value <= 1:
+                raise DracInputError(f"{f.name} is a probability in [0, 1]; got {value}")
+            if any(v < 0 for v in values):
+                raise DracInputError(f"{f.name} must be >= 0; got {value!r}")
+        for name in ("noise_std_range", "affine_scale"):
+            low_high = getattr(self, name)
+            if len(low_high) != 2 or low_high[0] > low_high[1]:
+                raise DracInputError(f"{name} must be [low, high]; got {list(low_high)}")
+        if self.crop_zoom_max < 1:
+            raise DracInputError(f"crop_zoom_max must be >= 1; got {self.crop_zoom_max}")
+        if self.affine_scale[0] <= 0:
+            raise DracInputError(f"affine_scale must be > 0; got {self.affine_scale}")
+
+    @classmethod
+    def geometric_only(cls) -> AugmentConfig:
+        """All geometric transforms always on, intensity transforms off (for tests/previews)."""
+        return cls(
+            hflip_p=1.0,
+            rotate_p=1.0,
+            crop_p=1.0,
+            noise_p=0.0,
+            brightness_contrast_p=0.0,
+            distortion_p=1.0,
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+
+def _normalize(norm: Normalization) -> A.Normalize:
+    # albumentations computes (img - mean * max) / (std * max): the same as (img / 255 - m) / s.
+    return A.Normalize(mean=norm.mean, std=norm.std, max_pixel_value=255.0, p=1.0, strict=True)
+
+
+def _check_size(input_size: int) -> None:
+    if not isinstance(input_size, int) or input_size < 1:
+        raise DracInputError(f"input_size must be a positive integer; got {input_size!r}")
+
+
+def train_transform(
+    input_size: int,
+    norm: Normalization,
+    cfg: AugmentConfig | None = None,
+    seed: int | None = None,
+) -> A.Compose:
+    """The training pipeline for images resized to ``input_size`` x ``input_size``.
+
+    Call it as ``transform(image=image, mask=mask)`` or through :func:`apply_transform`.
+    ``seed`` fixes the pipeline's random generator (``None``: fresh randomness).
+    """
+    _check_size(input_size)
+    cfg = cfg or AugmentConfig()
+    scale = input_size / REFERENCE_SIZE
+    border = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0, "fill_mask": 0}
+    transforms = [
+        A.Resize(input_size, input_size, interpolation=cv2.INTER_LINEAR, p=1.0, strict=True),
+        A.HorizontalFlip(p=cfg.hflip_p, strict=True),
+        A.Rotate(limit=cfg.rotate_limit, p=cfg.rotate_p, strict=True, **border),
+        A.RandomScale(
+            scale_limit=(0.0, cfg.crop_zoom_max - 1.0),
+            interpolation=cv2.INTER_LINEAR,
+            p=cfg.crop_p,
+            strict=True,
+        ),
+        # A no-op unless RandomScale enlarged the image.
+        A.RandomCrop(input_size, input_size, p=1.0, strict=True),
+        A.GaussNoise(std_range=cfg.noise_std_range, p=cfg.noise_p, strict=True),
+        A.RandomBrightnessContrast(
+            brightness_limit=cfg.brightness_limit,
+            contrast_limit=cfg.contrast_limit,
+            p=cfg.brightness_contrast_p,
+            strict=True,
+        ),
+        A.OneOf(
+            [
+                A.ElasticTransform(
+                    alpha=cfg.elastic_alpha * scale**2,
+                    sigma=cfg.elastic_sigma * scale,
+                    p=1.0,
+                    strict=True,
+                    **border,
+                ),
+                A.GridDistortion(
+                    distort_limit=cfg.grid_distort_limit, p=1.0, strict=True, **border
+                ),
+                A.Affine(
+                    scale=cfg.affine_scale,
+                    translate_percent=(-cfg.affine_translate, cfg.affine_translate),
+                    shear=(-cfg.affine_shear, cfg.affine_shear),
+                    p=1.0,
+                    strict=True,
+                    **border,
+                ),
+            ],
+            p=cfg.distortion_p,
+        ),
+        _normalize(norm),
+    ]
+    return A.Compose(transforms, strict=True, seed=seed)
+
+
+def eval_transform(input_size: int, norm: Normalization) -> A.Compose:
+    """Validation / inference preparation: resize to ``input_size`` x ``input_size`` (linear for
+    the image, nearest for a mask), normalise."""
+    _check_size(input_size)
+    return A.Compose(
+        [
+            A.Resize(input_size, input_size, interpolation=cv2.INTER_LINEAR, p=1.0, strict=True),
+            _normalize(norm),
+        ],
+        strict=True,
+    )
+
+
+def to_tensors(
+    image: np.ndarray, mask: np.ndarray | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(H, W)`` float32 normalised image -> ``(1, H, W)`` float32 tensor; ``(H, W)`` mask in
+    {0, 1} -> ``(1, H, W)`` float32 tensor in {0, 1} (``None`` stays ``None``)."""
+    if image.ndim != 2:
+        raise DracInputError(f"expected a one-channel (H, W) image; got shape {image.shape}")
+    image_t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).unsqueeze(0)
+    if mask is None:
+        return image_t, None
+    if mask.shape != image.shape:
+        raise DracInputError(f"mask shape {mask.shape} differs from image shape {image.shape}")
+    if mask.size and (mask.min() < 0 or mask.max() > 1):
+        raise DracInputError(
+            f"mask values must be in {{0, 1}}; found range [{mask.min()}, {mask.max()}]"
+        )
+    mask_t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)).unsqueeze(0)
+    return image_t, mask_t
+
+
+def apply_transform(
+    transform: A.Compose, image: np.ndarray, mask: np.ndarray | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run ``transform`` on a ``(H, W)`` uint8 image (and ``(H, W)`` uint8 {0, 1} mask) and
+    return ``(1, S, S)`` float32 tensors (see :func:`to_tensors`)."""
+    if image.ndim != 2 or image.dtype != np.uint8:
+        raise DracInputError(
+            f"expected an (H, W) uint8 image; got shape {image.shape}, dtype {image.dtype}"
+        )
+    if mask is None:
+        out = transform(image=image)
+        return to_tensors(out["image"])
+    if mask.shape != image.shape:
+        raise DracInputError(f"mask shape {mask.shape} differs from image shape {image.shape}")
+    out = transform(image=image, mask=mask.astype(np.uint8, copy=False))
+    return to_tensors(out["image"], out["mask"])

@@ -1,0 +1,378 @@
+"""Typed training configuration, loaded from plain TOML files.
+
+A run's settings are resolved in layers, each one over the last:
+
+1. the :class:`TrainConfig` dataclass defaults,
+2. the task's default recipe ``drac_algo/recipes/<task>.toml`` (the method's settings),
+3. an optional overrides file (TOML, same layout as a recipe; any subset of keys),
+4. command-line overrides passed to :func:`load_config` as keyword arguments
+   (``epochs=2``; nested keys with a double underscore: ``model__encoder="resnet18"``;
+   ``None`` values are skipped so click options can be passed straight through).
+
+Every layer is checked for unknown keys (the error lists the valid ones) and the result is
+validated on construction, so a typo or a bad value stops the run before any training.
+TOML has no null: the string ``"none"`` sets an optional value (``attention``,
+``encoder_weights``, ``val.fold``, ...) to ``None``. A layer that names a different loss
+starts that loss's ``params`` from empty instead of merging them with the old loss's.
+
+``TrainConfig.to_dict()`` is the resolved config, ready for ``json.dumps``;
+``TrainConfig.from_dict`` reads it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drac_algo.augment import AugmentConfig
+from drac_algo.classes import LesionClass, lesion_class
+from drac_algo.errors import DracInputError
+from drac_algo.losses import build_loss
+from drac_algo.models import ModelSpec, Normalization, input_multiple
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULERS = ("multistep", "cosine", "constant")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """A loss from :data:`drac_algo.losses.LOSSES` and its keyword parameters."""
+
+    name: str = "dice"
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        build_loss(self.name, **self.params)  # raises on an unknown name or parameter
+
+
+@dataclass(frozen=True)
+class ValConfig:
+    """How training images are split for validation.
+
+    Default: ``folds``-fold cross-validation (K >= 2), every fold trained (``fold = None``) or
+    only fold ``fold`` (0-based). With ``holdout_fraction`` set, one random split holding out
+    that fraction replaces the folds (then ``fold`` must stay unset).
+    """
+
+    folds: int = 5
+    fold: int | None = None
+    holdout_fraction: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.folds < 2:
+            raise DracInputError(f"folds must be >= 2; got {self.folds}")
+        if self.fold is not None and not 0 <= self.fold < self.folds:
+            raise DracInputError(f"fold must be in 0..{self.folds - 1}; got {self.fold}")
+        if self.holdout_fraction is not None:
+            if not 0 < self.holdout_fraction < 1:
+                raise DracInputError(
+                    f"holdout_fraction must be in (0, 1); got {self.holdout_fraction}"
+                )
+            if self.fold is not None:
+                raise DracInputError("fold and holdout_fraction cannot both be set")
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Turning probabilities into a mask: the threshold is chosen on validation data from
+    ``threshold_grid``; connected components smaller than ``min_component_px`` pixels are
+    dropped (0: keep all); ``fill_holes`` fills holes inside components."""
+
+    threshold_grid: tuple[float, ...] = tuple(round(0.2 + 0.05 * i, 2) for i in range(13))
+    min_component_px: int = 0
+    fill_holes: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.threshold_grid or not all(0 < t < 1 for t in self.threshold_grid):
+            raise DracInputError(
+                f"threshold_grid needs values in (0, 1); got {self.threshold_grid}"
+            )
+        if self.min_component_px < 0:
+            raise DracInputError(f"min_component_px must be >= 0; got {self.min_component_px}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one task's training run needs. See the recipes for the method's values.
+
+    ``scheduler``: ``"multistep"`` multiplies the learning rate by ``gamma`` at each
+    ``milestones`` fraction of ``epochs``; ``"cosine"`` anneals from ``lr`` to ``min_lr`` over
+    ``epochs``; ``"constant"`` keeps ``lr``. The learning rate never goes below ``min_lr``.
+    ``amp``: ``"auto"`` (mixed precision on CUDA only), ``true`` or ``false``.
+    ``encoder_weights``: ``None`` (random init), ``"imagenet"`` or a local weights file (see
+    :func:`drac_algo.models.resolve_encoder_weights`; a relative path is taken from the
+    working directory). ``positives_only``: train on the images that contain the lesion only.
+    """
+
+    task: str
+    model: ModelSpec
+    normalization: Normalization = field(default_factory=Normalization)
+    input_size: int = 1024
+    epochs: int = 100
+    batch_size: int = 4
+    grad_accum_steps: int = 1
+    lr: float = 1e-4
+    min_lr: float = 1e-9
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    scheduler: str = "multistep"
+    milestones: tuple[float, ...] = (0.25,)
+    gamma: float = 0.1
+    loss: LossConfig = field(default_factory=LossConfig)
+    positives_only: bool = True
+    val: ValConfig = field(default_factory=ValConfig)
+    seeds: tuple[int, ...] = (0,)
+    num_workers: int = 4
+    amp: bool | str = "auto"
+    channels_last: bool = True
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    encoder_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", lesion_class(self.task).key)
+        multiple = input_multiple(self.model)
+        if self.input_size < multiple or self.input_size % multiple:
+            raise DracInputError(
+                f"input_size must be a positive multiple of {multiple} for encoder_depth "
+                f"{self.model.encoder_depth}; got {self.input_size}"
+            )
+        for name in ("epochs", "batch_size", "grad_accum_steps"):
+            if getattr(self, name) < 1:
+                raise DracInputError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise DracInputError(f"num_workers must be >= 0; got {self.num_workers}")
+        if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
+            raise DracInputError(
+                f"need lr > 0 and 0 <= min_lr <= lr; got lr={self.lr}, min_lr={self.min_lr}"
+            )
+        if self.weight_decay < 0:
+            raise DracInputError(f"weight_decay must be >= 0; got {self.weight_decay}")
+        if self.optimizer not in OPTIMIZERS:
+            raise DracInputError(
+                f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}"
+            )
+        if self.scheduler not in SCHEDULERS:
+            raise DracInputError(
+                f"unknown scheduler {self.scheduler!r}; valid: {', '.join(SCHEDULERS)}"
+            )
+        if self.scheduler == "multistep":
+            ms = self.milestones
+            if not ms or not all(0 < m < 1 for m in ms) or list(ms) != sorted(set(ms)):
+                raise DracInputError(
+                    "milestones must be increasing fractions of the epochs in (0, 1); "
+                    f"got {list(ms)}"
+                )
+            if not 0 < self.gamma <= 1:
+                raise DracInputError(f"gamma must be in (0, 1]; got {self.gamma}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise DracInputError(
+                f"seeds must be a non-empty list of distinct ints; got {self.seeds}"
+            )
+        if self.amp not in ("auto", True, False):
+            raise DracInputError(f"amp must be 'auto', true or false; got {self.amp!r}")
+        if (
+            self.encoder_weights not in (None, "imagenet")
+            and not Path(self.encoder_weights).expanduser().is_file()
+        ):
+            raise DracInputError(
+                f"encoder_weights: file {self.encoder_weights} does not exist "
+                "(valid: none, 'imagenet' or a local weights file)"
+            )
+
+    @property
+    def lesion(self) -> LesionClass:
+        return lesion_class(self.task)
+
+    def milestone_epochs(self) -> list[int]:
+        """The epochs (0-based, learning rate changes before that epoch) of the multistep
+        schedule: ``round(fraction * epochs)``, at least 1, duplicates removed."""
+        return sorted({max(1, round(m * self.epochs)) for m in self.milestones})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as JSON-ready plain data (tuples become lists)."""
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys and bad values raise DracInputError."""
+        _check_keys(data, cls, source)
+        try:
+            return _convert(data, cls, "")
+        except DracInputError as exc:
+            raise DracInputError(f"{source}: {exc}") from exc
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_keys(data: Mapping[str, Any], cls: type, where: str) -> None:
+    """Raise on keys that are not fields of ``cls`` (recursing into dataclass sections)."""
+    if not isinstance(data, Mapping):
+        raise DracInputError(f"{where}: expected a table, got {data!r}")
+    hints = _hints(cls)
+    unknown = [k for k in data if k not in hints]
+    if unknown:
+        raise DracInputError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid: {', '.join(hints)}"
+        )
+    for key, value in data.items():
+        if dataclasses.is_dataclass(hints[key]):
+            _check_keys(value, hints[key], f"{where} [{key}]")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """``value`` from TOML/JSON as type ``tp`` (dataclasses, unions, tuples, scalars)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise DracInputError(f"{where}: expected a table, got {value!r}")
+        hints = _hints(tp)
+        kwargs = {
+            k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in value.items()
+        }
+        try:
+            return tp(**kwargs)
+        except (TypeError, DracInputError) as exc:  # TypeError: a required field is missing
+            raise DracInputError(f"{where}: {exc}" if where else str(exc)) from exc
+    if origin in (typing.Union, types.UnionType):
+        members = typing.get_args(tp)
+        if type(None) in members and (value is None or value == "none"):
+            return None
+        for member in members:
+            if member is type(None):
+                continue
+            try:
+                return _convert(value, member, where)
+            except DracInputError:
+                continue
+        raise DracInputError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise DracInputError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise DracInputError(f"{where}: expected {len(args)} values, got {list(value)}")
+        return tuple(
+            _convert(v, a, f"{where}[{i}]")
+            for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise DracInputError(f"{where}: expected a table, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise DracInputError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DracInputError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise DracInputError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise DracInputError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"config field type {tp!r} is not supported")  # a bug here, not bad input
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise DracInputError(f"cannot read config file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise DracInputError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def recipe_path(task: str | int) -> Path:
+    """The default recipe file of a task (``"irma"``, ``"na"``, ``"nv"`` or 1-3)."""
+    return RECIPES_DIR / f"{lesion_class(task).key}.toml"
+
+
+def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in layer.items():
+        old = merged.get(key)
+        renames_loss = (
+            key == "loss"
+            and isinstance(old, Mapping)
+            and isinstance(value, Mapping)
+            and "name" in value
+            and value["name"] != old.get("name")
+        )
+        if renames_loss:
+            old = {k: v for k, v in old.items() if k != "params"}
+        if isinstance(old, Mapping) and isinstance(value, Mapping):
+            merged[key] = _merge(dict(old), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _cli_layer(cli_overrides: Mapping[str, Any]) -> dict[str, Any]:
+    layer: dict[str, Any] = {}
+    for key, value in cli_overrides.items():
+        if value is None:
+            continue
+        *sections, leaf = key.split("__")
+        target = layer
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[leaf] = list(value) if isinstance(value, tuple) else value
+    return layer
+
+
+def load_config(
+    task: str | int, overrides_file: Path | None = None, **cli_overrides: Any
+) -> TrainConfig:
+    """The resolved :class:`TrainConfig` for ``task`` (see the module docstring for layers)."""
+    key = lesion_class(task).key
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    recipe = recipe_path(key)
+    layers.append((str(recipe), _read_toml(recipe)))
+    if overrides_file is not None:
+        layers.append((str(overrides_file), _read_toml(Path(overrides_file))))
+    if cli_overrides:
+        layers.append(("command-line overrides", _cli_layer(cli_overrides)))
+    merged: dict[str, Any] = {}
+    for source, layer in layers:
+        _check_keys(layer, TrainConfig, source)
+        if "task" in layer and lesion_class(layer["task"]).key != key:
+            raise DracInputError(f"{source} is for task {layer['task']!r}, not {key!r}")
+        merged = _merge(merged, layer)
+    merged["task"] = key
+    try:
+        return _convert(merged, TrainConfig, "")
+    except DracInputError as exc:
+        sources = " + ".join(source for source, _ in layers)
+        raise DracInputError(f"config from {sources}: {exc}") from exc

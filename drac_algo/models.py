@@ -1,0 +1,452 @@
+"""The segmentation networks: one binary model per lesion class, built from a :class:`ModelSpec`.
+
+Every model maps a ``(N, 1, H, W)`` float32 image, normalised as ``(uint8 / 255 - mean) / std``
+(see :class:`Normalization`), to ``(N, 1, H, W)`` float logits (apply a sigmoid for
+probabilities). ``H`` and ``W`` must be multiples of ``2 ** encoder_depth`` (32 at the default
+depth 5; :func:`input_multiple`).
+
+Architectures come from segmentation-models-pytorch (smp) 0.6.0 through one registry,
+:data:`ARCHITECTURES`. Decoder attention is one of :data:`ATTENTIONS`:
+
+- ``None``: plain smp decoder.
+- ``"cam"``: the method's channel attention module (:class:`ChannelAttention`) in both attention
+  slots of every Unet / Unet++ decoder block (see :func:`insert_channel_attention`).
+- ``"scse"``: smp's own concurrent spatial and channel squeeze-and-excitation, a different
+  module (it adds a spatial gate), kept as an ablation.
+
+Encoder weights are never downloaded behind the user's back: :func:`build_model` starts from
+random initialisation unless asked for ``"imagenet"`` (found in the local Hugging Face cache, or
+downloaded only with ``allow_download=True``) or given a local weights file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+from drac_algo.errors import DracInputError
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "unet": smp.Unet,
+    "unetplusplus": smp.UnetPlusPlus,
+    "deeplabv3plus": smp.DeepLabV3Plus,
+}
+ATTENTIONS: tuple[str | None, ...] = (None, "cam", "scse")
+# Architectures whose decoder blocks have the attention1/attention2 slots that CAM and scse use.
+ARCHITECTURES_WITH_DECODER_ATTENTION = ("unet", "unetplusplus")
+# smp's default Unet / Unet++ decoder widths for depth 5; a shallower encoder takes the first ones.
+SMP_UNET_DECODER_CHANNELS = (256, 128, 64, 32, 16)
+SMP_DEEPLAB_DECODER_CHANNELS = 256
+ENCODER_DEPTHS = (3, 4, 5)
+
+
+def encoder_names() -> list[str]:
+    """The smp encoder names accepted in a :class:`ModelSpec` (timm ``tu-<model>`` names also
+    are, when timm knows the model)."""
+    return list(smp.encoders.get_encoder_names())
+
+
+def _check_encoder(name: str) -> None:
+    if name in smp.encoders.get_encoder_names():
+        return
+    if name.startswith("tu-"):
+        import timm
+
+        if timm.is_model(name[3:]):
+            return
+    raise DracInputError(
+        f"unknown encoder {name!r}; valid: {', '.join(encoder_names())} (or 'tu-<timm model name>')"
+    )
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How a uint8 image becomes network input: ``(pixels / 255 - mean) / std``, one channel.
+
+    Defined here, beside the model, because it is part of each model's input contract; the
+    augmentation pipeline, the config, the bundle and inference all take it from here.
+    """
+
+    mean: float = 0.5
+    std: float = 0.25
+
+    def __post_init__(self) -> None:
+        numbers = all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in (self.mean, self.std)
+        )
+        if not numbers or not np.isfinite(self.mean) or not np.isfinite(self.std) or self.std <= 0:
+            raise DracInputError(
+                f"normalization needs a finite mean and a positive std; got mean={self.mean}, "
+                f"std={self.std}"
+            )
+
+    def apply(self, pixels: np.ndarray) -> np.ndarray:
+        """``(H, W)`` uint8 -> ``(H, W)`` float32 network input (same formula as augment.py)."""
+        return ((pixels.astype(np.float32) / 255.0 - self.mean) / self.std).astype(np.float32)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"mean": float(self.mean), "std": float(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Normalization:
+        _reject_unknown_keys(data, cls, "normalization")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a network (weights aside). Validated on construction.
+
+    ``arch``: a key of :data:`ARCHITECTURES`. ``encoder``: an smp encoder name.
+    ``attention``: ``None``, ``"cam"`` or ``"scse"`` (not with deeplabv3plus).
+    ``encoder_depth``: 3 to 5. ``decoder_channels``: ``None`` = smp default
+    ((256, 128, 64, 32, 16) cut to ``encoder_depth`` entries for Unet / Unet++; 256 for
+    DeepLabV3+, where a one-element tuple sets it).
+    """
+
+    arch: str
+    encoder: str = "resnet34"
+    attention: str | None = None
+    encoder_depth: int = 5
+    decoder_channels: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("arch", "encoder"):
+            if not isinstance(getattr(self, name), str):
+                raise DracInputError(f"model {name} must be a string; got {getattr(self, name)!r}")
+        if self.attention is not None and not isinstance(self.attention, str):
+            raise DracInputError(
+                f"model attention must be a string or none; got {self.attention!r}"
+            )
+        if self.arch not in ARCHITECTURES:
+            raise DracInputError(
+                f"unknown architecture {self.arch!r}; valid: {', '.join(ARCHITECTURES)}"
+            )
+        if self.attention not in ATTENTIONS:
+            valid = ", ".join(repr(a) for a in ATTENTIONS)
+            raise DracInputError(f"unknown decoder attention {self.attention!r}; valid: {valid}")
+        if self.attention is not None and self.arch not in ARCHITECTURES_WITH_DECODER_ATTENTION:
+            raise DracInputError(
+                f"attention {self.attention!r} needs a Unet-style decoder "
+                f"({', '.join(ARCHITECTURES_WITH_DECODER_ATTENTION)}); {self.arch} has no "
+                "decoder attention slots: use attention = none"
+            )
+        _check_encoder(self.encoder)
+        if isinstance(self.encoder_depth, bool) or self.encoder_depth not in ENCODER_DEPTHS:
+            raise DracInputError(
+                f"encoder_depth must be one of {ENCODER_DEPTHS}; got {self.encoder_depth!r}"
+            )
+        if self.decoder_channels is not None:
+            if not isinstance(self.decoder_channels, tuple | list):
+                raise DracInputError(
+                    f"decoder_channels must be a list of integers; got {self.decoder_channels!r}"
+                )
+            channels = tuple(self.decoder_channels)
+            object.__setattr__(self, "decoder_channels", channels)
+            if not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels):
+                raise DracInputError(
+                    f"decoder_channels must be positive integers; got {list(channels)}"
+                )
+            expected = 1 if self.arch == "deeplabv3plus" else self.encoder_depth
+            if len(channels) != expected:
+                raise DracInputError(
+                    f"{self.arch} with encoder_depth {self.encoder_depth} needs {expected} "
+                    f"decoder_channels; got {len(channels)} ({list(channels)})"
+                )
+        if self.attention == "scse":
+            # smp's SCSEModule squeezes to channels // 16 with no floor: below 16 channels that
+            # is a zero-width layer, so refuse rather than crash inside smp.
+            narrowest = min(self.resolved_decoder_channels())
+            if narrowest < 16:
+                raise DracInputError(
+                    f"scse attention needs every decoder block to have at least 16 channels; "
+                    f"decoder_channels {list(self.resolved_decoder_channels())} has {narrowest}"
+                )
+
+    def resolved_decoder_channels(self) -> tuple[int, ...]:
+        """The decoder widths actually built (smp defaults filled in)."""
+        if self.decoder_channels is not None:
+            return self.decoder_channels
+        if self.arch == "deeplabv3plus":
+            return (SMP_DEEPLAB_DECODER_CHANNELS,)
+        return SMP_UNET_DECODER_CHANNELS[: self.encoder_depth]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; ``from_dict(to_dict())`` gives back an equal spec."""
+        data = dataclasses.asdict(self)
+        if self.decoder_channels is not None:
+            data["decoder_channels"] = list(self.decoder_channels)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
+        """Build from a dict such as a manifest entry; unknown keys are an error."""
+        _reject_unknown_keys(data, cls, "model")
+        if "arch" not in data:
+            raise DracInputError("model spec has no 'arch'")
+        values = dict(data)
+        if values.get("attention") == "none":
+            values["attention"] = None
+        return cls(**values)
+
+
+def _reject_unknown_keys(data: Mapping[str, Any], cls: type, where: str) -> None:
+    if not isinstance(data, Mapping):
+        raise DracInputError(f"{where}: expected a table/object, got {type(data).__name__}")
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in valid]
+    if unknown:
+        raise DracInputError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}"
+        )
+
+
+def input_multiple(spec: ModelSpec) -> int:
+    """Input height and width must be multiples of this (``2 ** encoder_depth``)."""
+    return 2**spec.encoder_depth
+
+
+class ChannelAttention(nn.Module):
+    """The method's channel attention module (CAM), squeeze-and-excitation style.
+
+    ``(N, C, H, W) -> (N, C, H, W)``: global average pooling gives one value per channel, two
+    fully connected layers with a ReLU between (``C -> hidden -> C``) and a sigmoid give a gate
+    in (0, 1) per channel, and each channel of the input is multiplied by its gate.
+
+    ``hidden = max(min_hidden, channels // reduction)``, never more than ``channels``: with the
+    reduction of 16 a 16-channel block would otherwise squeeze to a single unit (and a narrower
+    one to zero), so narrow layers keep at least ``min_hidden`` (4) units.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 4) -> None:
+        super().__init__()
+        if channels < 1 or reduction < 1 or min_hidden < 1:
+            raise DracInputError(
+                f"ChannelAttention needs channels, reduction, min_hidden >= 1; got {channels}, "
+                f"{reduction}, {min_hidden}"
+            )
+        self.channels = channels
+        self.hidden = min(channels, max(min_hidden, channels // reduction))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Linear(channels, self.hidden)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Linear(self.hidden, channels)
+        self.sigmoid = nn.Sigmoid()
+
+    def gates(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` -> ``(N, C)`` gates in (0, 1)."""
+        squeezed = self.pool(x).flatten(1)
+        return self.sigmoid(self.fc2(self.relu(self.fc1(squeezed))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gates(x)[:, :, None, None]
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, hidden={self.hidden}"
+
+
+def _decoder_blocks_with_skip(model: nn.Module, arch: str) -> list[tuple[str, nn.Module, bool]]:
+    """``(name, block, has_skip)`` for every non-empty decoder block of an smp Unet / Unet++.
+
+    smp applies ``attention1`` only after concatenating a skip connection. In smp 0.6.0 the
+    blocks without one are the last Unet block and the last Unet++ block ``x_0_<depth>``.
+    """
+    decoder = model.decoder
+    if arch == "unet":
+        last = len(decoder.blocks) - 1
+        return [(f"blocks.{i}", b, i != last) for i, b in enumerate(decoder.blocks)]
+    if arch == "unetplusplus":
+        final = f"x_0_{decoder.depth}"
+        return [
+            (f"blocks.{name}", b, name != final)
+            for name, b in decoder.blocks.items()
+            if not b.is_empty
+        ]
+    raise DracInputError(f"{arch} has no decoder attention slots")
+
+
+def insert_channel_attention(model: nn.Module, arch: str, reduction: int = 16) -> list[str]:
+    """Put a :class:`ChannelAttention` into the decoder attention slots of an smp Unet / Unet++
+    built with ``decoder_attention_type=None``; returns the names of the filled slots.
+
+    In each decoder block, ``attention1`` gates the upsampled features concatenated with the
+    skip connection (``conv1``'s input channels = in + skip) and ``attention2`` gates the block
+    output (``conv2``'s output channels). ``attention2`` is filled in every block;
+    ``attention1`` in every block that has a skip connection (smp never calls it elsewhere,
+    so a module there would be dead weight). Only this model instance is changed.
+    """
+    filled = []
+    for name, block, has_skip in _decoder_blocks_with_skip(model, arch):
+        if has_skip:
+            block.attention1 = ChannelAttention(block.conv1[0].in_channels, reduction)
+            filled.append(f"decoder.{name}.attention1")
+        block.attention2 = ChannelAttention(block.conv2[0].out_channels, reduction)
+        filled.append(f"decoder.{name}.attention2")
+    return filled
+
+
+def build_network(spec: ModelSpec) -> nn.Module:
+    """The network for ``spec`` with random weights (no download, no file read).
+
+    Returns a module mapping ``(N, 1, H, W)`` float to ``(N, 1, H, W)`` logits; ``H, W``
+    multiples of :func:`input_multiple`. Use :func:`build_model` to start training (it loads
+    encoder weights when asked); bundles use this and then load their own state dict.
+    """
+    kwargs: dict[str, Any] = {
+        "encoder_name": spec.encoder,
+        "encoder_depth": spec.encoder_depth,
+        "encoder_weights": None,
+        "in_channels": 1,
+        "classes": 1,
+        "activation": None,
+    }
+    if spec.arch == "deeplabv3plus":
+        kwargs["decoder_channels"] = spec.resolved_decoder_channels()[0]
+    else:
+        kwargs["decoder_channels"] = spec.resolved_decoder_channels()
+        # CAM is not an smp attention type: build without attention, then fill the slots.
+        kwargs["decoder_attention_type"] = "scse" if spec.attention == "scse" else None
+    try:
+        model = ARCHITECTURES[spec.arch](**kwargs)
+    except (ValueError, KeyError) as exc:
+        raise DracInputError(f"smp cannot build {spec.to_dict()}: {exc}") from exc
+    if spec.attention == "cam":
+        insert_channel_attention(model, spec.arch)
+    return model
+
+
+def resolve_encoder_weights(
+    encoder: str, requested: str | Path | None, *, allow_download: bool = False
+) -> Path | None:
+    """Where the encoder's starting weights come from: a local file, or ``None`` (random).
+
+    ``requested``: ``None`` (random initialisation), ``"imagenet"`` (smp's ImageNet weights,
+    which smp 0.6.0 keeps on the Hugging Face hub: taken from the local Hugging Face cache, or
+    downloaded only when ``allow_download`` is true), or the path of a local weights file
+    (``.safetensors``, or ``.pt``/``.pth`` state dict). Raises :class:`DracInputError` when the
+    weights cannot be had without a download that was not allowed.
+    """
+    if requested is None:
+        return None
+    if str(requested) != "imagenet":
+        path = Path(requested).expanduser()
+        if not path.is_file():
+            raise DracInputError(
+                f"encoder weights file {path} does not exist (encoder_weights takes none, "
+                "'imagenet' or a local weights file)"
+            )
+        return path
+    settings = smp.encoders.encoders.get(encoder, {}).get("pretrained_settings", {})
+    if "imagenet" not in settings:
+        raise DracInputError(
+            f"smp knows no ImageNet weights for encoder {encoder!r}; pass a local weights file"
+        )
+    repo_id, revision = settings["imagenet"]["repo_id"], settings["imagenet"]["revision"]
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "model.safetensors", revision=revision)
+    if isinstance(cached, str):
+        return Path(cached)
+    if not allow_download:
+        raise DracInputError(
+            f"ImageNet weights for encoder {encoder!r} ({repo_id}@{revision[:8]}) are not in the "
+            f"local Hugging Face cache ({constants.HF_HUB_CACHE}) and downloading was not "
+            "allowed; pass a local weights file, allow the download on a machine with network, "
+            "or leave encoder_weights unset to start from random initialisation"
+        )
+    try:
+        return Path(hf_hub_download(repo_id, "model.safetensors", revision=revision))
+    except Exception as exc:  # network, proxy and hub errors all mean the same here
+        raise DracInputError(
+            f"could not download ImageNet weights for {encoder!r} from {repo_id}: {exc}"
+        ) from exc
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DracInputError(f"cannot read encoder weights {path}: {exc}") from exc
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise DracInputError(f"encoder weights {path} hold no state dict")
+    return dict(state)
+
+
+def load_encoder_weights(model: nn.Module, path: Path) -> None:
+    """Load an encoder state dict file into ``model.encoder`` (strict).
+
+    Accepts a bare encoder state dict (smp hub / torchvision layout; classifier keys are
+    dropped by smp's encoders) or a whole smp model's (``encoder.``-prefixed keys are taken).
+    A 3-channel first convolution is summed over its input channels to fit the one-channel
+    input, which is what smp does for ``in_channels=1``.
+    """
+    state = _read_state_dict(path)
+    if any(k.startswith("encoder.") for k in state):
+        state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+    own = model.encoder.state_dict()
+    for key, tensor in state.items():
+        target = own.get(key)
+        if (
+            target is not None
+            and tensor.ndim == 4
+            and target.ndim == 4
+            and target.shape[1] == 1
+            and tensor.shape[1] == 3
+            and tensor.shape[0] == target.shape[0]
+        ):
+            state[key] = tensor.sum(1, keepdim=True)
+    try:
+        model.encoder.load_state_dict(state)
+    except RuntimeError as exc:
+        raise DracInputError(f"encoder weights {path} do not fit this encoder: {exc}") from exc
+
+
+_logged_random_init: set[str] = set()
+
+
+def build_model(
+    spec: ModelSpec,
+    encoder_weights: str | Path | None = None,
+    *,
+    allow_download: bool = False,
+) -> nn.Module:
+    """The network for ``spec``, its encoder initialised as asked (see
+    :func:`resolve_encoder_weights`); ``(N, 1, H, W)`` float -> ``(N, 1, H, W)`` logits.
+
+    With ``encoder_weights=None`` the whole network is randomly initialised, said once per
+    process in the log.
+    """
+    path = resolve_encoder_weights(spec.encoder, encoder_weights, allow_download=allow_download)
+    model = build_network(spec)
+    if path is None:
+        if spec.encoder not in _logged_random_init:
+            _logged_random_init.add(spec.encoder)
+            log.info(
+                "encoder %s: random initialisation (no encoder weights asked for)", spec.encoder
+            )
+    else:
+        load_encoder_weights(model, path)
+        log.info("encoder %s: weights loaded from %s", spec.encoder, path)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

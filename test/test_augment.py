@@ -1,0 +1,169 @@
+"""Augmentation pipelines: output contract, mask alignment, strict argument checking."""
+
+import ast
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from drac_algo import augment
+from drac_algo.augment import (
+    AugmentConfig,
+    apply_transform,
+    eval_transform,
+    to_tensors,
+    train_transform,
+)
+from drac_algo.errors import DracInputError
+from drac_algo.models import Normalization
+
+NORM = Normalization(mean=0.5, std=0.25)
+
+
+def blob_case(size: int = 80, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A uint8 image that is exactly mask * 255, the mask a few filled rectangles."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((size, size), np.uint8)
+    for _ in range(4):
+        y, x = rng.integers(0, size - 20, 2)
+        h, w = rng.integers(8, 20, 2)
+        mask[y : y + h, x : x + w] = 1
+    return mask * 255, mask
+
+
+def to_pixels(image: torch.Tensor) -> np.ndarray:
+    return ((image[0].numpy() * NORM.std + NORM.mean) * 255).round()
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: train_transform(64, NORM, seed=3), lambda: eval_transform(64, NORM)]
+)
+def test_output_contract(make):
+    image, mask = blob_case(size=80)
+    image_t, mask_t = apply_transform(make(), image, mask)
+    assert image_t.shape == (1, 64, 64) and image_t.dtype == torch.float32
+    assert mask_t.shape == (1, 64, 64) and mask_t.dtype == torch.float32
+    assert set(mask_t.unique().tolist()) <= {0.0, 1.0}
+    image_only, none = apply_transform(make(), image)
+    assert image_only.shape == (1, 64, 64) and none is None
+
+
+def test_eval_transform_normalises_exactly():
+    image = np.full((64, 64), 128, np.uint8)
+    image_t, _ = apply_transform(eval_transform(64, NORM), image)
+    torch.testing.assert_close(image_t, torch.full((1, 64, 64), (128 / 255 - 0.5) / 0.25))
+    np.testing.assert_allclose(NORM.apply(image), image_t[0].numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_geometric_transforms_keep_mask_aligned_and_binary(seed):
+    image, mask = blob_case(seed=seed)
+    transform = train_transform(64, NORM, AugmentConfig.geometric_only(), seed=seed)
+    image_t, mask_t = apply_transform(transform, image, mask)
+    pixels, moved = to_pixels(image_t), mask_t[0].numpy().astype(np.uint8)
+    assert set(np.unique(moved)) <= {0, 1}
+    assert moved.sum() > 100
+    # The image is interpolated linearly, the mask nearest-neighbour: compare away from the
+    # mask's boundary, where a misaligned mask (e.g. one left unmoved) disagrees massively.
+    inside = cv2.erode(moved, np.ones((3, 3), np.uint8)).astype(bool)
+    outside = cv2.erode(1 - moved, np.ones((3, 3), np.uint8)).astype(bool)
+    assert (pixels[inside] > 127).mean() > 0.95
+    assert (pixels[outside] <= 127).mean() > 0.99
+    # ... and the transform really moved things (otherwise the check above proves nothing).
+    resized, _ = apply_transform(eval_transform(64, NORM), image, mask)
+    assert not torch.equal(image_t, resized)
+
+
+def test_intensity_transforms_leave_the_mask_alone():
+    image, mask = blob_case()
+    cfg = AugmentConfig(
+        hflip_p=0,
+        rotate_p=0,
+        crop_p=0,
+        distortion_p=0,
+        noise_p=1,
+        brightness_contrast_p=1,
+    )
+    image_t, mask_t = apply_transform(train_transform(80, NORM, cfg, seed=0), image, mask)
+    np.testing.assert_array_equal(mask_t[0].numpy(), mask)
+    assert not np.array_equal(to_pixels(image_t), image)
+
+
+def test_seed_makes_the_pipeline_reproducible():
+    image, mask = blob_case()
+    a = apply_transform(train_transform(64, NORM, seed=7), image, mask)
+    b = apply_transform(train_transform(64, NORM, seed=7), image, mask)
+    torch.testing.assert_close(a, b)
+
+
+def _all_transforms(compose):
+    for t in compose.transforms:
+        if isinstance(t, A.BaseCompose):
+            yield t
+            yield from _all_transforms(t)
+        else:
+            yield t
+
+
+def test_pipelines_hold_the_method_transforms():
+    names = {type(t).__name__ for t in _all_transforms(train_transform(64, NORM))}
+    method = {"HorizontalFlip", "Rotate", "RandomCrop", "GaussNoise", "RandomBrightnessContrast"}
+    assert method | {"OneOf", "ElasticTransform", "GridDistortion", "Affine", "Normalize"} <= names
+    assert train_transform(64, NORM).strict
+    assert eval_transform(64, NORM).strict
+
+
+def test_every_transform_is_built_with_strict_true():
+    # Albumentations validates strict=True at construction and does not keep it on the
+    # instance, so check the source: every A.<Transform>(...) call passes strict=True.
+    tree = ast.parse(Path(augment.__file__).read_text())
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "A"
+    ]
+    assert len(calls) >= 12
+    for call in calls:
+        if call.func.attr == "OneOf":  # takes no strict argument; the strict Compose checks it
+            continue
+        strict = [k for k in call.keywords if k.arg == "strict"]
+        assert strict and ast.literal_eval(strict[0].value) is True, call.func.attr
+
+
+def test_strict_rejects_an_old_argument_name():
+    # var_limit is GaussNoise's pre-2.0 argument (now std_range): strict makes it an error.
+    with pytest.raises(ValueError, match="var_limit"):
+        A.GaussNoise(var_limit=(10.0, 50.0), strict=True)
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="var_limit"):
+        A.Compose([A.OneOf([A.GaussNoise(var_limit=(10.0, 50.0))])], strict=True)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"hflip_p": 1.5}, "probability"),
+        ({"noise_std_range": (0.1, 0.01)}, "low, high"),
+        ({"crop_zoom_max": 0.5}, "crop_zoom_max"),
+        ({"rotate_limit": "45"}, "numeric"),
+    ],
+)
+def test_augment_config_rejects_bad_values(kwargs, match):
+    with pytest.raises(DracInputError, match=match):
+        AugmentConfig(**kwargs)
+
+
+def test_input_checks():
+    with pytest.raises(DracInputError, match="mask values"):
+        to_tensors(np.zeros((4, 4), np.float32), np.full((4, 4), 255, np.uint8))
+    with pytest.raises(DracInputError, match="uint8"):
+        apply_transform(eval_transform(32, NORM), np.zeros((32, 32), np.float32))
+    with pytest.raises(DracInputError, match="uint8"):
+        apply_transform(eval_transform(32, NORM), np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(DracInputError, match="input_size"):
+        train_transform(0, NORM)

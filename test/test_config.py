@@ -1,0 +1,170 @@
+"""Training configuration: default recipes, layered overrides, early errors."""
+
+import json
+
+import pytest
+
+from drac_algo.config import TrainConfig, load_config, recipe_path
+from drac_algo.errors import DracInputError
+from drac_algo.models import ModelSpec
+
+# The method's table: arch, attention, lr, min lr, scheduler, milestones, optimizer, loss, input.
+METHOD = {
+    "irma": ("unetplusplus", "cam", 1e-4, 1e-9, "multistep", [25], "adam", "dice", 1024),
+    "na": ("unetplusplus", "cam", 1e-4, 1e-9, "multistep", [25], "adam", "dice", 1024),
+    "nv": ("unet", None, 1e-4, 1e-9, "cosine", None, "adam", "dice", 1024),
+}
+
+
+@pytest.mark.parametrize("task", ["irma", "na", "nv"])
+def test_default_recipes_match_the_method(task):
+    cfg = load_config(task)
+    arch, attention, lr, min_lr, scheduler, milestones, optimizer, loss, size = METHOD[task]
+    assert cfg.task == task
+    assert cfg.model == ModelSpec(arch, "resnet34", attention, 5, None)
+    assert (cfg.lr, cfg.min_lr, cfg.scheduler, cfg.optimizer) == (lr, min_lr, scheduler, optimizer)
+    if milestones is not None:
+        assert cfg.milestone_epochs() == milestones and cfg.gamma == 0.1
+    assert (cfg.loss.name, cfg.input_size) == (loss, size)
+    assert cfg.positives_only is True
+    assert cfg.encoder_weights is None
+    assert (cfg.normalization.mean, cfg.normalization.std) == (0.5, 0.25)
+    assert (cfg.val.folds, cfg.val.fold) == (5, None)
+
+
+def test_task_by_index_and_unknown_task():
+    assert load_config(3).task == "nv"
+    assert recipe_path("1").name == "irma.toml"
+    with pytest.raises(DracInputError, match="valid: irma"):
+        load_config("hemorrhage")
+
+
+def write(tmp_path, text, name="over.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_overrides_file_merges_over_the_recipe(tmp_path):
+    path = write(
+        tmp_path,
+        """
+epochs = 3
+[model]
+encoder = "resnet18"
+[augment]
+hflip_p = 0.0
+[val]
+fold = 2
+""",
+    )
+    cfg = load_config("irma", path)
+    assert cfg.epochs == 3
+    assert cfg.model == ModelSpec("unetplusplus", "resnet18", "cam", 5, None)
+    assert cfg.augment.hflip_p == 0.0 and cfg.augment.rotate_p == 0.5
+    assert (cfg.val.folds, cfg.val.fold) == (5, 2)
+    assert cfg.lr == 1e-4  # untouched keys keep the recipe's value
+
+
+def test_command_line_overrides_come_last_and_skip_none(tmp_path):
+    path = write(tmp_path, "epochs = 3\nbatch_size = 8\n")
+    cfg = load_config(
+        "irma",
+        path,
+        epochs=2,
+        lr=None,
+        model__attention="none",
+        model__arch="deeplabv3plus",
+        val__holdout_fraction=0.2,
+        seeds=(1, 2),
+    )
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.seeds) == (2, 8, 1e-4, (1, 2))
+    assert cfg.model == ModelSpec("deeplabv3plus", "resnet34", None)
+    assert cfg.val.holdout_fraction == 0.2
+
+
+def test_changing_the_loss_drops_the_old_params(tmp_path):
+    path = write(tmp_path, '[loss]\nname = "positive_dice_focal"\nparams = { gamma = 1.0 }\n')
+    cfg = load_config("na", path)
+    assert (cfg.loss.name, cfg.loss.params) == ("positive_dice_focal", {"gamma": 1.0})
+    same = load_config("na", write(tmp_path, "[loss.params]\nsmooth = 0.5\n", "s.toml"))
+    assert (same.loss.name, same.loss.params) == ("dice", {"smooth": 0.5})
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("epoch = 3", r"over.toml: unknown key\(s\) 'epoch'; valid: task, model, normalization"),
+        ("[model]\nbackbone = 'resnet18'", r"\[model\]: unknown key\(s\) 'backbone'; valid: arch"),
+        ("[augment]\nflip_p = 0.5", r"valid: hflip_p, rotate_p"),
+        (
+            "[loss.params]\nalpha = 0.5",
+            r"loss 'dice' takes no parameter\(s\) 'alpha'; valid: smooth",
+        ),
+    ],
+)
+def test_unknown_keys_are_refused_with_the_valid_ones(tmp_path, text, match):
+    with pytest.raises(DracInputError, match=match):
+        load_config("irma", write(tmp_path, text))
+
+
+def test_unknown_command_line_key():
+    with pytest.raises(DracInputError, match=r"command-line overrides: unknown key\(s\) 'epohcs'"):
+        load_config("nv", epohcs=3)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("epochs = -1", "epochs must be >= 1"),
+        ("epochs = 'ten'", "epochs: expected an integer"),
+        ("epochs = 2.5", "epochs: expected an integer"),
+        ("positives_only = 1", "expected true or false"),
+        ("[model]\narch = 'unett'", "unknown architecture 'unett'; valid: unet, unetplusplus"),
+        ("[model]\nencoder = 'resnet-34'", "unknown encoder 'resnet-34'; valid: resnet18"),
+        ("[model]\narch = 'deeplabv3plus'", "use attention = none"),
+        ("scheduler = 'step'", "unknown scheduler 'step'; valid: multistep, cosine, constant"),
+        ("optimizer = 'sgd'", "unknown optimizer 'sgd'; valid: adam, adamw"),
+        ("milestones = [0.5, 1.5]", "milestones must be increasing fractions"),
+        ("min_lr = 1.0", "0 <= min_lr <= lr"),
+        ("input_size = 1000", "multiple of 32"),
+        ("[val]\nfold = 5", r"val: fold must be in 0..4"),
+        ("[val]\nfold = 1\nholdout_fraction = 0.2", "cannot both be set"),
+        ("[loss]\nname = 'tversky'", "unknown loss 'tversky'"),
+        ("[augment]\nnoise_p = 2.0", "probability"),
+        ("[normalization]\nstd = 0.0", "positive std"),
+        ("encoder_weights = 'nowhere/weights.pt'", "encoder_weights: file nowhere/weights.pt"),
+        ("amp = 'yes'", "amp must be 'auto', true or false"),
+        ("seeds = []", "seeds must be a non-empty list"),
+        ("task = 'nv'", "is for task 'nv', not 'irma'"),
+        ("epochs = [", "not valid TOML"),
+    ],
+)
+def test_bad_values_fail_at_load_time(tmp_path, text, match):
+    with pytest.raises(DracInputError, match=match):
+        load_config("irma", write(tmp_path, text))
+
+
+def test_missing_overrides_file(tmp_path):
+    with pytest.raises(DracInputError, match="cannot read config file"):
+        load_config("irma", tmp_path / "absent.toml")
+
+
+def test_optional_values_accept_none_and_files(tmp_path):
+    weights = tmp_path / "enc.pt"
+    weights.write_bytes(b"")
+    cfg = load_config("nv", write(tmp_path, f"encoder_weights = '{weights}'\namp = false\n"))
+    assert (cfg.encoder_weights, cfg.amp) == (str(weights), False)
+    back = load_config("nv", write(tmp_path, "encoder_weights = 'none'\n", "n.toml"))
+    assert back.encoder_weights is None
+    assert load_config("nv", encoder_weights="imagenet").encoder_weights == "imagenet"
+
+
+def test_resolved_config_round_trips_through_json():
+    cfg = load_config("irma", epochs=7, model__decoder_channels=[128, 64, 32, 16, 16])
+    data = json.loads(json.dumps(cfg.to_dict()))
+    assert data["model"]["decoder_channels"] == [128, 64, 32, 16, 16]
+    assert data["val"]["fold"] is None
+    assert TrainConfig.from_dict(data) == cfg
+    with pytest.raises(DracInputError, match="unknown key"):
+        TrainConfig.from_dict({**data, "extra": 1})
