@@ -1,0 +1,96 @@
+"""Turn the members of a training run into the model bundle that inference loads.
+
+Reads ``RUN_DIR/<task>/<member>/{member.json,best.pt}`` for every member that finished and
+writes ``RUN_DIR/model/`` (see :mod:`drac_algo.bundle`). A class's decision threshold is the
+median of its members' tuned thresholds; post-processing settings come from the task's config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from pathlib import Path
+
+import torch
+
+from drac_algo.bundle import TTA_NAMES, Bundle, ClassEntry, MemberSpec, save_bundle
+from drac_algo.classes import LESION_CLASSES
+from drac_algo.config import TrainConfig
+from drac_algo.errors import DracInputError
+from drac_algo.training import MEMBER_SUMMARY
+
+log = logging.getLogger(__name__)
+
+
+def find_members(run_dir: Path) -> dict[str, list[Path]]:
+    """Finished member folders (those with ``member.json`` and ``best.pt``) per task key."""
+    found: dict[str, list[Path]] = {}
+    for lesion in LESION_CLASSES:
+        task_dir = run_dir / lesion.key
+        if not task_dir.is_dir():
+            continue
+        members = sorted(
+            d
+            for d in task_dir.iterdir()
+            if (d / MEMBER_SUMMARY).is_file() and (d / "best.pt").is_file()
+        )
+        if members:
+            found[lesion.key] = members
+    return found
+
+
+def export_bundle(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the bundle of every finished member in ``run_dir`` to ``out``
+    (default ``run_dir/model``) and return its path."""
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else run_dir / "model"
+    members_by_task = find_members(run_dir)
+    if not members_by_task:
+        tasks = ", ".join(c.key for c in LESION_CLASSES)
+        raise DracInputError(
+            f"no finished members in {run_dir}: expected {run_dir}/<task>/<member>/"
+            f"{{{MEMBER_SUMMARY},best.pt}} with task one of {tasks}"
+        )
+    classes: dict[int, ClassEntry] = {}
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    for task, folders in members_by_task.items():
+        members, thresholds = [], []
+        for folder in folders:
+            summary = json.loads((folder / MEMBER_SUMMARY).read_text(encoding="utf-8"))
+            cfg = TrainConfig.from_dict(summary["config"], str(folder / MEMBER_SUMMARY))
+            best = torch.load(folder / "best.pt", map_location="cpu", weights_only=True)
+            file = f"{task}_{folder.name}.pt"
+            states[file] = best["model"]
+            thresholds.append(float(summary["threshold"]))
+            members.append(
+                MemberSpec(
+                    file=file,
+                    model=cfg.model,
+                    input_size=cfg.input_size,
+                    normalization=cfg.normalization,
+                    tta=TTA_NAMES,
+                    fold=summary["fold"],
+                    seed=summary["seed"],
+                    val_dice=summary["val_dice"],
+                )
+            )
+        # Members of one task share the decision settings; the last one read supplies them.
+        lesion = cfg.lesion
+        classes[lesion.index] = ClassEntry(
+            index=lesion.index,
+            key=lesion.key,
+            threshold=float(statistics.median(thresholds)),
+            min_component_px=cfg.postprocess.min_component_px,
+            fill_holes=cfg.postprocess.fill_holes,
+            members=members,
+        )
+        log.info(
+            "bundle: %s with %d member(s), threshold %.2f",
+            task,
+            len(members),
+            classes[lesion.index].threshold,
+        )
+    save_bundle(Bundle(classes), out, states)
+    log.info("bundle written to %s", out)
+    return out

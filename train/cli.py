@@ -1,0 +1,146 @@
+"""The ``python -m train`` command: parse options, resolve every task's config (so a bad config
+fails before any training), then hand over to :func:`drac_algo.experiment.run_training`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from drac_algo.classes import LESION_CLASSES
+from drac_algo.cli import exits_on_bad_input, setup_logging
+from drac_algo.config import TrainConfig, load_config
+from drac_algo.distributed import init_distributed, shutdown
+from drac_algo.errors import DracInputError
+
+log = logging.getLogger("train")
+TASKS = [c.key for c in LESION_CLASSES]
+
+
+def _seeds(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(s) for s in value.split(",") if s.strip())
+    except ValueError:
+        raise DracInputError(f"--seeds takes integers separated by commas, got {value!r}") from None
+
+
+def resolve_configs(
+    tasks: tuple[str, ...], config_file: Path | None, **overrides
+) -> list[TrainConfig]:
+    """One resolved config per task, in class order."""
+    chosen = [t for t in TASKS if t in tasks] if tasks else TASKS
+    return [load_config(task, config_file, **overrides) for task in chosen]
+
+
+def check_run_dir(out: Path, resume: bool) -> None:
+    """Refuse to mix a new run into a folder that already holds one, unless resuming."""
+    if resume or not out.exists():
+        return
+    if not out.is_dir():
+        raise DracInputError(f"--out {out} exists and is not a folder")
+    used = sorted(p.name for p in out.iterdir() if p.name in TASKS + ["model"])
+    if used:
+        raise DracInputError(
+            f"--out {out} already holds a training run ({', '.join(used)}); pass --resume to "
+            "continue it, or choose a new folder"
+        )
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--data",
+    "data_root",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="DRAC2022 root (the folder holding 'A. Segmentation').",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Run folder: per-task checkpoints, curves, and the bundle in OUT/model.",
+)
+@click.option(
+    "--task",
+    "tasks",
+    multiple=True,
+    type=click.Choice(TASKS),
+    help="Train only these tasks (repeatable). Default: all three.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="TOML file of overrides applied over each task's default recipe.",
+)
+@click.option("--image-size", type=int, help="Training input size (multiple of 32).")
+@click.option("--epochs", type=int, help="Epochs per member.")
+@click.option("--batch-size", type=int)
+@click.option("--grad-accum", type=int, help="Gradient accumulation steps.")
+@click.option("--folds", type=int, help="K of K-fold cross-validation; every fold is trained.")
+@click.option("--fold", type=int, help="Train only this fold (0-based) of the K folds.")
+@click.option("--seeds", help="Comma-separated seeds, one member per seed and fold, e.g. 0,1,2.")
+@click.option("--encoder", help="segmentation-models-pytorch encoder, e.g. resnet34.")
+@click.option("--encoder-weights", help="'imagenet' (local cache only) or a local weights file.")
+@click.option("--workers", type=int, help="Data-loading worker processes.")
+@click.option(
+    "--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True
+)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@click.option("-v", "--verbose", is_flag=True)
+@exits_on_bad_input
+def main(
+    data_root,
+    out,
+    tasks,
+    config_file,
+    image_size,
+    epochs,
+    batch_size,
+    grad_accum,
+    folds,
+    fold,
+    seeds,
+    encoder,
+    encoder_weights,
+    workers,
+    device,
+    resume,
+    verbose,
+):
+    """Train one binary model per lesion class on DRAC2022 Task 1 data and write the model
+    bundle to OUT/model."""
+    setup_logging(verbose)
+    if config_file is not None and not config_file.is_file():
+        raise DracInputError(f"--config {config_file}: no such file")
+    val_fold = fold
+    configs = resolve_configs(
+        tasks,
+        config_file,
+        input_size=image_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        grad_accum_steps=grad_accum,
+        val__folds=folds,
+        val__fold=val_fold if val_fold is not None else ("none" if folds is not None else None),
+        seeds=_seeds(seeds),
+        model__encoder=encoder,
+        encoder_weights=encoder_weights,
+        num_workers=workers,
+    )
+    ctx = init_distributed(device)
+    try:
+        if ctx.is_main:
+            check_run_dir(out, resume)
+        # Imported here: it pulls in torch's training stack, not needed to print --help.
+        from drac_algo.experiment import run_training, summary_table
+
+        summary = run_training(data_root, out, configs, ctx, resume=resume)
+        if ctx.is_main:
+            click.echo(summary_table(summary))
+            click.echo(f"bundle: {summary.bundle}  ({summary.seconds / 60:.1f} min)")
+    finally:
+        shutdown(ctx)
