@@ -1,0 +1,398 @@
+"""One whole run of the algorithm: find the inputs, load the model bundle once, predict every
+image (the next one decoded in the background), write the outputs so that a failure never
+leaves a complete-looking result.
+
+Two modes, told apart by what the input folder holds:
+
+- **Grand Challenge job**: ``inputs.json`` present. One image (see :mod:`drac_algo.gc_io` for
+  how it is chosen); one ``images/<slug>/output.mha`` per class plus ``results.json``.
+- **Batch folder**: anything else. Every ``.png``/``.mha``/``.tif``/``.tiff`` file (names are
+  case numbers, e.g. the DRAC test set); the submission stacks ``1.nii.gz 2.nii.gz 3.nii.gz``,
+  PNG masks, overlays and ``results.json`` (layout in :mod:`drac_algo.outputs`).
+
+Failure and atomicity (batch mode): ``masks/`` and ``overlays/`` are filled in hidden
+temporary folders beside them and swapped in only after every image succeeded; then the
+submission stacks are written, and ``results.json`` last, so its presence means the whole run
+succeeded. A failed run leaves the output folder as it was, apart from the previous run's
+``results.json`` and stacks, which are removed once a run gets that far (they would describe
+other masks). Every file is written under a temporary name and renamed when complete.
+
+A class that the bundle lacks is skipped with a warning: no files are written for it (an
+all-zero mask would read as "no lesion found"), ``results.json`` lists it under
+``classes`` with ``"status": "missing from the model bundle"``, and the submission stacks,
+which need all three classes, are not written (the reason is logged and recorded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import drac_algo
+from drac_algo.bundle import MANIFEST, bundle_from_dict
+from drac_algo.classes import BY_INDEX, LESION_CLASSES
+from drac_algo.data import case_id, describe_folder, list_images
+from drac_algo.errors import DracInputError
+from drac_algo.fsutil import atomic_dir
+from drac_algo.gc_io import (
+    default_output_slugs,
+    find_job_image,
+    is_grand_challenge_job,
+    mask_output_path,
+    write_mask_mha,
+)
+from drac_algo.images import IMAGE_SUFFIXES, LoadedImage, load_image
+from drac_algo.inference import CasePrediction, Predictor
+from drac_algo.outputs import (
+    MASKS_DIR,
+    OVERLAYS_DIR,
+    RESULTS_FILE,
+    RESULTS_FORMAT,
+    RESULTS_VERSION,
+    StackCollector,
+    case_record,
+    mask_png_path,
+    write_mask_pngs,
+    write_overlay_png,
+    write_results,
+)
+from drac_algo.submission import SUBMISSION_FILES, write_submission
+
+log = logging.getLogger(__name__)
+
+GRAND_CHALLENGE = "grand-challenge"
+BATCH = "batch"
+# Marks masks/ and overlays/ as written by this module, so that a later run may replace them.
+_OWNED_MARKER = ".drac-algo-output"
+
+
+@dataclass
+class RunConfig:
+    """A run's settings (the container's defaults: Grand Challenge paths, D4 TTA).
+
+    ``batch_size``: at most this many TTA views per forward pass. ``input_slug``: the image
+    socket to use when a job has several. ``output_slugs``: class index -> output socket slug.
+    """
+
+    input_dir: Path = Path("/input")
+    output_dir: Path = Path("/output")
+    model_dir: Path = Path("/opt/ml/model")
+    tta: str = "d4"
+    device: str = "auto"
+    batch_size: int = 8
+    precision: str = "auto"
+    input_slug: str | None = None
+    output_slugs: dict[int, str] = field(default_factory=default_output_slugs)
+
+
+@dataclass
+class _Run:
+    """What a run accumulates on its way to ``results.json``."""
+
+    config: RunConfig
+    mode: str
+    warnings: list[str] = field(default_factory=list)
+    cases: list[dict[str, Any]] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        log.warning(message)
+        self.warnings.append(message)
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs, output folder, model
+
+
+def find_inputs(config: RunConfig) -> tuple[str, list[Path], str | None]:
+    """(mode, image files in processing order, image socket slug or None in batch mode)."""
+    input_dir = Path(config.input_dir)
+    if not input_dir.is_dir():
+        raise DracInputError(f"input folder not found: {describe_folder(input_dir)}")
+    if is_grand_challenge_job(input_dir):
+        socket, image = find_job_image(input_dir, config.input_slug)
+        return GRAND_CHALLENGE, [image], socket.slug
+    if config.input_slug is not None:
+        raise DracInputError(
+            f"--input-slug {config.input_slug!r} given, but {input_dir} holds no inputs.json "
+            "(batch mode has no sockets)"
+        )
+    images = list_images(input_dir)
+    if not images:
+        raise DracInputError(
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) and no inputs.json in the input folder: "
+            f"{describe_folder(input_dir)}"
+        )
+    return BATCH, images, None
+
+
+def check_output_dir(output_dir: str | os.PathLike) -> Path:
+    """Create ``output_dir`` if needed and make sure a file can be written there."""
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-test."):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise DracInputError(f"output folder {output_dir} is not writable: {reason}") from None
+    return output_dir
+
+
+def load_predictor(config: RunConfig) -> tuple[Predictor, dict[str, Any], float]:
+    """Build every network of the bundle once; returns the predictor, the bundle's description
+    for ``results.json`` and the load time in seconds."""
+    start = time.perf_counter()
+    # from_bundle checks the manifest, the member files and their checksums.
+    predictor = Predictor.from_bundle(
+        config.model_dir,
+        device=config.device,
+        precision=config.precision,
+        tta=config.tta,
+        max_views_per_batch=config.batch_size,
+    )
+    seconds = time.perf_counter() - start
+    manifest_path = Path(config.model_dir) / MANIFEST
+    manifest = bundle_from_dict(json.loads(manifest_path.read_text(encoding="utf-8")))
+    info = {
+        "path": str(config.model_dir),
+        "created": manifest.created,
+        "drac_algo_version": manifest.drac_algo_version,
+        "classes": sorted(manifest.classes),
+    }
+    return predictor, info, seconds
+
+
+# --------------------------------------------------------------------------------------------
+# Per case
+
+
+def _note_conversion(run: _Run, path: Path, loaded: LoadedImage) -> None:
+    if loaded.converted:
+        run.warn(f"{path}: {loaded.converted}")
+
+
+def _log_case(position: str, name: str, record: dict[str, Any]) -> None:
+    parts = [
+        f"{BY_INDEX[int(i)].key} {c['area_px']} px in {c['components']} component(s)"
+        for i, c in record["classes"].items()
+    ]
+    npi = record["non_perfusion_index"]
+    if npi is not None:
+        parts.append(f"non-perfusion index {npi:.4f}")
+    log.info("%s %s: %.2f s; %s", position, name, record["seconds"], "; ".join(parts))
+
+
+def _record(
+    run: _Run, path: Path, name: str, loaded: LoadedImage, prediction: CasePrediction
+) -> dict[str, Any]:
+    run.warnings.extend(prediction.warnings)  # out-of-memory events, already logged
+    cid = case_id(path) if run.mode == BATCH else None  # job files have uuid names
+    record = case_record(
+        name,
+        path,
+        loaded.pixels.shape,
+        prediction.masks,
+        case_id=cid,
+        converted=loaded.converted,
+        seconds=round(prediction.seconds, 4),
+    )
+    run.cases.append(record)
+    return record
+
+
+# --------------------------------------------------------------------------------------------
+# The two modes
+
+
+def _run_job(
+    run: _Run, predictor: Predictor, image_path: Path, loaded: LoadedImage
+) -> dict[str, Any]:
+    config = run.config
+    prediction = predictor.predict(loaded.pixels)
+    record = _record(run, image_path, image_path.stem, loaded, prediction)
+    _log_case("job", image_path.name, record)
+    outputs = {}
+    for index, mask in prediction.masks.items():
+        path = mask_output_path(config.output_dir, config.output_slugs[index])
+        write_mask_mha(path, mask, loaded)
+        outputs[str(index)] = path.relative_to(config.output_dir).as_posix()
+    for index in set(config.output_slugs) - set(prediction.masks):
+        # A previous run's mask for a class this model lacks would read as this run's answer.
+        mask_output_path(config.output_dir, config.output_slugs[index]).unlink(missing_ok=True)
+    return {"outputs": outputs}
+
+
+def _check_replaceable(folder: Path) -> None:
+    if folder.exists() and (
+        not folder.is_dir() or (any(folder.iterdir()) and not (folder / _OWNED_MARKER).is_file())
+    ):
+        raise DracInputError(
+            f"refusing to replace {folder}: it exists and was not written by this program "
+            f"(no {_OWNED_MARKER} inside); move it away or choose another --output"
+        )
+
+
+def _retire_previous_summary(output_dir: Path) -> None:
+    """Remove the previous run's results.json and stacks: from here on they would describe
+    masks that are about to be replaced."""
+    for name in (RESULTS_FILE, *SUBMISSION_FILES.values()):
+        (output_dir / name).unlink(missing_ok=True)
+
+
+def _write_stacks(run: _Run, collector: StackCollector) -> dict[str, Any]:
+    missing = [c for c in LESION_CLASSES if c.index not in collector.classes]
+    if missing:
+        reason = "the model bundle lacks " + ", ".join(
+            f"class {c.index} ({c.key})" for c in missing
+        )
+    else:
+        reason = collector.size_problem()
+    if reason:
+        run.warn(f"submission files {', '.join(SUBMISSION_FILES.values())} not written: {reason}")
+        return {"written": False, "files": [], "reason": reason}
+    paths = write_submission(run.config.output_dir, collector.stacks())
+    log.info("submission: %s", ", ".join(str(p) for p in paths))
+    return {"written": True, "files": [p.name for p in paths], "reason": None}
+
+
+def _run_batch(run: _Run, predictor: Predictor, images: list[Path]) -> dict[str, Any]:
+    output_dir = Path(run.config.output_dir)
+    masks_dir, overlays_dir = output_dir / MASKS_DIR, output_dir / OVERLAYS_DIR
+    collector = StackCollector(predictor.classes)
+    with contextlib.ExitStack() as staged:
+        masks_tmp = staged.enter_context(atomic_dir(masks_dir))
+        overlays_tmp = staged.enter_context(atomic_dir(overlays_dir))
+        for tmp in (masks_tmp, overlays_tmp):
+            (tmp / _OWNED_MARKER).write_text("written by drac_algo.pipeline\n", encoding="utf-8")
+        # closing(): a failure in this loop must also stop the background decoding.
+        predictions = staged.enter_context(contextlib.closing(predictor.predict_many(images)))
+        for number, (path, loaded, prediction) in enumerate(predictions, start=1):
+            _note_conversion(run, path, loaded)
+            name = path.name.split(".", 1)[0]
+            record = _record(run, path, name, loaded, prediction)
+            write_mask_pngs(masks_tmp, name, prediction.masks)
+            write_overlay_png(overlays_tmp, name, loaded.pixels, prediction.masks)
+            collector.add(name, prediction.masks)
+            _log_case(f"{number}/{len(images)}", path.name, record)
+        _retire_previous_summary(output_dir)
+    submission = _write_stacks(run, collector)
+    examples = {
+        str(i): mask_png_path(MASKS_DIR, i, "<case>").as_posix() for i in sorted(predictor.classes)
+    }
+    return {
+        "outputs": examples,
+        "overlays": f"{OVERLAYS_DIR}/<case>.png",
+        "submission": submission,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The whole run
+
+
+def _class_table(predictor: Predictor, outputs: dict[str, str]) -> dict[str, Any]:
+    table = {}
+    for c in LESION_CLASSES:
+        present = c.index in predictor.classes
+        table[str(c.index)] = {
+            "key": c.key,
+            "name": c.name,
+            "status": "written" if present else "missing from the model bundle",
+            "output": outputs.get(str(c.index)) if present else None,
+        }
+    return table
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 4)
+
+
+def run(config: RunConfig) -> dict[str, Any]:
+    """Run the whole job described by ``config`` and return what was written to
+    ``results.json``. Raises :class:`DracInputError` for bad input (inputs, output folder,
+    bundle); nothing that looks complete is left behind on failure (see the module docstring).
+    """
+    started = time.perf_counter()
+    mode, images, slug = find_inputs(config)
+    output_dir = check_output_dir(config.output_dir)
+    if mode == BATCH:
+        for folder in (MASKS_DIR, OVERLAYS_DIR):
+            _check_replaceable(output_dir / folder)
+    log.info("mode: %s; %d image(s) from %s", mode, len(images), config.input_dir)
+    run_state = _Run(config, mode)
+    job_image = None
+    if mode == GRAND_CHALLENGE:
+        # One image: read it before the (slower) model load, so a bad file fails fast.
+        job_image = load_image(images[0])
+        _note_conversion(run_state, images[0], job_image)
+
+    predictor, bundle_info, load_seconds = load_predictor(config)
+    log.info(
+        "model bundle %s loaded in %.1f s: classes %s on %s",
+        config.model_dir,
+        load_seconds,
+        list(predictor.classes),
+        predictor.device,
+    )
+    for c in LESION_CLASSES:
+        if c.index not in predictor.classes:
+            run_state.warn(
+                f"model bundle {config.model_dir} has no class {c.index} ({c.key}, {c.name}): "
+                "no output is written for it"
+            )
+
+    if job_image is not None:
+        mode_results = _run_job(run_state, predictor, images[0], job_image)
+    else:
+        mode_results = _run_batch(run_state, predictor, images)
+
+    stats = predictor.stats()
+    settings = predictor.settings()
+    settings.update(
+        bundle=bundle_info,
+        requested_device=config.device,
+        drac_algo_version=drac_algo.__version__,
+    )
+    if mode == GRAND_CHALLENGE:
+        settings.update(
+            input_slug=slug,
+            output_slugs={str(i): s for i, s in sorted(config.output_slugs.items())},
+        )
+    results: dict[str, Any] = {
+        "format": RESULTS_FORMAT,
+        "version": RESULTS_VERSION,
+        "mode": mode,
+        "input": str(config.input_dir),
+        "output": str(output_dir),
+        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "settings": settings,
+        "timings": {
+            "total_s": round(time.perf_counter() - started, 4),
+            "model_load_s": round(load_seconds, 4),
+            "images": stats["images"],
+            "per_image_mean_s": _rounded(stats["seconds_mean"]),
+            "per_image_max_s": _rounded(stats["seconds_max"]),
+        },
+        "engine": stats,
+        "classes": _class_table(predictor, mode_results.pop("outputs")),
+        **mode_results,
+        "cases": run_state.cases,
+        "warnings": run_state.warnings,
+    }
+    path = write_results(output_dir / RESULTS_FILE, results)
+    log.info(
+        "done: %d image(s) in %.1f s (model load %.1f s); %s",
+        stats["images"],
+        results["timings"]["total_s"],
+        load_seconds,
+        path,
+    )
+    return results

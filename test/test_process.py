@@ -1,0 +1,516 @@
+"""End-to-end tests of the container entry point on a tiny real model bundle.
+
+The bundle's IRMA network has a zeroed output head with bias +6 (every pixel positive), its NV
+network bias -6 (none positive), and its NA network keeps random weights, so the first two
+classes have known masks and NA is checked against the inference engine run directly.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from click.testing import CliRunner
+
+from drac_algo.bundle import TTA_NAMES, Bundle, ClassEntry, MemberSpec, save_bundle
+from drac_algo.classes import BY_INDEX, LESION_CLASSES
+from drac_algo.images import load_image
+from drac_algo.inference import Predictor
+from drac_algo.models import ModelSpec, build_network
+from drac_algo.submission import read_submission
+from process import main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ModelSpec("unet", "tu-mobilenetv3_small_050", encoder_depth=5, decoder_channels=(16,) * 5)
+SIZE = 40  # image side; the members run at 32, so every image is resized both ways
+SLUGS = {c.index: c.slug for c in LESION_CLASSES}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    torch.manual_seed(0)
+    entries, states = {}, {}
+    for c in LESION_CLASSES:
+        state = build_network(TINY).state_dict()
+        if c.index != 2:
+            state["segmentation_head.0.weight"].zero_()
+            state["segmentation_head.0.bias"].fill_(6.0 if c.index == 1 else -6.0)
+        member = MemberSpec(f"{c.key}.pt", TINY, 32, tta=TTA_NAMES)
+        entries[c.index] = ClassEntry(c.index, c.key, 0.5, 2, False, [member])
+        states[member.file] = state
+    folder = tmp_path_factory.mktemp("bundle") / "model"
+    save_bundle(Bundle(entries), folder, states)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bundle_without_nv(bundle, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bundle_without_nv") / "model"
+    shutil.copytree(bundle, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["classes"]["3"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "nv.pt").unlink()
+    return folder
+
+
+def gray(seed, shape=(SIZE, SIZE)):
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def write_png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), array)
+    return path
+
+
+def write_sitk(path, array, spacing=None, origin=None, direction=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = sitk.GetImageFromArray(array)
+    if spacing:
+        image.SetSpacing(spacing)
+        image.SetOrigin(origin)
+        image.SetDirection(direction)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def write_job(folder, image_name="5a3e-uuid.mha", array=None, **geometry):
+    """A Grand Challenge job folder: inputs.json with an image socket and a value socket."""
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = [
+        {
+            "pk": 2,
+            "file": None,
+            "image": None,
+            "value": 61,
+            "interface": {
+                "slug": "age-in-years",
+                "kind": "Integer",
+                "super_kind": "Value",
+                "relative_path": "age-in-years.json",
+            },
+        },
+        {
+            "pk": 1,
+            "file": None,
+            "image": {"pk": "5a3e", "name": "086.png"},
+            "value": None,
+            "interface": {
+                "slug": "uw-octa-image",
+                "kind": "Image",
+                "super_kind": "Image",
+                "relative_path": "images/uw-octa-image",
+            },
+        },
+    ]
+    (folder / "inputs.json").write_text(json.dumps(entries))
+    (folder / "age-in-years.json").write_text("61")
+    image = gray(7) if array is None else array
+    write_sitk(folder / "images/uw-octa-image" / image_name, image, **geometry)
+    return folder
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def ok(result):
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    return result
+
+
+def failed(result, *fragments):
+    """A clean failure: exit status 2, 'error: ...' on stderr holding every fragment."""
+    assert result.exit_code == 2, (result.exit_code, result.stderr, result.exception)
+    assert "error: " in result.stderr and "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert str(fragment) in result.stderr, (fragment, result.stderr)
+    return result
+
+
+def tree(folder):
+    """Every file below ``folder`` (hidden ones included), relative, sorted."""
+    return sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file())
+
+
+def read_png_mask(path):
+    stored = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert stored.dtype == np.uint8 and set(np.unique(stored)) <= {0, 255}
+    return stored // 255
+
+
+def reference(bundle_dir, tta, image):
+    """The engine run directly on one (H, W) image: class index -> mask."""
+    return Predictor.from_bundle(bundle_dir, device="cpu", tta=tta).predict(image).masks
+
+
+def check_record(record, masks):
+    """A results.json case entry against the masks it describes."""
+    for index, mask in masks.items():
+        stats = record["classes"][str(index)]
+        assert stats["key"] == BY_INDEX[index].key
+        assert stats["area_px"] == int(mask.sum())
+        assert stats["area_fraction"] == pytest.approx(mask.mean())
+        count, _ = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+        assert stats["components"] == count - 1
+    assert record["non_perfusion_index"] == pytest.approx(masks[2].mean())
+
+
+# ------------------------------------------------------------------------------------------
+# Batch mode
+
+
+def test_batch_folder_end_to_end(bundle, tmp_path):
+    images = tmp_path / "images"
+    write_png(images / "090.png", gray(90))
+    rgb = np.stack([gray(1200), gray(1201), gray(1202)], axis=-1)
+    write_png(images / "1200.png", rgb)  # RGB, distinct channels: converted to gray
+    write_sitk(images / "086.tif", gray(86))
+    (images / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+
+    result = ok(invoke("--input", images, "--output", out, "--model-dir", bundle, "--tta", "flips"))
+
+    names = ["086", "090", "1200"]  # integer order, whatever the suffix
+    assert tree(out) == sorted(
+        [
+            "1.nii.gz",
+            "2.nii.gz",
+            "3.nii.gz",
+            "masks/.drac-algo-output",
+            "overlays/.drac-algo-output",
+            "results.json",
+            *[f"masks/{c.folder}/{n}.png" for c in LESION_CLASSES for n in names],
+            *[f"overlays/{n}.png" for n in names],
+        ]
+    )
+    stacks = read_submission(out)
+    results = json.loads((out / "results.json").read_text())
+    sources = [images / "086.tif", images / "090.png", images / "1200.png"]
+    for slot, (name, source) in enumerate(zip(names, sources, strict=True)):
+        pixels = load_image(source).pixels
+        expected = reference(bundle, "flips", pixels)
+        masks = {
+            c.index: read_png_mask(out / f"masks/{c.folder}/{name}.png") for c in LESION_CLASSES
+        }
+        assert masks[1].all() and not masks[3].any()
+        assert np.array_equal(masks[2], expected[2])
+        for index in (1, 2, 3):
+            assert np.array_equal(stacks[index][slot], masks[index])
+        record = results["cases"][slot]
+        assert record["case"] == name and record["case_id"] == int(name)
+        assert record["file"] == str(source) and record["shape"] == [SIZE, SIZE]
+        check_record(record, masks)
+        overlay = cv2.imread(str(out / f"overlays/{name}.png"), cv2.IMREAD_COLOR)
+        assert overlay.shape == (SIZE, SIZE, 3)
+    assert {s.shape for s in stacks.values()} == {(3, SIZE, SIZE)}
+
+    assert results["cases"][2]["converted"] == "RGB converted to grayscale (luminance)"
+    assert results["cases"][0]["converted"] is None
+    assert f"{images / '1200.png'}: RGB converted to grayscale" in result.stderr
+    assert any("1200.png: RGB converted" in w for w in results["warnings"])
+
+    assert results["format"] == "drac-algo-results" and results["mode"] == "batch"
+    assert results["submission"] == {
+        "written": True,
+        "files": ["1.nii.gz", "2.nii.gz", "3.nii.gz"],
+        "reason": None,
+    }
+    settings = results["settings"]
+    assert settings["tta"] == "flips" and settings["device"] == "cpu"
+    assert settings["precision"] == "auto" and settings["autocast"] == "fp32"
+    assert settings["max_views_per_batch"] == 8
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert settings["bundle"] == {
+        "path": str(bundle),
+        "created": manifest["created"],
+        "drac_algo_version": manifest["drac_algo_version"],
+        "classes": [1, 2, 3],
+    }
+    views = settings["classes"]["2"]["members"][0]["views"]
+    assert views == ["identity", "hflip", "vflip", "rot180"]
+    timings = results["timings"]
+    assert timings["images"] == 3
+    assert 0 < timings["model_load_s"] < timings["total_s"]
+    assert 0 < timings["per_image_mean_s"] <= timings["per_image_max_s"]
+    assert [results["classes"][str(i)]["status"] for i in (1, 2, 3)] == ["written"] * 3
+
+
+def test_batch_rerun_replaces_the_previous_outputs(bundle, tmp_path):
+    images = tmp_path / "images"
+    write_png(images / "086.png", gray(86))
+    write_png(images / "090.png", gray(90))
+    out = tmp_path / "out"
+    args = ("--output", out, "--model-dir", bundle, "--tta", "none")
+    ok(invoke("--input", images, *args))
+    (images / "090.png").unlink()
+    ok(invoke("--input", images, *args))
+    assert not any("090" in name for name in tree(out))
+    assert read_submission(out)[1].shape == (1, SIZE, SIZE)
+    assert len(json.loads((out / "results.json").read_text())["cases"]) == 1
+
+
+def test_batch_refuses_to_replace_a_folder_it_did_not_write(bundle, tmp_path):
+    images = tmp_path / "images"
+    write_png(images / "086.png", gray(86))
+    out = tmp_path / "out"
+    write_png(out / "masks" / "mine.png", gray(1))
+    failed(
+        invoke("--input", images, "--output", out, "--model-dir", bundle),
+        f"refusing to replace {out / 'masks'}",
+    )
+    assert tree(out) == ["masks/mine.png"]
+
+
+def test_images_of_different_sizes_skip_the_submission(bundle, tmp_path):
+    images = tmp_path / "images"
+    write_png(images / "086.png", gray(86))
+    write_png(images / "090.png", gray(90, (SIZE, SIZE + 8)))
+    out = tmp_path / "out"
+    result = ok(invoke("--input", images, "--output", out, "--model-dir", bundle, "--tta", "none"))
+    assert not any(name.endswith(".nii.gz") for name in tree(out))
+    assert read_png_mask(out / f"masks/{LESION_CLASSES[0].folder}/090.png").shape == (40, 48)
+    submission = json.loads((out / "results.json").read_text())["submission"]
+    assert submission["written"] is False
+    assert "086 is 40 x 40, 090 is 40 x 48" in submission["reason"]
+    assert "not written: the images differ in size" in result.stderr
+
+
+def test_a_bad_image_mid_batch_leaves_no_summary_and_no_partial_files(bundle, tmp_path):
+    images = tmp_path / "images"
+    write_png(images / "086.png", gray(86))
+    bad = write_png(images / "090.png", gray(90))
+    bad.write_bytes(bad.read_bytes()[:100])  # truncated
+    write_png(images / "1200.png", gray(1200))
+    args = ("--input", images, "--model-dir", bundle, "--tta", "none")
+
+    fresh = tmp_path / "fresh"
+    failed(invoke(*args, "--output", fresh), bad, "truncated")
+    assert tree(fresh) == []
+    assert [p.name for p in fresh.iterdir()] == []  # no staging folders left either
+
+    # Over a previous successful run: the output folder is left exactly as it was.
+    previous = tmp_path / "previous"
+    good = tmp_path / "good"
+    write_png(good / "086.png", gray(86))
+    ok(invoke("--input", good, "--output", previous, "--model-dir", bundle, "--tta", "none"))
+    before = {name: (previous / name).read_bytes() for name in tree(previous)}
+    failed(invoke(*args, "--output", previous), bad)
+    assert {name: (previous / name).read_bytes() for name in tree(previous)} == before
+    assert sorted(p.name for p in previous.iterdir()) == [
+        "1.nii.gz",
+        "2.nii.gz",
+        "3.nii.gz",
+        "masks",
+        "overlays",
+        "results.json",
+    ]
+
+
+def test_a_class_missing_from_the_bundle_is_skipped_and_reported(bundle_without_nv, tmp_path):
+    images = tmp_path / "images"
+    write_png(images / "086.png", gray(86))
+    out = tmp_path / "out"
+    args = ("--model-dir", bundle_without_nv, "--tta", "none")
+    result = ok(invoke("--input", images, "--output", out, *args))
+    assert "has no class 3 (nv, Neovascularization): no output is written" in result.stderr
+    assert tree(out) == sorted(
+        [
+            "masks/.drac-algo-output",
+            "overlays/.drac-algo-output",
+            "overlays/086.png",
+            "results.json",
+            *[f"masks/{c.folder}/086.png" for c in LESION_CLASSES[:2]],
+        ]
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert results["classes"]["3"] == {
+        "key": "nv",
+        "name": "Neovascularization",
+        "status": "missing from the model bundle",
+        "output": None,
+    }
+    assert list(results["cases"][0]["classes"]) == ["1", "2"]
+    assert results["submission"]["written"] is False
+    assert results["submission"]["reason"] == "the model bundle lacks class 3 (nv)"
+
+    job = write_job(tmp_path / "job")
+    job_out = tmp_path / "job_out"
+    ok(invoke("--input", job, "--output", job_out, *args))
+    assert tree(job_out) == sorted(
+        ["results.json", *[f"images/{SLUGS[i]}/output.mha" for i in (1, 2)]]
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Grand Challenge mode
+
+
+def test_grand_challenge_job_end_to_end(bundle, tmp_path):
+    geometry = {"spacing": (0.3, 0.25), "origin": (12.5, -4.0), "direction": (0.0, -1.0, 1.0, 0.0)}
+    job = write_job(tmp_path / "input", **geometry)
+    out = tmp_path / "output"
+    result = ok(
+        invoke(
+            "--input", job, "--output", out, "--model-dir", bundle,
+            "--tta", "d4", "--batch-size", "3", "--output-slug", "irma=my-irma",
+        )
+    )  # fmt: skip
+    slugs = {**SLUGS, 1: "my-irma"}
+    assert tree(out) == sorted(
+        ["results.json", *[f"images/{s}/output.mha" for s in slugs.values()]]
+    )
+    pixels = load_image(job / "images/uw-octa-image/5a3e-uuid.mha").pixels
+    expected = reference(bundle, "d4", pixels)
+    masks = {}
+    for index, slug in slugs.items():
+        image = sitk.ReadImage(str(out / f"images/{slug}/output.mha"))
+        assert image.GetDimension() == 2 and image.GetPixelID() == sitk.sitkUInt8
+        np.testing.assert_allclose(image.GetSpacing(), geometry["spacing"])
+        np.testing.assert_allclose(image.GetOrigin(), geometry["origin"])
+        np.testing.assert_allclose(image.GetDirection(), geometry["direction"])
+        masks[index] = sitk.GetArrayFromImage(image)
+        assert set(np.unique(masks[index])) <= {0, 1}
+        assert np.array_equal(masks[index], expected[index])
+    assert masks[1].all() and not masks[3].any()
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["mode"] == "grand-challenge"
+    assert results["settings"]["input_slug"] == "uw-octa-image"
+    assert results["settings"]["output_slugs"] == {str(i): s for i, s in slugs.items()}
+    assert results["settings"]["tta"] == "d4"
+    assert results["settings"]["max_views_per_batch"] == 3
+    assert len(results["settings"]["classes"]["1"]["members"][0]["views"]) == 8
+    assert results["classes"]["1"]["output"] == "images/my-irma/output.mha"
+    assert "submission" not in results
+    [record] = results["cases"]
+    assert record["case"] == "5a3e-uuid" and record["case_id"] is None
+    check_record(record, masks)
+    assert results["timings"]["images"] == 1
+    assert "mode: grand-challenge" in result.stderr
+
+
+def test_python_dash_m_process_runs_a_job_with_a_tif(bundle, tmp_path):
+    job = write_job(tmp_path / "input", image_name="upload.tif")
+    out = tmp_path / "output"
+    command = [sys.executable, "-m", "process", "--input", job, "--output", out]
+    command += ["--model-dir", bundle, "--tta", "none", "--device", "cpu"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert tree(out) == sorted(
+        ["results.json", *[f"images/{s}/output.mha" for s in SLUGS.values()]]
+    )
+    for index, slug in SLUGS.items():
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"images/{slug}/output.mha")))
+        assert mask.shape == (SIZE, SIZE) and set(np.unique(mask)) <= {0, 1}
+        assert mask.all() == (index == 1) and mask.any() != (index == 3)
+
+
+def test_python_process_py_fails_cleanly_on_an_empty_folder(tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "readme.txt").write_text("x")
+    command = [sys.executable, "process.py", "--input", empty, "--output", tmp_path / "out"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert "error: no images" in done.stderr
+    assert f"{empty} holds: readme.txt, sub/" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# Bad input: each fails with exit status 2 and a message naming the file
+
+
+def test_empty_or_missing_input_folder(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    failed(invoke("--input", empty, "--output", tmp_path / "out"), f"{empty} is empty")
+    missing = tmp_path / "missing"
+    failed(invoke("--input", missing), f"input folder not found: {missing} does not exist")
+
+
+def test_malformed_inputs_json(tmp_path):
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "inputs.json").write_text('[{"interface": ')
+    failed(invoke("--input", job, "--output", tmp_path / "out"), job / "inputs.json", "JSON")
+
+
+def test_inputs_json_naming_no_image(tmp_path):
+    job = write_job(tmp_path / "job")
+    entries = json.loads((job / "inputs.json").read_text())[:1]
+    (job / "inputs.json").write_text(json.dumps(entries))
+    failed(
+        invoke("--input", job, "--output", tmp_path / "out"),
+        job / "inputs.json",
+        "names no image socket; it holds age-in-years (Value)",
+    )
+
+
+def test_input_slug_without_inputs_json(tmp_path):
+    images = tmp_path / "images"
+    write_png(images / "086.png", gray(86))
+    failed(invoke("--input", images, "--input-slug", "x"), "holds no inputs.json")
+
+
+@pytest.mark.parametrize("problem", ["truncated", "3d"])
+def test_unusable_job_image(bundle, tmp_path, problem):
+    if problem == "3d":
+        job = write_job(tmp_path / "job", array=np.zeros((3, 16, 16), np.uint8))
+        expected = "expected a 2D image, found a 3D volume"
+    else:
+        job = write_job(tmp_path / "job")
+        path = job / "images/uw-octa-image/5a3e-uuid.mha"
+        path.write_bytes(path.read_bytes()[:-200])
+        expected = "unreadable or truncated"
+    out = tmp_path / "out"
+    result = failed(invoke("--input", job, "--output", out, "--model-dir", bundle), expected)
+    assert "5a3e-uuid.mha" in result.stderr
+    assert tree(out) == []
+
+
+def test_missing_or_incomplete_bundle(bundle, tmp_path):
+    images = tmp_path / "images"
+    write_png(images / "086.png", gray(86))
+    args = ("--input", images, "--output", tmp_path / "out")
+    failed(invoke(*args, "--model-dir", tmp_path / "nowhere"), "no model bundle at")
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    (broken / "na.pt").unlink()
+    failed(
+        invoke(*args, "--model-dir", broken),
+        f"model bundle {broken} is incomplete",
+        "class 2: member file na.pt missing",
+    )
+    assert tree(tmp_path / "out") == []
+
+
+def test_output_folder_not_writable(bundle, tmp_path):
+    images = tmp_path / "images"
+    write_png(images / "086.png", gray(86))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    failed(
+        invoke("--input", images, "--output", blocker / "out", "--model-dir", bundle),
+        f"output folder {blocker / 'out'} is not writable",
+    )
+
+
+def test_cuda_on_a_machine_without_it(bundle, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    images = tmp_path / "images"
+    write_png(images / "086.png", gray(86))
+    out = tmp_path / "out"
+    failed(
+        invoke("--input", images, "--output", out, "--model-dir", bundle, "--device", "cuda"),
+        "CUDA is not available",
+    )
