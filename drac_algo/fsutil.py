@@ -8,6 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _default_mode(mode: int) -> int:
+    """``mode`` less the process umask: what ``open`` or ``mkdir`` would have created."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -21,6 +28,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp creates 0600; outputs are read by other users (a container's uid, the platform).
+    os.chmod(tmp_path, _default_mode(0o666))
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -45,6 +54,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    # mkdtemp creates 0700; a bundle folder is mounted read-only into a container as another uid.
+    os.chmod(tmp, _default_mode(0o777))
     try:
         yield tmp
         if path.exists():
