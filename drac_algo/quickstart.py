@@ -1,0 +1,140 @@
+"""The whole product on built-in data, in minutes on a CPU:
+
+    python -m drac_algo.quickstart [--workdir quickstart]
+
+1. ``python -m drac_algo.synth``: a phantom DRAC2022 Task 1 release at 256 x 256;
+2. ``python -m train``: a small bundle (the method's architectures with a ResNet-18 encoder,
+   ``drac_algo/recipes/quickstart.toml``), one fold per class;
+3. ``python process.py``: the D4 test-time-augmented ensemble on the phantom test images;
+4. ``python -m drac_algo.evaluate``: the challenge metric against the phantom test ground truth,
+   next to what an all-zero and an all-one prediction score.
+
+Each step is the library call behind the command named; the equivalent commands are printed.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from drac_algo.cli import exits_on_bad_input, setup_logging
+from drac_algo.config import RECIPES_DIR, load_config
+from drac_algo.data import find_layout, list_images, load_mask_stacks
+from drac_algo.distributed import init_distributed
+from drac_algo.evaluate import evaluate_paths
+from drac_algo.metrics import score
+
+log = logging.getLogger("quickstart")
+QUICKSTART_RECIPE = RECIPES_DIR / "quickstart.toml"
+
+
+def baseline_scores(data_root: Path) -> dict[str, float]:
+    """Mean challenge Dice of the trivial predictions on the test split: all zeros, all ones."""
+    layout = find_layout(data_root)
+    images = list_images(layout.test_images)
+    gt = load_mask_stacks(layout.test_masks, images)
+    zeros = {i: np.zeros_like(s) for i, s in gt.items()}
+    ones = {i: np.ones_like(s) for i, s in gt.items()}
+    return {"all zeros": score(gt, zeros).mean_dice, "all ones": score(gt, ones).mean_dice}
+
+
+def run_quickstart(
+    workdir: Path, n_train: int, n_test: int, size: int, epochs: int | None, seed: int
+) -> None:
+    from drac_algo.experiment import run_training, summary_table
+    from drac_algo.pipeline import RunConfig, run
+    from drac_algo.synth import write_dataset
+
+    workdir = workdir.resolve()
+    data, run_dir, output = workdir / "data", workdir / "run", workdir / "output"
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    click.echo(
+        f"\n== 1/4 phantom data: python -m drac_algo.synth {data} --n-train {n_train} "
+        f"--n-test {n_test} --size {size} --seed {seed}"
+    )
+    write_dataset(data, n_train, n_test, size, seed, overwrite=True)
+    timings["phantom data"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    epochs_flag = f" --epochs {epochs}" if epochs else ""
+    click.echo(
+        f"\n== 2/4 training: python -m train --data {data} --out {run_dir} "
+        f"--config {QUICKSTART_RECIPE}{epochs_flag}"
+    )
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    configs = [load_config(task, QUICKSTART_RECIPE, epochs=epochs) for task in ("irma", "na", "nv")]
+    summary = run_training(data, run_dir, configs, init_distributed("cpu"))
+    click.echo(summary_table(summary))
+    timings["training"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    test_images = find_layout(data).test_images
+    click.echo(
+        f"\n== 3/4 inference: python process.py --input '{test_images}' --output {output} "
+        f"--model-dir {summary.bundle} --tta d4 --device cpu"
+    )
+    if output.exists():
+        shutil.rmtree(output)
+    run(
+        RunConfig(
+            input_dir=test_images,
+            output_dir=output,
+            model_dir=summary.bundle,
+            tta="d4",
+            device="cpu",
+        )
+    )
+    timings["inference"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    click.echo(f"\n== 4/4 evaluation: python -m drac_algo.evaluate --gt {data} --pred {output}")
+    scores = evaluate_paths(data, output)
+    baselines = baseline_scores(data)
+    timings["evaluation"] = time.perf_counter() - t0
+
+    click.echo("\nWhere things are:")
+    click.echo(f"  phantom data + preview    {data}  ({data / 'preview.png'})")
+    click.echo(f"  training curves           {run_dir}/<task>/<member>/curves.png")
+    click.echo(f"  model bundle              {summary.bundle}")
+    click.echo(f"  submission files          {output}/1.nii.gz 2.nii.gz 3.nii.gz")
+    click.echo(f"  PNG masks, overlays       {output}/masks/  {output}/overlays/")
+    click.echo(f"  per-case results          {output}/results.json")
+    click.echo("\nTimings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    click.echo(
+        "Trivial predictions, mean Dice: " + ", ".join(f"{k} {v:.4f}" for k, v in baselines.items())
+    )
+    click.echo(f"\nScore on the phantom test set ({n_test} images):\n{scores.table()}")
+
+
+@click.command()
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("quickstart"),
+    show_default=True,
+    help="Folder for the data, the run and the outputs (replaced on each run).",
+)
+@click.option("--n-train", type=int, default=48, show_default=True)
+@click.option("--n-test", type=int, default=12, show_default=True)
+@click.option("--size", type=int, default=256, show_default=True)
+@click.option("--epochs", type=int, help="Override the quickstart recipe's epochs.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@exits_on_bad_input
+def main(
+    workdir: Path, n_train: int, n_test: int, size: int, epochs: int | None, seed: int
+) -> None:
+    """Generate phantom data, train a small bundle, run the container's job and score it."""
+    setup_logging()
+    run_quickstart(workdir, n_train, n_test, size, epochs, seed)
+
+
+if __name__ == "__main__":
+    main()
