@@ -1,0 +1,310 @@
+"""Training stage: splits, validation scoring, schedules, a tiny training run on phantom data,
+resume equivalence, atomic checkpoints, the bundle export round trip, and DDP with two gloo
+processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from drac_algo.bundle import build_member, load_bundle
+from drac_algo.checkpoint import load_checkpoint, save_checkpoint
+from drac_algo.config import load_config
+from drac_algo.data import find_layout, list_cases
+from drac_algo.dataset import load_samples
+from drac_algo.distributed import init_distributed
+from drac_algo.errors import DracInputError
+from drac_algo.experiment import plan_members
+from drac_algo.export import export_bundle
+from drac_algo.metrics import dice_iou
+from drac_algo.splits import kfold_split, stratified_kfold_split
+from drac_algo.synth import write_dataset
+from drac_algo.training import make_optimizer, make_scheduler, train_member
+from drac_algo.validation import best_threshold, challenge_dice, overlap_counts
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {
+    "input_size": 64,
+    "batch_size": 4,
+    "num_workers": 0,
+    "model__encoder": "resnet18",
+    "model__decoder_channels": (16, 16, 16, 16, 16),
+    "val__folds": 2,
+    "val__fold": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    """A small phantom DRAC release: 12 training and 4 test images of 64 x 64."""
+    return write_dataset(tmp_path_factory.mktemp("phantom") / "drac", 12, 4, 64, seed=3)
+
+
+@pytest.fixture(scope="module")
+def irma_samples(phantom):
+    return load_samples(list_cases(find_layout(phantom), "train"), 1)
+
+
+def tiny_config(task: str = "irma", **overrides):
+    return load_config(task, None, **{**TINY, **overrides})
+
+
+# --- splits -----------------------------------------------------------------------------------
+
+
+def test_kfold_is_deterministic_disjoint_and_complete():
+    ids = [5, 1, 1299, 86, 300, 7, 42, 999, 1000, 12]
+    folds = [kfold_split(ids, 3, f, seed=4) for f in range(3)]
+    assert folds == [kfold_split(ids, 3, f, seed=4) for f in range(3)]
+    vals = [set(v) for _, v in folds]
+    assert set().union(*vals) == set(ids)
+    assert sum(len(v) for v in vals) == len(ids)
+    for train, val in folds:
+        assert not set(train) & set(val)
+    assert folds != [kfold_split(ids, 3, f, seed=5) for f in range(3)]
+
+
+def test_stratified_split_puts_lesions_in_every_fold():
+    ids = list(range(20))
+    positive = {0, 1, 2}
+    for fold in range(3):
+        _, val = stratified_kfold_split(ids, positive, 3, fold, seed=0)
+        assert set(val) & positive
+    with pytest.raises(DracInputError, match="only 3 cases have this lesion"):
+        stratified_kfold_split(ids, positive, 4, 0, seed=0)
+
+
+# --- validation scoring -----------------------------------------------------------------------
+
+
+def test_validation_counts_match_the_official_metric():
+    rng = np.random.default_rng(0)
+    thresholds = np.array([0.3, 0.5, 0.7])
+    probs = [rng.random((16, 16)) for _ in range(4)]
+    gts = [(rng.random((16, 16)) > 0.6).astype(np.uint8) for _ in range(3)]
+    gts.append(np.zeros((16, 16), np.uint8))  # an image without the lesion: skipped
+    counts = np.stack([overlap_counts(p, g, thresholds) for p, g in zip(probs, gts, strict=True)])
+    dice = challenge_dice(counts)
+    for t_index, t in enumerate(thresholds):
+        per_image = [
+            dice_iou(g, (p >= t).astype(np.uint8))[0] for p, g in zip(probs, gts, strict=True)
+        ]
+        assert dice[t_index] == pytest.approx(np.nanmean(per_image))
+    threshold, tuned = best_threshold(counts, thresholds)
+    assert tuned == pytest.approx(np.nanmax(dice))
+    assert threshold in thresholds
+
+
+def test_best_threshold_prefers_the_one_nearest_half_on_ties():
+    counts = np.zeros((1, 3, 3), np.int64)
+    counts[0, :, :] = (5, 10, 10)  # the same Dice at every threshold
+    assert best_threshold(counts, np.array([0.3, 0.5, 0.7]))[0] == 0.5
+
+
+# --- schedules --------------------------------------------------------------------------------
+
+
+def lrs(cfg, epochs):
+    opt = make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
+    sched = make_scheduler(cfg, opt)
+    out = []
+    for _ in range(epochs):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_multistep_drops_tenfold_at_a_quarter_of_the_epochs():
+    cfg = tiny_config("irma", epochs=8)
+    assert lrs(cfg, 8) == pytest.approx([1e-4, 1e-4] + [1e-5] * 6)
+
+
+def test_cosine_anneals_to_min_lr():
+    cfg = tiny_config("nv", epochs=4)
+    out = lrs(cfg, 5)
+    assert out[0] == pytest.approx(1e-4)
+    assert all(a > b for a, b in zip(out[:4], out[1:4], strict=False))
+    assert out[4] == pytest.approx(cfg.min_lr, abs=1e-12)
+
+
+# --- a tiny training run ----------------------------------------------------------------------
+
+
+def _plan(cfg, samples, run_dir):
+    return plan_members(cfg, samples, run_dir)[0]
+
+
+def test_tiny_training_run_writes_every_member_file(irma_samples, tmp_path):
+    cfg = tiny_config(epochs=2)
+    plan = _plan(cfg, irma_samples, tmp_path)
+    result = train_member(cfg, irma_samples, plan, init_distributed("cpu"))
+    folder = tmp_path / "irma" / "fold0-seed0"
+    for name in ("best.pt", "last.pt", "metrics.csv", "curves.png", "member.json", "config.json"):
+        assert (folder / name).is_file(), name
+    rows = (folder / "metrics.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("epoch,lr,train_loss,val_loss,val_dice")
+    assert len(rows) == 3
+    summary = json.loads((folder / "member.json").read_text())
+    assert summary["best_epoch"] == result.best_epoch in (1, 2)
+    assert 0.0 <= summary["val_dice"] <= 1.0
+    assert summary["threshold"] in cfg.postprocess.threshold_grid or summary["threshold"] == 0.5
+    assert set(summary["val_cases"]).isdisjoint(summary["train_cases"])
+    assert not list(folder.glob("*.partial*"))
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(irma_samples, tmp_path):
+    cfg = tiny_config(epochs=3)
+    ctx = init_distributed("cpu")
+    full = train_member(cfg, irma_samples, _plan(cfg, irma_samples, tmp_path / "a"), ctx)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_first(epoch):
+        if epoch == 0:
+            raise Interrupted
+
+    plan_b = _plan(cfg, irma_samples, tmp_path / "b")
+    with pytest.raises(Interrupted):
+        train_member(cfg, irma_samples, plan_b, ctx, on_epoch_end=stop_after_first)
+    assert load_checkpoint(plan_b.folder / "last.pt")["epoch"] == 0
+    resumed = train_member(cfg, irma_samples, plan_b, ctx, resume=True)
+
+    a = load_checkpoint(tmp_path / "a" / "irma" / "fold0-seed0" / "last.pt")
+    b = load_checkpoint(plan_b.folder / "last.pt")
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert (full.best_epoch, full.val_dice, full.threshold) == (
+        resumed.best_epoch,
+        resumed.val_dice,
+        resumed.threshold,
+    )
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"epoch": 1})
+
+    def broken_save(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"epoch": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path) == {"epoch": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_bundle_export_round_trip(irma_samples, tmp_path):
+    cfg = tiny_config(epochs=1, postprocess__min_component_px=3)
+    plan = _plan(cfg, irma_samples, tmp_path)
+    result = train_member(cfg, irma_samples, plan, init_distributed("cpu"))
+    bundle_dir = export_bundle(tmp_path)
+    bundle = load_bundle(bundle_dir)
+    assert sorted(bundle.classes) == [1]
+    entry = bundle.classes[1]
+    assert entry.threshold == result.threshold
+    assert entry.min_component_px == 3
+    (member,) = entry.members
+    assert member.input_size == 64 and member.model == cfg.model and len(member.tta) == 8
+
+    rebuilt = build_member(bundle_dir, member)
+    original = torch.load(plan.folder / "best.pt", weights_only=True)["model"]
+    reference = build_member(bundle_dir, member)
+    reference.load_state_dict(original)
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), reference(x))
+
+
+def test_export_without_members_names_what_it_expected(tmp_path):
+    with pytest.raises(DracInputError, match="member.json"):
+        export_bundle(tmp_path)
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+def run_train(*args, env=None, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "train", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_bad_config_fails_before_training(phantom, tmp_path):
+    out = tmp_path / "run"
+    proc = run_train("--data", str(phantom), "--out", str(out), "--encoder", "resnet-9000")
+    assert proc.returncode == 2
+    assert "unknown encoder 'resnet-9000'" in proc.stderr and "resnet34" in proc.stderr
+    assert not out.exists()
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochz = 3\n")
+    proc = run_train("--data", str(phantom), "--out", str(out), "--config", str(bad))
+    assert proc.returncode == 2
+    assert "unknown key(s) 'epochz'" in proc.stderr and "epochs" in proc.stderr
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    proc = run_train("--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2
+    assert "nowhere" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_ddp_with_two_gloo_processes(phantom, tmp_path):
+    out = tmp_path / "run"
+    args = [
+        "--nproc_per_node=2",
+        "-m",
+        "train",
+        "--data",
+        str(phantom),
+        "--out",
+        str(out),
+        "--task",
+        "nv",
+        "--epochs",
+        "1",
+        "--image-size",
+        "64",
+        "--encoder",
+        "resnet18",
+        "--folds",
+        "2",
+        "--fold",
+        "0",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bundle = load_bundle(out / "model")
+    assert sorted(bundle.classes) == [3]
+    # One process writes: exactly one metrics row for the one epoch.
+    rows = (out / "nv" / "fold0-seed0" / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 2
