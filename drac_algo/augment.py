@@ -119,13 +119,21 @@ def train_transform(
     norm: Normalization,
     cfg: AugmentConfig | None = None,
     seed: int | None = None,
+    crop_size: int | None = None,
 ) -> A.Compose:
     """The training pipeline for images resized to ``input_size`` x ``input_size``.
 
+    ``crop_size`` (default ``input_size``): the random crop taken after the geometric
+    transforms, so training sees ``crop_size`` patches of the full-resolution image (the
+    networks are fully convolutional; validation and inference run on whole images).
     Call it as ``transform(image=image, mask=mask)`` or through :func:`apply_transform`.
     ``seed`` fixes the pipeline's random generator (``None``: fresh randomness).
     """
     _check_size(input_size)
+    crop = input_size if crop_size is None else crop_size
+    _check_size(crop)
+    if crop > input_size:
+        raise DracInputError(f"crop_size {crop} is larger than input_size {input_size}")
     cfg = cfg or AugmentConfig()
     scale = input_size / REFERENCE_SIZE
     border = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0, "fill_mask": 0}
@@ -139,8 +147,9 @@ def train_transform(
             p=cfg.crop_p,
             strict=True,
         ),
-        # A no-op unless RandomScale enlarged the image.
-        A.RandomCrop(input_size, input_size, p=1.0, strict=True),
+        # The method's RandomCrop: a crop_size patch (or, at crop_size = input_size, a no-op
+        # unless RandomScale enlarged the image).
+        A.RandomCrop(crop, crop, p=1.0, strict=True),
         A.GaussNoise(std_range=cfg.noise_std_range, p=cfg.noise_p, strict=True),
         A.RandomBrightnessContrast(
             brightness_limit=cfg.brightness_limit,

@@ -115,6 +115,7 @@ class TrainConfig:
     model: ModelSpec
     normalization: Normalization = field(default_factory=Normalization)
     input_size: int = 1024
+    crop_size: int | None = None
     epochs: int = 100
     batch_size: int = 4
     grad_accum_steps: int = 1
@@ -143,6 +144,15 @@ class TrainConfig:
             raise DracInputError(
                 f"input_size must be a positive multiple of {multiple} for encoder_depth "
                 f"{self.model.encoder_depth}; got {self.input_size}"
+            )
+        if self.crop_size is not None and (
+            self.crop_size < multiple
+            or self.crop_size % multiple
+            or self.crop_size > self.input_size
+        ):
+            raise DracInputError(
+                f"crop_size must be a multiple of {multiple} no larger than input_size "
+                f"{self.input_size}; got {self.crop_size}"
             )
         for name in ("epochs", "batch_size", "grad_accum_steps"):
             if getattr(self, name) < 1:

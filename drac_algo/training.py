@@ -294,7 +294,7 @@ def train_member(
 
     dataset = LesionDataset(
         train_samples,
-        train_transform(cfg.input_size, cfg.normalization, cfg.augment),
+        train_transform(cfg.input_size, cfg.normalization, cfg.augment, crop_size=cfg.crop_size),
         seed=plan.seed,
     )
     loader, sampler = _loader(dataset, cfg, ctx, plan.seed)

@@ -167,3 +167,16 @@ def test_input_checks():
         apply_transform(eval_transform(32, NORM), np.zeros((32, 32, 3), np.uint8))
     with pytest.raises(DracInputError, match="input_size"):
         train_transform(0, NORM)
+
+
+def test_crop_size_trains_on_patches_of_the_full_resolution_image():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (96, 96), dtype=np.uint8)
+    mask = (image > 128).astype(np.uint8)
+    transform = train_transform(
+        96, Normalization(), AugmentConfig.geometric_only(), 0, crop_size=32
+    )
+    img_t, mask_t = apply_transform(transform, image, mask)
+    assert img_t.shape == mask_t.shape == (1, 32, 32)
+    with pytest.raises(DracInputError, match="larger than input_size"):
+        train_transform(32, Normalization(), crop_size=64)
