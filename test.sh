@@ -1,0 +1,257 @@
+#!/usr/bin/env bash
+# Test the algorithm container the way Grand Challenge runs it, on the checked-in inputs of both
+# input modes (a platform job with inputs.json, a batch folder of PNGs) with the checked-in model
+# bundle, and compare every output with the checked-in expected outputs.
+#
+#   ./test.sh [--tag TAG] [--offline] [--base IMAGE] [--build | --no-build] [--gpus auto|all|none]
+#             [--keep] [-- PROCESS_ARGS...]
+#
+#   --offline, --base IMAGE  passed to ./build.sh; either one implies --build
+#   --build        run ./build.sh first (seconds when nothing changed: Docker's layer cache)
+#   --no-build     test image TAG as it is, even when its code differs from this checkout
+#                  (default: build only when TAG is missing; refuse an out-of-date image)
+#   --gpus MODE    auto (default): '--gpus all' when the docker engine has an nvidia runtime
+#   --keep         keep the scratch folder (outputs, extracted model) and print where it is
+#   -- ARGS        extra arguments for process.py in the container, e.g. -- --precision fp32
+#
+# Fixtures in test/container/ (its README.md says what they are and how to regenerate them).
+# Environment: MEM_LIMIT (default 8g), RUN_TIMEOUT_S (per container run, default 600), PYTHON
+# (host interpreter with numpy and SimpleITK for compare.py; default .venv/bin/python, else
+# python3); PIP_CERT and PYTHON also reach ./build.sh.
+# Exit status: 0 when both runs succeed and match; 1 on any failure, each one named.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+FIXTURES=$ROOT/test/container
+MODES=(gc-job batch)
+MEM_LIMIT=${MEM_LIMIT:-8g}
+RUN_TIMEOUT_S=${RUN_TIMEOUT_S:-600}
+
+tag=drac-algo
+build=auto
+build_opts=()
+gpus=auto
+keep=0
+process_args=()
+
+usage() { sed -n '2,21p' "${BASH_SOURCE[0]}"; }
+log() { echo "[test] $*"; }
+die() {
+    echo "[test] error: $*" >&2
+    exit 1
+}
+
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --tag)
+            tag=${2:?--tag needs a value}
+            shift 2
+            ;;
+        --offline)
+            build_opts+=(--offline)
+            shift
+            ;;
+        --base)
+            build_opts+=(--base "${2:?--base needs a value}")
+            shift 2
+            ;;
+        --build)
+            build=always
+            shift
+            ;;
+        --no-build)
+            build=never
+            shift
+            ;;
+        --gpus)
+            gpus=${2:?--gpus needs auto, all or none}
+            [[ $gpus =~ ^(auto|all|none)$ ]] || die "--gpus $gpus: expected auto, all or none"
+            shift 2
+            ;;
+        --keep)
+            keep=1
+            shift
+            ;;
+        -h | --help)
+            usage
+            exit 0
+            ;;
+        --)
+            shift
+            process_args=("$@")
+            break
+            ;;
+        *)
+            usage >&2
+            die "unknown argument '$1'"
+            ;;
+    esac
+done
+if [[ ${#build_opts[@]} -gt 0 ]]; then
+    [[ $build != never ]] || die "--no-build excludes the build options ${build_opts[*]}"
+    build=always
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Preflight: everything that can be checked before the (slow) build.
+
+python=${PYTHON:-$ROOT/.venv/bin/python}
+[[ -x $python ]] || python=$(command -v python3 || true)
+[[ -n $python ]] || die "no Python for compare.py (set PYTHON to one with numpy and SimpleITK)"
+"$python" -c 'import numpy, SimpleITK' 2>/dev/null \
+    || die "$python cannot import numpy and SimpleITK, which compare.py needs (set PYTHON)"
+for f in compare.py model/manifest.json; do
+    [[ -f $FIXTURES/$f ]] || die "$FIXTURES/$f is missing (see $FIXTURES/README.md)"
+done
+for mode in "${MODES[@]}"; do
+    for d in inputs expected; do
+        [[ -d $FIXTURES/$d/$mode ]] || die "$FIXTURES/$d/$mode is missing (see $FIXTURES/README.md)"
+    done
+done
+docker info >/dev/null 2>&1 \
+    || die "no docker engine answers 'docker info' (start one with: sudo .ci/docker-setup.sh)"
+
+# ---------------------------------------------------------------------------------------------
+# Scratch space and cleanup. Containers are named, so an interrupted run's container can be
+# removed; outputs the container's user wrote may be undeletable by a non-root caller, so a
+# container of the same image (same user) empties them first.
+
+work=
+containers=()
+output_dirs=()
+cleanup() {
+    local status=$? name dir
+    for name in "${containers[@]}"; do docker rm -f "$name" >/dev/null 2>&1 || true; done
+    if [[ -n $work && -d $work ]]; then
+        if [[ $keep -eq 1 ]]; then
+            log "kept the scratch folder $work"
+        else
+            if ! rm -rf "$work" 2>/dev/null; then
+                for dir in "${output_dirs[@]}"; do
+                    docker run --rm --network none --entrypoint find -v "$dir:/output" "$tag" \
+                        /output -mindepth 1 -delete >/dev/null 2>&1 || true
+                done
+                rm -rf "$work" || log "warning: could not remove $work"
+            fi
+        fi
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+work=$(mktemp -d "${TMPDIR:-/tmp}/drac-algo-test.XXXXXX")
+
+# ---------------------------------------------------------------------------------------------
+# The image.
+
+# sha256 of every file the image gets from this checkout (see .dockerignore), as "sum  path"
+# lines in C order; run on the host or, with the same command, inside the image at /opt/app.
+list_code='LC_ALL=C find drac_algo process.py requirements.txt -type f ! -name "*.pyc" \
+    ! -path "*/__pycache__/*" -print0 | LC_ALL=C sort -z | xargs -0 sha256sum'
+
+if [[ $build == auto ]] && ! docker image inspect "$tag" >/dev/null 2>&1; then
+    log "no image $tag here; building it"
+    build=always
+fi
+if [[ $build == always ]]; then
+    t0=$SECONDS
+    log "./build.sh --tag $tag ${build_opts[*]}"
+    "$ROOT/build.sh" --tag "$tag" "${build_opts[@]}" || die "./build.sh failed"
+    log "build step took $((SECONDS - t0))s"
+fi
+docker image inspect "$tag" >/dev/null 2>&1 || die "no image $tag (build it with ./build.sh)"
+image_code=$(docker run --rm --network none --entrypoint sh "$tag" -c "cd /opt/app && $list_code") \
+    || die "could not list the code inside image $tag"
+host_code=$(cd "$ROOT" && sh -c "$list_code") || die "could not list the code of $ROOT"
+if [[ $image_code != "$host_code" ]]; then
+    stale=$(diff <(echo "$image_code") <(echo "$host_code") | awk '/^[<>]/ { print $3 }' \
+        | sort -u | head -n 10 | sed 's/^/    /' || true)
+    msg="image $tag holds other code than this checkout; files that differ:"$'\n'"$stale"
+    if [[ $build == never ]]; then
+        log "warning (--no-build): $msg"
+    else
+        die "$msg"$'\n'"rebuild: ./build.sh (with your --offline/--base), or pass those to ./test.sh"
+    fi
+fi
+user=$(docker image inspect "$tag" --format '{{.Config.User}}')
+[[ -n $user && $user != root && $user != 0 && $user != 0:* ]] \
+    || die "image $tag runs as '${user:-root}'; Grand Challenge expects a non-root USER"
+
+# ---------------------------------------------------------------------------------------------
+# The model, as uploaded: export.sh's model.tar.gz, extracted the way the platform does it.
+
+log "./export.sh --model-only --bundle test/container/model"
+"$ROOT/export.sh" --model-only --bundle "$FIXTURES/model" --out "$work/dist" >/dev/null \
+    || die "./export.sh --model-only failed on $FIXTURES/model"
+mkdir "$work/model"
+tar -xzpf "$work/dist/model.tar.gz" -C "$work/model"
+[[ -f $work/model/manifest.json ]] || die "model.tar.gz has no manifest.json at its top level:" \
+    "$(tar -tzf "$work/dist/model.tar.gz" | head -n 5 | tr '\n' ' ')"
+
+# ---------------------------------------------------------------------------------------------
+# The runs, with the platform's restrictions.
+
+run_opts=(
+    --network none
+    --memory "$MEM_LIMIT" --memory-swap "$MEM_LIMIT"
+    --cap-drop ALL
+    --security-opt no-new-privileges
+    --pids-limit 256
+    --shm-size 128m
+    --tmpfs "/tmp:rw,exec,nosuid,nodev,mode=1777"
+    --volume "$work/model:/opt/ml/model:ro"
+)
+case $gpus in
+    auto)
+        if docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"nvidia"'; then
+            run_opts+=(--gpus all)
+        fi
+        ;;
+    all) run_opts+=(--gpus all) ;;
+    none) ;;
+esac
+log "image $tag ($(docker image inspect "$tag" --format '{{.Id}}' | cut -c8-19)), user $user," \
+    "memory $MEM_LIMIT, $([[ ${run_opts[*]} == *--gpus* ]] && echo GPU || echo 'no GPU')"
+
+failures=()
+for mode in "${MODES[@]}"; do
+    input=$work/input-$mode
+    output=$work/output-$mode
+    name=drac-algo-test-$$-$mode
+    # Copies, readable by any uid whatever the checkout's umask; the output is fresh and
+    # writable by the image's user (its uid is the image's business, hence 0777; the scratch
+    # folder above it is private).
+    cp -R "$FIXTURES/inputs/$mode" "$input"
+    chmod -R a+rX "$input"
+    mkdir "$output"
+    chmod 0777 "$output"
+    output_dirs+=("$output")
+    containers+=("$name")
+
+    log "$mode: docker run ${run_opts[*]} --volume $input:/input:ro --volume $output:/output" \
+        "$tag ${process_args[*]}"
+    t0=$SECONDS
+    rc=0
+    timeout "$RUN_TIMEOUT_S" docker run --rm --name "$name" "${run_opts[@]}" \
+        --volume "$input:/input:ro" --volume "$output:/output" \
+        "$tag" "${process_args[@]}" 2>&1 | sed "s/^/[$mode] /" || rc=$?
+    if [[ $rc -eq 124 ]]; then
+        failures+=("$mode: the container ran longer than ${RUN_TIMEOUT_S}s (RUN_TIMEOUT_S)")
+        continue
+    elif [[ $rc -ne 0 ]]; then
+        failures+=("$mode: the container exited with status $rc (its log is above)")
+        continue
+    fi
+    log "$mode: container finished in $((SECONDS - t0))s; comparing with test/container/expected/$mode"
+    if ! "$python" "$FIXTURES/compare.py" "$FIXTURES/expected/$mode" "$output"; then
+        failures+=("$mode: the outputs differ from test/container/expected/$mode (listed above)")
+    fi
+done
+
+if [[ ${#failures[@]} -gt 0 ]]; then
+    echo "[test] FAILED:" >&2
+    printf '  %s\n' "${failures[@]}" >&2
+    exit 1
+fi
+log "passed: ${MODES[*]} outputs match test/container/expected (${SECONDS}s in all)"
