@@ -1,0 +1,112 @@
+"""Smoke test of ``python -m drac_algo.bench --quick``: it runs end to end on the CPU and writes
+the JSON report with every section filled in. No timing assertions (shared CI machines)."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from drac_algo.bench import METHODS, ClassPlan, agreement, main, ttach_transforms
+from drac_algo.tta import TTA_SETS
+
+HAS_TTACH = importlib.util.find_spec("ttach") is not None
+
+
+def test_quick_run_writes_the_report(tmp_path):
+    out = tmp_path / "bench.json"
+    # One thread: a smoke test on a shared machine, where OpenMP threads that wait on each other
+    # slow everything down many times over.
+    result = CliRunner().invoke(main, ["--quick", "--threads", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    report = json.loads(out.read_text())
+
+    assert {"config", "machine", "ensemble", "gflop_per_image", "peak_gflops", "methods"} <= set(
+        report
+    )
+    assert {"passes", "agreement", "training", "targets"} <= set(report)
+    assert report["config"]["quick"] and report["config"]["size"] == 64
+    assert [m["key"] for m in report["ensemble"]] == ["irma", "na", "nv"]
+    assert all(len(m["views"]) == 8 for m in report["ensemble"])
+    assert report["gflop_per_image"] > 0
+    assert report["peak_gflops"]["fp32"]["peak"] > 0
+
+    assert list(report["methods"]) == list(METHODS)
+    timed = ["naive", "engine"] + (["ttach"] if HAS_TTACH else [])
+    for method in timed:
+        row = report["methods"][method]
+        assert row["images_per_second"] > 0, method
+        assert row["achieved_gflops"] > 0 and row["fraction_of_peak"] > 0, method
+        assert row["memory"]["rss_peak_bytes"] > 0, method
+        assert row["ran_dtype"] in ("fp32", "bf16", "fp16") and row["ran_layout"] in (
+            "NCHW",
+            "NHWC",
+        )
+        assert len(row["run_seconds"]) == 1
+    assert report["methods"]["naive"]["ran_dtype"] == "fp32"
+    assert report["methods"]["naive"]["speedup_vs_naive"] == pytest.approx(1.0)
+    if not HAS_TTACH:
+        assert "not installed" in report["methods"]["ttach"]["skipped"]
+
+    # Agreement is reported for every method but naive, against naive.
+    assert set(report["agreement"]) == set(timed) - {"naive"}
+    engine = report["agreement"]["engine"]
+    assert 0 <= engine["pixel_agreement_percent"] <= 100
+    assert set(engine["dice"]) == {"1", "2", "3"}
+
+    assert len(report["training"]) == 4
+    assert {(t["precision"], t["channels_last"]) for t in report["training"]} == {
+        ("fp32", False),
+        ("fp32", True),
+        ("bf16", False),
+        ("bf16", True),
+    }
+    assert all(t["images_per_second"] > 0 for t in report["training"])
+    assert {"engine_vs_naive", "engine_vs_ttach", "agreement_percent", "cpu_peak_gib"} <= set(
+        report["targets"]
+    )
+    assert report["targets"]["applicable"] is False  # 64 x 64 with resnet18 is not the setting
+    assert "engine" in result.output and "training step" in result.output
+
+
+def test_bad_method_is_a_clear_error():
+    result = CliRunner().invoke(main, ["--quick", "--methods", "naive,fast"])
+    assert result.exit_code == 2
+    assert "unknown method(s) fast" in result.output
+
+
+def test_agreement_pools_pixels_and_dice_over_images():
+    plan = (ClassPlan(1, "irma", 0.5, 0, False, ()), ClassPlan(3, "nv", 0.5, 0, False, ()))
+    blank = np.zeros((4, 4), np.float32)
+    first = {1: blank.copy(), 3: blank.copy()}
+    first[1][:2] = 0.9  # 8 foreground pixels
+    changed = {1: first[1].copy(), 3: blank.copy()}
+    changed[1][0, :2] = 0.2  # 2 of them lost
+    second = {1: blank.copy(), 3: blank.copy()}  # identical on both sides
+    result = agreement(plan, [first, second], [changed, second])
+    assert result["images"] == 2
+    assert result["pixel_agreement_percent"] == pytest.approx(100 * (64 - 2) / 64)
+    assert result["dice"]["1"] == pytest.approx(2 * 6 / (8 + 6))
+    assert result["dice"]["3"] == 1.0  # empty on both sides: they agree
+    assert result["foreground_percent"]["1"] == pytest.approx(100 * 8 / 32)
+    assert result["max_abs_probability_difference"] == pytest.approx(0.7)
+    assert result["mean_abs_probability_difference"] == pytest.approx(2 * 0.7 / 64)
+
+
+@pytest.mark.skipif(not HAS_TTACH, reason="ttach not installed")
+def test_ttach_views_match_ours():
+    """ttach's D4 and flip sets give exactly our views (same set of images of x)."""
+    import torch
+
+    from drac_algo.tta import tta_set
+
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    for name in ("d4", "flips", "none"):
+        ours = {tuple(t.forward(x).flatten().tolist()) for t in tta_set(name)}
+        theirs = {
+            tuple(t.augment_image(x).flatten().tolist())
+            for t in ttach_transforms(list(TTA_SETS[name]))
+        }
+        assert ours == theirs, name
+    assert ttach_transforms(["identity", "rot90"]) is None
