@@ -1495,7 +1495,7 @@ def format_report(report: dict[str, Any]) -> str:
                 str(r["views_per_batch"]),
                 f"{r['images_per_second']:.4g}",
                 f"{1 / r['images_per_second']:.2f}",
-                f"{r.get('speedup_vs_naive', float('nan')):.2f}x",
+                f"{r['speedup_vs_naive']:.2f}x" if "speedup_vs_naive" in r else "-",
                 _gib(peak_bytes),
                 _gib(working),
                 f"{r['achieved_gflops']:.0f}",
