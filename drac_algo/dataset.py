@@ -2,13 +2,15 @@
 memory as uint8 (109 DRAC images at 1024 x 1024 are about 220 MB with their masks)."""
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import albumentations as A
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from drac_algo.augment import to_tensors
 from drac_algo.data import Case, load_case_masks
 from drac_algo.images import load_image
 
@@ -45,7 +47,7 @@ class LesionDataset(Dataset):
     def __init__(
         self,
         samples: Sequence[Sample],
-        transform: Callable[..., dict],
+        transform: A.Compose,
         seed: int = 0,
     ) -> None:
         self.samples = list(samples)
@@ -62,18 +64,7 @@ class LesionDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         sample = self.samples[index]
         item_seed = (self.seed * 1_000_003 + self.epoch * 10_007 + index) % 2**63
-        if hasattr(self.transform, "set_random_state"):
-            # One generator shared by every transform in the pipeline, so their draws differ.
-            self.transform.set_random_state(
-                np.random.default_rng(item_seed), random.Random(item_seed)
-            )
+        # One generator shared by every transform in the pipeline, so their draws differ.
+        self.transform.set_random_state(np.random.default_rng(item_seed), random.Random(item_seed))
         out = self.transform(image=sample.image, mask=sample.mask)
-        image = torch.as_tensor(np.ascontiguousarray(out["image"]), dtype=torch.float32)
-        mask = torch.as_tensor(np.ascontiguousarray(out["mask"]), dtype=torch.float32)
-        if image.ndim == 2:
-            image = image.unsqueeze(0)
-        elif image.ndim == 3 and image.shape[-1] == 1:
-            image = image.permute(2, 0, 1)
-        if mask.ndim == 2:
-            mask = mask.unsqueeze(0)
-        return image, mask
+        return to_tensors(out["image"], out["mask"])

@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from drac_algo.augment import eval_transform, train_transform
+from drac_algo.augment import eval_transform, to_tensors, train_transform
 from drac_algo.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -221,10 +221,9 @@ def validate(
     local: dict[int, tuple[float, np.ndarray]] = {}
     for i in mine:
         out = transform(image=samples[i].image, mask=samples[i].mask)
-        image = torch.from_numpy(out["image"]).float()[None, None]
-        mask = torch.from_numpy(out["mask"]).float()[None, None]
-        image = _to_device(image, ctx.device, channels_last)
-        mask = mask.to(ctx.device)
+        image, mask = to_tensors(out["image"], out["mask"])
+        image = _to_device(image[None], ctx.device, channels_last)
+        mask = mask[None].to(ctx.device)
         with torch.autocast(ctx.device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(image).float()
         loss = float(loss_fn(logits, mask.contiguous()))

@@ -116,7 +116,6 @@ def main(
     setup_logging(verbose)
     if config_file is not None and not config_file.is_file():
         raise DracInputError(f"--config {config_file}: no such file")
-    val_fold = fold
     configs = resolve_configs(
         tasks,
         config_file,
@@ -125,7 +124,7 @@ def main(
         batch_size=batch_size,
         grad_accum_steps=grad_accum,
         val__folds=folds,
-        val__fold=val_fold if val_fold is not None else ("none" if folds is not None else None),
+        val__fold=fold if fold is not None else ("none" if folds is not None else None),
         seeds=_seeds(seeds),
         model__encoder=encoder,
         encoder_weights=encoder_weights,
