@@ -73,16 +73,16 @@ _PATH = click.Path(path_type=Path, file_okay=True, dir_okay=True)
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="At most this many TTA views per forward pass.",
+    default=None,
+    help="At most this many TTA views per forward pass.  [default: 8 on CUDA, 1 on the CPU]",
 )
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
     default="auto",
     show_default=True,
-    help="auto = bf16/fp16 autocast on CUDA, fp32 on the CPU.",
+    help="auto = bf16 autocast where the device computes bf16 natively (Ampere+ GPUs, CPUs "
+    "with AVX512-BF16/AMX), else fp16 on CUDA and fp32 on the CPU.",
 )
 @click.option(
     "--input-slug", default=None, help="Image socket to read when inputs.json holds several."
@@ -102,7 +102,7 @@ def main(
     model_dir: Path,
     tta: str,
     device: str,
-    batch_size: int,
+    batch_size: int | None,
     precision: str,
     input_slug: str | None,
     output_slugs: tuple[str, ...],

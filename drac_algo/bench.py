@@ -29,6 +29,12 @@ second) and that as a fraction of the device's peak in the row's precision; the 
 its masks with the naive float32 masks over all images (pixels that agree, Dice per class, the
 largest and mean probability difference), so that a faster path that changes the answer shows.
 
+Ensembles: ``--members N`` random-weight networks per class (default 1). Members run one after
+the other, so speed ratios do not depend on N, but every member stays loaded, so memory does:
+``python -m train`` makes 5 per class by default (the recipes' 5 folds x 1 seed), and the memory
+target is judged on a run with that many. Each row also gets the time for the 65-image DRAC test
+set with that default ensemble, scaled from the row's time by FLOPs.
+
 Peak: the faster of a large ``torch.matmul`` and a channels-last 3 x 3 convolution in that
 precision. Both, because on x86 CPUs float32 ``torch.matmul`` runs in MKL, which reaches less
 than half of what oneDNN's convolutions reach on AMD CPUs: with the matmul alone, float32
@@ -56,10 +62,12 @@ loss, backward, the recipe's optimizer step) at ``--train-size``, in float32 and
 precision (bf16 autocast on the CPU; bf16, else fp16 with a gradient scaler, on CUDA), each
 with and without channels-last; one fresh process per variant, one after the other.
 
-The engine's precision: ``--precision auto`` is the bench's choice, not the Predictor's: bf16
-on a CPU with native bf16 (AVX512-BF16 / AMX), else fp32; on CUDA the Predictor's own ``auto``.
-The table states what each row actually ran: the dtype and memory layout seen by the first
-convolution with more than one input channel in the first network.
+The engine's precision: ``--precision auto`` is the Predictor's own (and ``process.py``'s)
+``auto``: bf16 where the device computes it natively (Ampere+ GPUs, CPUs with AVX512-BF16 or
+AMX), else fp16 on CUDA and fp32 on the CPU. Its views per batch: the Predictor's default (all
+8 on CUDA, 1 on the CPU) unless ``--views-per-batch`` says otherwise. The table states what each
+row actually ran: the dtype and memory layout seen by the first convolution with more than one
+input channel in the first network.
 """
 
 from __future__ import annotations
@@ -92,6 +100,7 @@ from torch import nn
 
 from drac_algo.cli import exits_on_bad_input, setup_logging
 from drac_algo.errors import DracInputError
+from drac_algo.hardware import native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -138,13 +147,14 @@ class BenchConfig:
     bundle: Path | None = None
     images: Path | None = None
     n_images: int = 1
+    members: int = 1
     arch: str | None = None
     encoder: str | None = None
     decoder_channels: tuple[int, ...] | None = None
     tta: str = "d4"
     device: str = "cpu"
     precision: str = "auto"
-    views_per_batch: int = 8
+    views_per_batch: int | None = None  # None: the engine's default for the device
     methods: tuple[str, ...] = METHODS
     repeats: int = 3
     warmup: int = 1
@@ -161,7 +171,7 @@ class BenchConfig:
     quick: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("size", "n_images", "views_per_batch", "repeats", "train_batch"):
+        for name in ("size", "n_images", "members", "views_per_batch", "repeats", "train_batch"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise DracInputError(
                     f"--{name.replace('_', '-')} must be >= 1, found {getattr(self, name)}"
@@ -180,9 +190,12 @@ class BenchConfig:
                 f"unknown method(s) {', '.join(unknown) or '(none given)'}; "
                 f"valid: {', '.join(METHODS)}"
             )
-        if self.bundle is not None and (self.arch or self.encoder or self.decoder_channels):
+        if self.bundle is not None and (
+            self.arch or self.encoder or self.decoder_channels or self.members != 1
+        ):
             raise DracInputError(
-                "--arch/--encoder describe random-weight models; a --bundle brings its own"
+                "--arch/--encoder/--decoder-channels/--members describe random-weight models; "
+                "a --bundle brings its own"
             )
 
     @property
@@ -240,9 +253,9 @@ class ClassPlan:
 
 
 def plan_ensemble(cfg: BenchConfig) -> tuple[ClassPlan, ...]:
-    """The networks to benchmark: every class and member of ``cfg.bundle``, or one network per
-    lesion class with the architecture of its recipe (``drac_algo/recipes``), optionally
-    overridden, with seeded random weights and threshold 0.5."""
+    """The networks to benchmark: every class and member of ``cfg.bundle``, or ``cfg.members``
+    networks per lesion class with the architecture of its recipe (``drac_algo/recipes``),
+    optionally overridden, with seeded random weights and threshold 0.5."""
     from drac_algo.classes import LESION_CLASSES
     from drac_algo.config import load_config
 
@@ -293,16 +306,17 @@ def plan_ensemble(cfg: BenchConfig) -> tuple[ClassPlan, ...]:
                 threshold=0.5,
                 min_component_px=recipe.postprocess.min_component_px,
                 fill_holes=recipe.postprocess.fill_holes,
-                members=(
+                members=tuple(
                     MemberPlan(
                         spec=spec,
                         input_size=cfg.size,
                         mean=recipe.normalization.mean,
                         std=recipe.normalization.std,
                         tta=None,
-                        name=f"{lesion.key} random",
-                        seed=cfg.seed * 1000 + lesion.index,
-                    ),
+                        name=f"{lesion.key} random {i}",
+                        seed=cfg.seed * 1000 + 100 * i + lesion.index,
+                    )
+                    for i in range(cfg.members)
                 ),
             )
         )
@@ -360,24 +374,6 @@ def load_images(cfg: BenchConfig) -> list[np.ndarray]:
 
 # --------------------------------------------------------------------------------------------
 # Device facts: precision, FLOPs, matmul peak, memory
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively here (AVX512-BF16 or AMX); elsewhere bf16 is emulated
-    and slower than float32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def engine_precision(precision: str, device: torch.device) -> str:
-    """The precision an engine row runs with (see the module docstring for ``auto``)."""
-    if precision != "auto":
-        return precision
-    if device.type == "cpu":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    return "auto"
 
 
 def autocast_name(precision: str, device: torch.device) -> str:
@@ -737,7 +733,7 @@ def engine_runner(
     predictor = engine.Predictor(
         classes,
         device=device,
-        precision=engine_precision(precision or "auto", device),
+        precision=precision or "auto",
         tta=cfg.tta,
         max_views_per_batch=cfg.views_per_batch,
     )
@@ -761,12 +757,14 @@ def method_settings(
 ) -> dict[str, Any]:
     """What a method is configured to run with (the table's ran-with columns come from the
     :class:`LayoutProbe`)."""
+    from drac_algo.inference import default_views_per_batch
+
     if method == "engine":
-        precision = engine_precision(precision or "auto", device)
+        precision = precision or "auto"
         return {
             "precision": precision,
             "autocast": autocast_name(precision, device),
-            "views_per_batch": cfg.views_per_batch,
+            "views_per_batch": cfg.views_per_batch or default_views_per_batch(device),
         }
     return {"precision": "fp32", "autocast": "fp32", "views_per_batch": 1}
 
@@ -1033,8 +1031,7 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
         x, y = (t.contiguous(memory_format=torch.channels_last) for t in (x, y))
     dtype = None
     if job.amp:
-        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        dtype = torch.bfloat16 if device.type == "cpu" or cuda_bf16 else torch.float16
+        dtype = torch.bfloat16 if device.type == "cpu" or native_bf16(device) else torch.float16
     scaler = torch.amp.GradScaler("cuda") if dtype is torch.float16 else None
     loss_fn = build_loss(recipe.loss.name, **recipe.loss.params)
     optimizer = make_optimizer(recipe, model.parameters())
@@ -1158,7 +1155,7 @@ def machine_facts(device: torch.device) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpu_native_bf16": cpu_has_native_bf16(),
+        "native_bf16": native_bf16(device),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     if device.type == "cuda":
@@ -1230,10 +1227,10 @@ def _run_bench(cfg: BenchConfig, progress: Callable[[str], None]) -> dict[str, A
                     "gflop_per_view": per_view / 1e9,
                 }
             )
-    autocasts = {autocast_name(engine_precision(p, device), device) for p in cfg.engine_precisions}
+    autocasts = {autocast_name(p, device) for p in cfg.engine_precisions}
     side = cfg.matmul_side or (8192 if device.type == "cuda" else 2048)
     progress(f"compute peak (matmul {side} x {side}, 3 x 3 convolution)")
-    train_amp = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
+    train_amp = "bf16" if device.type == "cpu" or native_bf16(device) else "fp16"
     wanted = {"fp32"} | autocasts | ({train_amp} if cfg.train else set())
     peaks = {p: measure_peak(device, p, side) for p in sorted(wanted)}
     report: dict[str, Any] = {
@@ -1247,6 +1244,7 @@ def _run_bench(cfg: BenchConfig, progress: Callable[[str], None]) -> dict[str, A
         },
         "ensemble": members,
         "gflop_per_image": flops_per_image / 1e9,
+        "default_ensemble": default_ensemble(members),
         "peak_gflops": peaks,
         "methods": {},
         "passes": [],
@@ -1328,8 +1326,27 @@ def _run_training(
     return rows
 
 
+def default_ensemble(ensemble: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The ensemble ``python -m train`` makes by default (per class: the recipe's folds x seeds
+    members of the recipe's architecture), at the benchmarked network sides and views: its
+    members per class and FLOPs per image, to scale this run's times to it (members run one
+    after the other, so time grows with FLOPs)."""
+    from drac_algo.config import load_config
+
+    members: dict[str, int] = {}
+    flops = 0
+    for key in dict.fromkeys(m["key"] for m in ensemble):
+        first = next(m for m in ensemble if m["key"] == key)
+        recipe = load_config(key)
+        members[key] = recipe.n_members
+        per_view = count_flops(recipe.model, first["network_side"])
+        flops += recipe.n_members * per_view * len(first["views"])
+    return {"members": members, "gflop_per_image": flops / 1e9}
+
+
 def _derive_method_figures(report: dict[str, Any], flops_per_image: int) -> None:
     naive = report["methods"].get("naive", {})
+    scale = report["default_ensemble"]["gflop_per_image"] / report["gflop_per_image"]
     for result in report["methods"].values():
         if "images_per_second" not in result:
             continue
@@ -1340,6 +1357,7 @@ def _derive_method_figures(report: dict[str, Any], flops_per_image: int) -> None
         if "images_per_second" in naive:
             result["speedup_vs_naive"] = ips / naive["images_per_second"]
         result["drac_test_set_seconds"] = DRAC_TEST_IMAGES / ips
+        result["drac_test_set_default_ensemble_seconds"] = DRAC_TEST_IMAGES / ips * scale
 
 
 def evaluate_targets(report: dict[str, Any]) -> dict[str, Any]:
@@ -1379,10 +1397,13 @@ def evaluate_targets(report: dict[str, Any]) -> dict[str, Any]:
         "conclusive": cfg["bundle"] is not None,
     }
     peak = engine.get("memory", {}).get("rss_peak_bytes")
+    counts = {key: sum(m["key"] == key for m in ensemble) for key in {m["key"] for m in ensemble}}
     out["cpu_peak_gib"] = {
         "value": None if peak is None else peak / GIB,
         "target": TARGETS["cpu_peak_gib"],
         "met": None if peak is None else peak / GIB < TARGETS["cpu_peak_gib"],
+        # Every member's weights stay loaded: memory depends on the ensemble's size.
+        "default_ensemble": counts == report["default_ensemble"]["members"],
     }
     return out
 
@@ -1443,10 +1464,13 @@ def format_report(report: dict[str, Any]) -> str:
     lines = []
     where = machine.get("gpu") or machine["cpu"]
     n_views = {len(m["views"]) for m in report["ensemble"]}
-    models = ", ".join(
-        f"{m['key']} {describe_spec(_Spec(m['model']))} ({m['gflop_per_view']:.3g} GFLOP/view)"
-        for m in report["ensemble"]
-    )
+    groups: dict[str, int] = {}
+    for m in report["ensemble"]:
+        label = (
+            f"{m['key']} {describe_spec(_Spec(m['model']))} ({m['gflop_per_view']:.3g} GFLOP/view)"
+        )
+        groups[label] = groups.get(label, 0) + 1
+    models = ", ".join(f"{n} x {label}" if n > 1 else label for label, n in groups.items())
     image_shapes = ", ".join(f"{h} x {w}" for h, w in report["images"]["shapes"])
     lines.append(
         f"device {machine['device']} ({where}, {machine['torch_threads']} threads), "
@@ -1527,6 +1551,19 @@ def format_report(report: dict[str, Any]) -> str:
             rows,
         )
     )
+    default = report["default_ensemble"]
+    timed = {n: r for n, r in report["methods"].items() if "images_per_second" in r}
+    if timed:
+        lines.append(
+            f"{DRAC_TEST_IMAGES} images with the default ensemble ("
+            + ", ".join(f"{k} {n}" for k, n in default["members"].items())
+            + f" members: the recipes' folds x seeds; {default['gflop_per_image'] / 1e3:.2f} "
+            "TFLOP per image), scaled from this run by FLOPs: "
+            + ", ".join(
+                f"{n} {_duration(r['drac_test_set_default_ensemble_seconds'])}"
+                for n, r in timed.items()
+            )
+        )
     if busy:
         lines.append(
             f"warning: the machine was busy (1-min load average above {machine['cpu_count']} "
@@ -1625,6 +1662,11 @@ def format_report(report: dict[str, Any]) -> str:
         verdict = "met" if t["met"] else "NOT met"
         if name == "agreement_percent" and not t["conclusive"]:
             verdict += " (random weights: not conclusive)"
+        if name == "cpu_peak_gib" and not t["default_ensemble"]:
+            verdict += (
+                " (not the default ensemble's size: every member stays loaded, rerun with "
+                f"--members {max(default['members'].values())} for its memory)"
+            )
         lines.append(f"  {label}: {fmt.format(t['value'], t['target'])}: {verdict}")
     return "\n".join(lines)
 
@@ -1673,6 +1715,14 @@ def _parse_channels(ctx: click.Context, param: click.Parameter, value: str | Non
     help="Folder of real images (default: seeded phantom images).",
 )
 @click.option("--n-images", type=int, default=1, show_default=True, help="Images per timed pass.")
+@click.option(
+    "--members",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Random-weight networks per class (the default training makes 5: folds x seeds; "
+    "speed ratios do not depend on it, memory does).",
+)
 @click.option("--arch", default=None, help="Override the recipes' architecture (random weights).")
 @click.option(
     "--encoder",
@@ -1691,16 +1741,15 @@ def _parse_channels(ctx: click.Context, param: click.Parameter, value: str | Non
     "--precision",
     default="auto",
     show_default=True,
-    help="The engine's precision: auto, fp32, bf16 or fp16 (auto: bf16 on a CPU with native "
-    "bf16, else fp32; on CUDA the Predictor's auto). A comma-separated list adds one engine "
+    help="The engine's precision: auto, fp32, bf16 or fp16 (auto: the Predictor's: bf16 where "
+    "native, else fp16 on CUDA and fp32 on the CPU). A comma-separated list adds one engine "
     "row per precision (e.g. bf16,fp32).",
 )
 @click.option(
     "--views-per-batch",
     type=int,
-    default=8,
-    show_default=True,
-    help="The engine's views per forward.",
+    default=None,
+    help="The engine's views per forward.  [default: the engine's: 8 on CUDA, 1 on the CPU]",
 )
 @click.option(
     "--methods",

@@ -201,6 +201,13 @@ class TrainConfig:
     def lesion(self) -> LesionClass:
         return lesion_class(self.task)
 
+    @property
+    def n_members(self) -> int:
+        """Members this config trains (the task's ensemble): each trained fold (one for a
+        holdout split) times each seed."""
+        one_split = self.val.holdout_fraction is not None or self.val.fold is not None
+        return (1 if one_split else self.val.folds) * len(self.seeds)
+
     def milestone_epochs(self) -> list[int]:
         """The epochs (0-based, learning rate changes before that epoch) of the multistep
         schedule: ``round(fraction * epochs)``, at least 1, duplicates removed."""

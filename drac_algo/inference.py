@@ -10,8 +10,10 @@ Per class and image (shapes for an input image (H, W) uint8):
    multiple of 32 (encoders halve the size up to 5 times, and the D4 transforms that swap H and
    W need a square so that all views share one batch).
 2. The member's TTA views (the requested set intersected with the transforms its bundle entry
-   lists as valid) go through the network in batches of at most ``max_views_per_batch``; each
-   view's logits (n, 1, S, S) are mapped back with that transform's inverse, then passed through
+   lists as valid) go through the network channels-last (oneDNN and cuDNN both run NHWC
+   convolutions natively), in batches of at most ``max_views_per_batch`` (default
+   :func:`default_views_per_batch`: 8 on CUDA, 1 on the CPU), under the autocast of
+   :func:`resolve_precision`; each view's logits (n, 1, S, S) are mapped back with that transform's inverse, then passed through
    a sigmoid.
 3. The ensemble averages *probabilities*, not logits: the mean of the sigmoid over views gives a
    member map, which is cropped and resized back to (H, W) (bilinear when enlarging, area when
@@ -42,6 +44,7 @@ import numpy as np
 import torch
 
 from drac_algo.errors import DracInputError
+from drac_algo.hardware import native_bf16
 from drac_algo.postprocess import postprocess_mask, threshold_probability
 from drac_algo.tta import TTATransform, select_transforms
 
@@ -142,20 +145,31 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device``; ``None`` means plain float32.
 
-    ``"auto"``: bf16 on CUDA where supported, else fp16 on CUDA; fp32 elsewhere. ``"bf16"`` and
-    ``"fp16"`` are honoured on the CPU too (explicit opt-in); ``"bf16"`` on a CUDA device
-    without bf16 support raises :class:`DracInputError`.
+    ``"auto"``: bf16 where the device computes it natively (:func:`drac_algo.hardware.
+    native_bf16`: Ampere and newer GPUs; CPUs with AVX512-BF16 or AMX), else fp16 on CUDA (the
+    T4) and fp32 on the CPU. bf16 on such a CPU runs the D4 ensemble about 2x faster than fp32
+    (``python -m drac_algo.bench``), its masks agreeing with float32's on over 99.9 % of the
+    pixels. ``"bf16"`` and ``"fp16"`` are honoured everywhere (explicit opt-in; emulated where
+    not native); ``"bf16"`` on a CUDA device without bf16 support raises
+    :class:`DracInputError`.
     """
     if precision not in PRECISIONS:
         raise DracInputError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     is_cuda = device.type == "cuda"
     if precision == "auto":
-        if not is_cuda:
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if native_bf16(device):
+            return torch.bfloat16
+        return torch.float16 if is_cuda else None
     if precision == "bf16" and is_cuda and not torch.cuda.is_bf16_supported():
         raise DracInputError(f"precision 'bf16' requested but {device} does not support it")
     return _DTYPES[precision]
+
+
+def default_views_per_batch(device: torch.device) -> int:
+    """8 on CUDA (all D4 views in one batch); 1 on the CPU, where a batch of views is slower
+    per view (bigger working set than the caches) and multiplies the working memory by the
+    batch size (a bf16 Unet++ at 1024 x 1024: 1.9 GiB peak RSS with 1 view, 7.3 GiB with 8)."""
+    return 8 if device.type == "cuda" else 1
 
 
 def _precision_name(dtype: torch.dtype | None) -> str:
@@ -282,8 +296,7 @@ def forward_views(
         for start in range(0, len(transforms), max_views_per_batch):
             group = transforms[start : start + max_views_per_batch]
             batch = torch.cat([t.forward(x) for t in group])
-            if device.type == "cuda":
-                batch = batch.contiguous(memory_format=torch.channels_last)
+            batch = batch.contiguous(memory_format=torch.channels_last)
             logits = network(batch)
             if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != tuple(batch.shape):
                 found = getattr(logits, "shape", type(logits).__name__)
@@ -395,7 +408,7 @@ def predict_probability(
     members: Sequence[Member],
     image: np.ndarray,
     tta: str | Sequence[str] = "d4",
-    max_views_per_batch: int = 8,
+    max_views_per_batch: int | None = None,
     device: str | torch.device = "cpu",
     precision: str = "auto",
 ) -> np.ndarray:
@@ -409,9 +422,11 @@ def predict_probability(
     image = _check_image(image)
     if not members:
         raise DracInputError("predict_probability: no members given")
+    device = resolve_device(device)
+    if max_views_per_batch is None:
+        max_views_per_batch = default_views_per_batch(device)
     if max_views_per_batch < 1:
         raise DracInputError(f"max_views_per_batch must be >= 1, found {max_views_per_batch}")
-    device = resolve_device(device)
     resolve_precision(precision, device)
     transforms = [select_transforms(tta, m.tta, where=m.name) for m in members]
     state = _RunState(max_views_per_batch)
@@ -450,7 +465,7 @@ class Predictor:
         device: str | torch.device = "auto",
         precision: str = "auto",
         tta: str | Sequence[str] = "d4",
-        max_views_per_batch: int = 8,
+        max_views_per_batch: int | None = None,
         source: str | Path | None = None,
     ) -> None:
         if not classes:
@@ -458,9 +473,11 @@ class Predictor:
         indices = [c.index for c in classes]
         if len(set(indices)) != len(indices):
             raise DracInputError(f"Predictor: duplicate class indices {indices}")
+        self.device = resolve_device(device)
+        if max_views_per_batch is None:
+            max_views_per_batch = default_views_per_batch(self.device)
         if max_views_per_batch < 1:
             raise DracInputError(f"max_views_per_batch must be >= 1, found {max_views_per_batch}")
-        self.device = resolve_device(device)
         self.precision = precision
         self.dtype = resolve_precision(precision, self.device)
         self.tta = tta
@@ -482,8 +499,9 @@ class Predictor:
                 if isinstance(member.network, torch.nn.Module):
                     member.network.eval()
                     _place(member.network, self.device)
-                    if self.device.type == "cuda":
-                        member.network.to(memory_format=torch.channels_last)
+                    # Channels-last on every device: oneDNN's CPU convolutions run NHWC
+                    # natively (bf16 Unet++ at 1024 x 1024: 2.4 s per view NCHW, 1.9 s NHWC).
+                    member.network.to(memory_format=torch.channels_last)
         self._state = _RunState(max_views_per_batch)
         self._seconds: list[float] = []
 
@@ -495,7 +513,7 @@ class Predictor:
         device: str | torch.device = "auto",
         precision: str = "auto",
         tta: str | Sequence[str] = "d4",
-        max_views_per_batch: int = 8,
+        max_views_per_batch: int | None = None,
         classes: Iterable[int] | None = None,
     ) -> "Predictor":
         """Build every member of the bundle in ``folder`` (see :mod:`drac_algo.bundle`) once,

@@ -78,7 +78,8 @@ _OWNED_MARKER = ".drac-algo-output"
 class RunConfig:
     """A run's settings (the container's defaults: Grand Challenge paths, D4 TTA).
 
-    ``batch_size``: at most this many TTA views per forward pass. ``input_slug``: the image
+    ``batch_size``: at most this many TTA views per forward pass (None: the engine's default for
+    the device, 8 on CUDA and 1 on the CPU). ``input_slug``: the image
     socket to use when a job has several. ``output_slugs``: class index -> output socket slug.
     """
 
@@ -87,7 +88,7 @@ class RunConfig:
     model_dir: Path = Path("/opt/ml/model")
     tta: str = "d4"
     device: str = "auto"
-    batch_size: int = 8
+    batch_size: int | None = None
     precision: str = "auto"
     input_slug: str | None = None
     output_slugs: dict[int, str] = field(default_factory=default_output_slugs)

@@ -43,6 +43,7 @@ from drac_algo.curves import plot_curves, write_history_csv
 from drac_algo.dataset import LesionDataset, Sample
 from drac_algo.distributed import DistContext, all_gather_objects, barrier, broadcast_object
 from drac_algo.fsutil import atomic_write_text
+from drac_algo.hardware import native_bf16
 from drac_algo.losses import build_loss
 from drac_algo.models import build_model
 from drac_algo.validation import best_threshold, challenge_dice, overlap_counts
@@ -83,12 +84,13 @@ class MemberResult:
 
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: bf16 where the GPU supports it, else fp16; none on CPU unless the
-    config forces ``amp = true`` (then bf16)."""
+    """The autocast dtype: bf16 where the GPU computes it natively, else fp16 (with a gradient
+    scaler; the T4 emulates bf16 far slower); none on CPU unless the config forces
+    ``amp = true`` (then bf16)."""
     if cfg.amp is False:
         return None
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bf16(device) else torch.float16
     return torch.bfloat16 if cfg.amp is True else None
 
 

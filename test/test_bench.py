@@ -8,7 +8,19 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from drac_algo.bench import METHODS, ClassPlan, agreement, main, ttach_transforms
+from drac_algo.bench import (
+    METHODS,
+    BenchConfig,
+    ClassPlan,
+    agreement,
+    count_flops,
+    default_ensemble,
+    main,
+    plan_ensemble,
+    ttach_transforms,
+)
+from drac_algo.config import load_config
+from drac_algo.errors import DracInputError
 from drac_algo.tta import TTA_SETS
 
 HAS_TTACH = importlib.util.find_spec("ttach") is not None
@@ -67,6 +79,13 @@ def test_quick_run_writes_the_report(tmp_path):
         report["targets"]
     )
     assert report["targets"]["applicable"] is False  # 64 x 64 with resnet18 is not the setting
+    assert report["targets"]["cpu_peak_gib"]["default_ensemble"] is False  # 1 member, not 5
+    assert report["default_ensemble"]["members"] == {"irma": 5, "na": 5, "nv": 5}
+    naive = report["methods"]["naive"]
+    scale = report["default_ensemble"]["gflop_per_image"] / report["gflop_per_image"]
+    assert naive["drac_test_set_default_ensemble_seconds"] == pytest.approx(
+        naive["drac_test_set_seconds"] * scale
+    )
     assert "engine" in result.output and "training step" in result.output
 
 
@@ -74,6 +93,30 @@ def test_bad_method_is_a_clear_error():
     result = CliRunner().invoke(main, ["--quick", "--methods", "naive,fast"])
     assert result.exit_code == 2
     assert "unknown method(s) fast" in result.output
+
+
+def test_members_give_distinct_seeded_networks_per_class():
+    plan = plan_ensemble(BenchConfig(size=64, members=3, encoder="resnet18"))
+    assert [len(c.members) for c in plan] == [3, 3, 3]
+    seeds = [m.seed for c in plan for m in c.members]
+    assert len(set(seeds)) == len(seeds)
+    with pytest.raises(DracInputError, match="--members"):
+        BenchConfig(bundle="model", members=2)
+    with pytest.raises(DracInputError, match="--members must be >= 1"):
+        BenchConfig(members=0)
+
+
+def test_default_ensemble_is_the_recipes_folds_times_seeds():
+    ensemble = [
+        {"key": "na", "network_side": 64, "views": ["identity", "hflip"]},
+        {"key": "nv", "network_side": 64, "views": ["identity"]},
+    ]
+    out = default_ensemble(ensemble)
+    assert out["members"] == {"na": 5, "nv": 5}
+    expected = 5 * 2 * count_flops(load_config("na").model, 64) + 5 * count_flops(
+        load_config("nv").model, 64
+    )
+    assert out["gflop_per_image"] == pytest.approx(expected / 1e9)
 
 
 def test_agreement_pools_pixels_and_dice_over_images():

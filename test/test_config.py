@@ -30,6 +30,7 @@ def test_default_recipes_match_the_method(task):
     assert cfg.encoder_weights is None
     assert (cfg.normalization.mean, cfg.normalization.std) == (0.5, 0.25)
     assert (cfg.val.folds, cfg.val.fold) == (5, None)
+    assert cfg.n_members == 5  # the default ensemble: every fold, one seed
 
 
 def test_task_by_index_and_unknown_task():
@@ -81,6 +82,19 @@ def test_command_line_overrides_come_last_and_skip_none(tmp_path):
     assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.seeds) == (2, 8, 1e-4, (1, 2))
     assert cfg.model == ModelSpec("deeplabv3plus", "resnet34", None)
     assert cfg.val.holdout_fraction == 0.2
+
+
+@pytest.mark.parametrize(
+    ("changes", "members"),
+    [
+        ({"seeds": (0, 1)}, 10),
+        ({"val__folds": 3, "seeds": (0, 1, 2)}, 9),
+        ({"val__fold": 2, "seeds": (0, 1)}, 2),
+        ({"val__holdout_fraction": 0.2}, 1),
+    ],
+)
+def test_members_count_folds_times_seeds(changes, members):
+    assert load_config("na", **changes).n_members == members
 
 
 def test_changing_the_loss_drops_the_old_params(tmp_path):

@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from drac_algo import inference
 from drac_algo.errors import DracInputError
+from drac_algo.hardware import native_bf16
 from drac_algo.inference import (
     ClassEnsemble,
     Member,
@@ -158,18 +160,20 @@ def test_equivariant_network_tta_equals_single_view():
 def test_non_equivariant_network_matches_the_explicit_mean(tta, chunk):
     image = random_image(32, 32, seed=2)
     members = [Member(asymmetric, 32, MEAN, STD)]
-    out = predict_probability(members, image, tta=tta, max_views_per_batch=chunk)
+    out = predict_probability(members, image, tta=tta, max_views_per_batch=chunk, precision="fp32")
     names = {"flips": ["identity", "hflip", "vflip", "rot180"], "d4": list(NUMPY_D4)}[tta]
     expected = explicit_tta(asymmetric, normalised(image), names)
     np.testing.assert_allclose(out, expected, atol=1e-5)
-    single = predict_probability(members, image, tta="none")
+    single = predict_probability(members, image, tta="none", precision="fp32")
     assert np.abs(out - single).max() > 0.01  # the views really differ
 
 
 @pytest.mark.parametrize("name", list(NUMPY_D4))
 def test_each_inverse_is_right_for_a_non_equivariant_network(name):
     image = random_image(32, 32, seed=3)
-    out = predict_probability([Member(asymmetric, 32, MEAN, STD)], image, tta=[name])
+    out = predict_probability(
+        [Member(asymmetric, 32, MEAN, STD)], image, tta=[name], precision="fp32"
+    )
     np.testing.assert_allclose(out, explicit_tta(asymmetric, normalised(image), [name]), atol=1e-5)
 
 
@@ -177,7 +181,7 @@ def test_member_tta_validity_restricts_the_views(caplog):
     image = random_image(32, 32, seed=4)
     restricted = Member(asymmetric, 32, MEAN, STD, tta=("hflip",), name="m0")
     with caplog.at_level(logging.INFO, logger="drac_algo.tta"):
-        out = predict_probability([restricted], image, tta="d4")
+        out = predict_probability([restricted], image, tta="d4", precision="fp32")
     expected = explicit_tta(asymmetric, normalised(image), ["identity", "hflip"])
     np.testing.assert_allclose(out, expected, atol=1e-5)
     assert "m0" in caplog.text and "rot90" in caplog.text
@@ -231,7 +235,7 @@ def test_bad_inputs_are_reported():
 
 def test_precision_option():
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) is None
+    assert resolve_precision("auto", cpu) is (torch.bfloat16 if native_bf16(cpu) else None)
     assert resolve_precision("fp32", cpu) is None
     assert resolve_precision("bf16", cpu) is torch.bfloat16
     assert resolve_precision("fp16", cpu) is torch.float16
@@ -239,6 +243,27 @@ def test_precision_option():
         resolve_precision("half", cpu)
     with pytest.raises(DracInputError, match="valid"):
         Predictor([ClassEnsemble(1, (Member(identity, 32),))], device="cpu", precision="fp64")
+
+
+@pytest.mark.parametrize(
+    ("device", "native", "expected"),
+    [
+        ("cpu", True, torch.bfloat16),
+        ("cpu", False, None),  # emulated bf16 is slower than fp32 on the CPU
+        ("cuda", True, torch.bfloat16),
+        ("cuda", False, torch.float16),  # the T4: bf16 only emulated, fp16 has tensor cores
+    ],
+)
+def test_auto_precision_follows_native_bf16(monkeypatch, device, native, expected):
+    monkeypatch.setattr(inference, "native_bf16", lambda _device: native)
+    assert resolve_precision("auto", torch.device(device)) is expected
+
+
+def test_native_bf16_on_this_machine_is_a_bool():
+    assert native_bf16(torch.device("cpu")) in (True, False)
+    assert native_bf16(torch.device("meta")) is False
+    if not torch.cuda.is_available():
+        assert native_bf16(torch.device("cuda")) is False
 
 
 def test_cuda_request_without_cuda_is_an_input_error():
@@ -366,7 +391,8 @@ def test_predictor_settings_and_stats_are_json():
     predictor = Predictor(classes, device="cpu", tta="d4", max_views_per_batch=4, source="/b")
     predictor.predict(random_image(32, 32))
     settings = json.loads(json.dumps(predictor.settings()))
-    assert settings["device"] == "cpu" and settings["autocast"] == "fp32"
+    cpu_autocast = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
+    assert settings["device"] == "cpu" and settings["autocast"] == cpu_autocast
     assert settings["bundle"] == "/b" and settings["tta"] == "d4"
     assert settings["classes"]["2"]["members"][0]["views"] == ["identity", "hflip"]
     stats = json.loads(json.dumps(predictor.stats()))

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from drac_algo.bundle import TTA_NAMES, Bundle, ClassEntry, MemberSpec, save_bundle
 from drac_algo.classes import BY_INDEX, LESION_CLASSES
+from drac_algo.hardware import native_bf16
 from drac_algo.images import load_image
 from drac_algo.inference import Predictor
 from drac_algo.models import ModelSpec, build_network
@@ -225,8 +226,9 @@ def test_batch_folder_end_to_end(bundle, tmp_path):
     }
     settings = results["settings"]
     assert settings["tta"] == "flips" and settings["device"] == "cpu"
-    assert settings["precision"] == "auto" and settings["autocast"] == "fp32"
-    assert settings["max_views_per_batch"] == 8
+    cpu_autocast = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
+    assert settings["precision"] == "auto" and settings["autocast"] == cpu_autocast
+    assert settings["max_views_per_batch"] == 1  # the CPU default
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert settings["bundle"] == {
         "path": str(bundle),

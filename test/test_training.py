@@ -136,6 +136,19 @@ def test_cosine_anneals_to_min_lr():
 # --- a tiny training run ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"val__fold": None, "seeds": (0, 1)},
+        {"val__fold": 1},
+        {"val__fold": None, "val__holdout_fraction": 0.25},
+    ],
+)
+def test_plan_members_makes_n_members(irma_samples, tmp_path, changes):
+    cfg = tiny_config(val__folds=3, **changes)
+    assert len(plan_members(cfg, irma_samples, tmp_path)) == cfg.n_members
+
+
 def _plan(cfg, samples, run_dir):
     return plan_members(cfg, samples, run_dir)[0]
 
