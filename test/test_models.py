@@ -64,6 +64,20 @@ def test_cam_gate_follows_its_layers():
     torch.testing.assert_close(cam(x), expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cam_half_precision_pooling_matches_float32(dtype):
+    """The CPU half-precision path pools with avg_pool2d: over a 256 x 256 map of values near 3
+    the mean must still come out right (a half-precision running sum would stall near 256)."""
+    torch.manual_seed(0)
+    cam = ChannelAttention(16).eval()
+    x = (3 + torch.randn(2, 16, 256, 256)).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        reference = cam.gates(x)
+        with torch.autocast("cpu", dtype=dtype):
+            half = cam.gates(x.to(dtype))
+    torch.testing.assert_close(half.float(), reference, atol=1e-2, rtol=0)
+
+
 @pytest.mark.parametrize(
     ("channels", "hidden"), [(1, 1), (3, 3), (8, 4), (16, 4), (64, 4), (128, 8), (768, 48)]
 )
