@@ -318,6 +318,7 @@ class _RunState:
     max_views_per_batch: int
     oom_retries: int = 0
     cpu_fallbacks: int = 0
+    fp32_reruns: int = 0
     events: list[str] = field(default_factory=list)
 
     def warn(self, message: str) -> None:
@@ -340,10 +341,10 @@ def _member_probability(
         out_of_memory = False
         try:
             _place(member.network, device)
-            result = forward_views(
-                member.network, x.to(device), transforms, state.max_views_per_batch, dtype
+            result = _finite_forward(
+                member, x.to(device), transforms, state.max_views_per_batch, dtype, state
             )
-            return result.float().cpu().numpy()
+            return result.cpu().numpy()
         except torch.OutOfMemoryError:
             # Leave the except block before freeing memory: the traceback holds the tensors.
             out_of_memory = True
@@ -369,7 +370,37 @@ def _member_probability(
     )
     cpu = torch.device("cpu")
     _place(member.network, cpu)  # moved back to the device at the start of the next call
-    return forward_views(member.network, x, transforms, 1, resolve_precision(precision, cpu))
+    dtype = resolve_precision(precision, cpu)
+    return _finite_forward(member, x, transforms, 1, dtype, state).numpy()
+
+
+def _finite_forward(
+    member: Member,
+    x: torch.Tensor,
+    transforms: Sequence[TTATransform],
+    views_per_batch: int,
+    dtype: torch.dtype | None,
+    state: _RunState,
+) -> torch.Tensor:
+    """:func:`forward_views` for one member, checked: an fp16 activation can overflow (its
+    largest value is 65504), and the NaN that follows would silently become an empty mask. Under
+    autocast such a member is rerun in float32 with a warning; in float32 it is an error."""
+    result = forward_views(member.network, x, transforms, views_per_batch, dtype)
+    if bool(torch.isfinite(result).all()):
+        return result
+    if dtype is not None:
+        state.fp32_reruns += 1
+        state.warn(
+            f"{member.name}: non-finite probabilities under {_precision_name(dtype)} autocast "
+            "(an activation overflowed); rerunning this member in fp32"
+        )
+        result = forward_views(member.network, x, transforms, views_per_batch, None)
+        if bool(torch.isfinite(result).all()):
+            return result
+    raise DracInputError(
+        f"{member.name}: the network gives non-finite (NaN/inf) probabilities in fp32; "
+        "its weights are probably broken (check the bundle's training logs)"
+    )
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -662,4 +693,5 @@ class Predictor:
             "views_per_batch_now": self._state.max_views_per_batch,
             "oom_retries": self._state.oom_retries,
             "cpu_fallbacks": self._state.cpu_fallbacks,
+            "fp32_reruns": self._state.fp32_reruns,
         }

@@ -336,12 +336,16 @@ def run(config: RunConfig) -> dict[str, Any]:
         _note_conversion(run_state, images[0], job_image)
 
     predictor, bundle_info, load_seconds = load_predictor(config)
+    ran = predictor.settings()
+    mixed = ran["autocast"] != "fp32"
     log.info(
-        "model bundle %s loaded in %.1f s: classes %s on %s",
+        "model bundle %s loaded in %.1f s: classes %s on %s, %s, %d view(s) per batch",
         config.model_dir,
         load_seconds,
         list(predictor.classes),
         predictor.device,
+        f"{ran['autocast']} autocast (--precision fp32 for float32)" if mixed else "fp32",
+        ran["max_views_per_batch"],
     )
     for c in LESION_CLASSES:
         if c.index not in predictor.classes:

@@ -286,6 +286,36 @@ def test_bf16_autocast_on_cpu_is_close_to_fp32():
 
 
 # ------------------------------------------------------------------------------------------
+# Overflow under autocast
+
+
+def overflows_under_autocast(x):
+    """``asymmetric``, but NaN wherever autocast is on (an fp16 activation that overflowed)."""
+    out = asymmetric(x)
+    return out * float("nan") if torch.is_autocast_enabled(x.device.type) else out
+
+
+def test_overflow_under_autocast_reruns_the_member_in_fp32(caplog):
+    image = random_image(32, 32, seed=9)
+    member = Member(overflows_under_autocast, 32, MEAN, STD, name="m")
+    reference = predict_probability([member], image, tta="flips", precision="fp32")
+    predictor = Predictor(
+        [ClassEnsemble(1, (member,))], device="cpu", tta="flips", precision="fp16"
+    )
+    with caplog.at_level(logging.WARNING, logger="drac_algo.inference"):
+        result = predictor.predict(image)
+    np.testing.assert_allclose(result.probabilities[1], reference, atol=1e-6)
+    assert "m: non-finite probabilities under fp16 autocast" in caplog.text
+    assert len(result.warnings) == 1 and predictor.stats()["fp32_reruns"] == 1
+
+
+def test_non_finite_output_in_fp32_is_an_error():
+    member = Member(lambda x: x * float("nan"), 32, MEAN, STD, name="broken")
+    with pytest.raises(DracInputError, match="broken: the network gives non-finite"):
+        predict_probability([member], random_image(32, 32), tta="none", precision="fp32")
+
+
+# ------------------------------------------------------------------------------------------
 # Out of memory
 
 
