@@ -25,7 +25,7 @@ bundle=
 python=${PYTHON:-$ROOT/.venv/bin/python}
 [[ -x $python ]] || python=$(command -v python3 || true)
 
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}"; }
+usage() { awk 'NR > 1 { if (!/^#/) exit; print }' "${BASH_SOURCE[0]}"; } # the header comment
 log() { echo "[build] $*"; }
 die() {
     echo "[build] error: $*" >&2

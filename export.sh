@@ -25,7 +25,7 @@ out=dist
 do_image=1
 do_model=1
 
-usage() { sed -n '2,18p' "${BASH_SOURCE[0]}"; }
+usage() { awk 'NR > 1 { if (!/^#/) exit; print }' "${BASH_SOURCE[0]}"; } # the header comment
 log() { echo "[export] $*"; }
 die() {
     echo "[export] error: $*" >&2

@@ -41,7 +41,7 @@ gpus=auto
 keep=0
 process_args=(--precision fp32)
 
-usage() { sed -n '2,28p' "${BASH_SOURCE[0]}"; }
+usage() { awk 'NR > 1 { if (!/^#/) exit; print }' "${BASH_SOURCE[0]}"; } # the header comment
 log() { echo "[test] $*"; }
 die() {
     echo "[test] error: $*" >&2

@@ -376,12 +376,24 @@ def load_images(cfg: BenchConfig) -> list[np.ndarray]:
 # Device facts: precision, FLOPs, matmul peak, memory
 
 
+def dtype_name(dtype: torch.dtype | None) -> str:
+    """``"fp32"`` (no autocast), ``"bf16"`` or ``"fp16"``."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
 def autocast_name(precision: str, device: torch.device) -> str:
-    """``"fp32"``, ``"bf16"`` or ``"fp16"``: what ``precision`` means on ``device``."""
+    """What the engine's ``precision`` means on ``device``."""
     from drac_algo.inference import resolve_precision
 
-    dtype = resolve_precision(precision, device)
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    return dtype_name(resolve_precision(precision, device))
+
+
+def train_autocast(task: str, amp: bool, device: torch.device) -> torch.dtype | None:
+    """What ``python -m train`` autocasts to on ``device`` with ``amp`` forced on or off."""
+    from drac_algo.config import load_config
+    from drac_algo.training import amp_dtype
+
+    return amp_dtype(dataclasses.replace(load_config(task), amp=amp), device)
 
 
 def count_flops(spec: Any, side: int, batch: int = 1, backward: bool = False) -> int:
@@ -679,8 +691,7 @@ def ttach_runner(
     def member_map(network: nn.Module, views: tuple, x: torch.Tensor) -> torch.Tensor:
         return network(x)[0, 0]
 
-    by_wrapper = {key: wrapped[key] for key in networks}
-    return _per_view_runner(cfg, plan, by_wrapper, device, member_map)
+    return _per_view_runner(cfg, plan, wrapped, device, member_map)
 
 
 def load_engine(module: str) -> ModuleType:
@@ -757,14 +768,14 @@ def method_settings(
 ) -> dict[str, Any]:
     """What a method is configured to run with (the table's ran-with columns come from the
     :class:`LayoutProbe`)."""
-    from drac_algo.inference import default_views_per_batch
+    from drac_algo.inference import resolve_views_per_batch
 
     if method == "engine":
         precision = precision or "auto"
         return {
             "precision": precision,
             "autocast": autocast_name(precision, device),
-            "views_per_batch": cfg.views_per_batch or default_views_per_batch(device),
+            "views_per_batch": resolve_views_per_batch(cfg.views_per_batch, device),
         }
     return {"precision": "fp32", "autocast": "fp32", "views_per_batch": 1}
 
@@ -1029,9 +1040,7 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
     if job.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x, y = (t.contiguous(memory_format=torch.channels_last) for t in (x, y))
-    dtype = None
-    if job.amp:
-        dtype = torch.bfloat16 if device.type == "cpu" or native_bf16(device) else torch.float16
+    dtype = train_autocast(job.plan.key, job.amp, device)
     scaler = torch.amp.GradScaler("cuda") if dtype is torch.float16 else None
     loss_fn = build_loss(recipe.loss.name, **recipe.loss.params)
     optimizer = make_optimizer(recipe, model.parameters())
@@ -1230,7 +1239,7 @@ def _run_bench(cfg: BenchConfig, progress: Callable[[str], None]) -> dict[str, A
     autocasts = {autocast_name(p, device) for p in cfg.engine_precisions}
     side = cfg.matmul_side or (8192 if device.type == "cuda" else 2048)
     progress(f"compute peak (matmul {side} x {side}, 3 x 3 convolution)")
-    train_amp = "bf16" if device.type == "cpu" or native_bf16(device) else "fp16"
+    train_amp = dtype_name(train_autocast(cfg.train_task, True, device))
     wanted = {"fp32"} | autocasts | ({train_amp} if cfg.train else set())
     peaks = {p: measure_peak(device, p, side) for p in sorted(wanted)}
     report: dict[str, Any] = {

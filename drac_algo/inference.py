@@ -173,6 +173,14 @@ def default_views_per_batch(device: torch.device) -> int:
     return 8 if device.type == "cuda" else 1
 
 
+def resolve_views_per_batch(requested: int | None, device: torch.device) -> int:
+    """``requested``, or :func:`default_views_per_batch` when ``None``; must be >= 1."""
+    views = default_views_per_batch(device) if requested is None else requested
+    if views < 1:
+        raise DracInputError(f"max_views_per_batch must be >= 1, found {views}")
+    return views
+
+
 def _precision_name(dtype: torch.dtype | None) -> str:
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
@@ -455,10 +463,7 @@ def predict_probability(
     if not members:
         raise DracInputError("predict_probability: no members given")
     device = resolve_device(device)
-    if max_views_per_batch is None:
-        max_views_per_batch = default_views_per_batch(device)
-    if max_views_per_batch < 1:
-        raise DracInputError(f"max_views_per_batch must be >= 1, found {max_views_per_batch}")
+    max_views_per_batch = resolve_views_per_batch(max_views_per_batch, device)
     resolve_precision(precision, device)
     transforms = [select_transforms(tta, m.tta, where=m.name) for m in members]
     state = _RunState(max_views_per_batch)
@@ -506,10 +511,7 @@ class Predictor:
         if len(set(indices)) != len(indices):
             raise DracInputError(f"Predictor: duplicate class indices {indices}")
         self.device = resolve_device(device)
-        if max_views_per_batch is None:
-            max_views_per_batch = default_views_per_batch(self.device)
-        if max_views_per_batch < 1:
-            raise DracInputError(f"max_views_per_batch must be >= 1, found {max_views_per_batch}")
+        max_views_per_batch = resolve_views_per_batch(max_views_per_batch, self.device)
         self.precision = precision
         self.dtype = resolve_precision(precision, self.device)
         self.tta = tta
