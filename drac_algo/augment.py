@@ -5,13 +5,16 @@ Output of :func:`apply_transform`: image tensor ``(1, S, S)`` float32, normalise
 ``(pixels / 255 - mean) / std`` (:class:`~drac_algo.models.Normalization`), and mask tensor
 ``(1, S, S)`` float32 in {0, 1} (``S`` = the input size), or ``None`` without a mask.
 
-The training pipeline is the method's: horizontal flip, rotation, random crop, Gaussian noise,
+The training pipeline is the method's: horizontal flip, rotation, random crop (lesion-aware on
+request, :class:`LesionCrop`), Gaussian noise,
 random brightness/contrast, one of {elastic, grid distortion, affine}, then normalisation.
 Geometric transforms move the mask with the image (nearest-neighbour, so it stays binary);
 intensity transforms touch the image only. The random crop needs an image larger than the
 crop: the image is first resized to the input size (as in evaluation), then with probability
 ``crop_p`` zoomed by a random factor in ``[1, crop_zoom_max]`` and cropped back to the input
-size at a random place (scale-then-crop). Evaluation: resize to the input size, normalise.
+size at a random place (scale-then-crop). Validation and inference do not use albumentations:
+they go through :mod:`drac_algo.preprocess`, whose resize and normalisation give a square image
+exactly what this pipeline gives it with every augmentation switched off (tested).
 
 Every transform is built with ``strict=True`` and so is the ``Compose``: a misspelt or
 pre-2.0 argument name raises instead of being dropped with a warning. ``OneOf`` takes no
@@ -31,6 +34,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+from albumentations.augmentations.crops.transforms import BaseCrop
 
 from drac_algo.errors import DracInputError
 from drac_algo.models import Normalization
@@ -98,10 +102,75 @@ class AugmentConfig:
             distortion_p=1.0,
         )
 
+    @classmethod
+    def none(cls) -> AugmentConfig:
+        """Every transform off: the pipeline only resizes, crops and normalises (what
+        :mod:`drac_algo.preprocess` gives a square image; tests compare the two)."""
+        return cls(
+            hflip_p=0.0,
+            rotate_p=0.0,
+            crop_p=0.0,
+            noise_p=0.0,
+            brightness_contrast_p=0.0,
+            distortion_p=0.0,
+        )
+
     def to_dict(self) -> dict[str, object]:
         return {
             k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
         }
+
+
+class LesionCrop(BaseCrop):
+    """A ``height`` x ``width`` crop that, with probability ``foreground_p``, is centred on a
+    lesion pixel drawn uniformly from the mask (nnU-Net's foreground oversampling; the crop is
+    shifted inwards where the centre is near the border), and is otherwise at a uniformly
+    random place. A mask without lesion pixels always gets a random crop.
+
+    Why: IRMA covers about 0.1 % of a DRAC image and NV about 0.6 %, so most random crops hold
+    none of the lesion (32 % of 128 px IRMA crops of 256 px phantom images held any), and the
+    network mostly learns to predict nothing.
+    """
+
+    class InitSchema(BaseCrop.InitSchema):
+        height: int
+        width: int
+        foreground_p: float
+
+    def __init__(self, height: int, width: int, foreground_p: float = 0.0, p: float = 1.0):
+        super().__init__(p=p)
+        if height < 1 or width < 1:
+            raise DracInputError(f"LesionCrop size must be >= 1; got {height} x {width}")
+        if not 0.0 <= foreground_p <= 1.0:
+            raise DracInputError(f"foreground_p is a probability in [0, 1]; got {foreground_p}")
+        self.height = height
+        self.width = width
+        self.foreground_p = foreground_p
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        image_h, image_w = params["shape"][:2]
+        if self.height > image_h or self.width > image_w:
+            raise DracInputError(
+                f"crop {self.height} x {self.width} is larger than the image {image_h} x {image_w}"
+            )
+        mask = data.get("mask")
+        centred = (
+            self.foreground_p > 0
+            and mask is not None
+            and self.py_random.random() < self.foreground_p
+        )
+        lesion = np.flatnonzero(mask) if centred else np.empty(0, np.int64)
+        if len(lesion):
+            y, x = divmod(int(lesion[self.py_random.randrange(len(lesion))]), mask.shape[1])
+            y_min = min(max(y - self.height // 2, 0), image_h - self.height)
+            x_min = min(max(x - self.width // 2, 0), image_w - self.width)
+        else:
+            y_min = self.py_random.randint(0, image_h - self.height)
+            x_min = self.py_random.randint(0, image_w - self.width)
+        return {"crop_coords": (x_min, y_min, x_min + self.width, y_min + self.height)}
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("height", "width", "foreground_p")
 
 
 def _normalize(norm: Normalization) -> A.Normalize:
@@ -120,12 +189,14 @@ def train_transform(
     cfg: AugmentConfig | None = None,
     seed: int | None = None,
     crop_size: int | None = None,
+    foreground_fraction: float = 0.0,
 ) -> A.Compose:
     """The training pipeline for images resized to ``input_size`` x ``input_size``.
 
     ``crop_size`` (default ``input_size``): the random crop taken after the geometric
     transforms, so training sees ``crop_size`` patches of the full-resolution image (the
     networks are fully convolutional; validation and inference run on whole images).
+    ``foreground_fraction``: the share of crops centred on a lesion pixel (:class:`LesionCrop`).
     Call it as ``transform(image=image, mask=mask)`` or through :func:`apply_transform`.
     ``seed`` fixes the pipeline's random generator (``None``: fresh randomness).
     """
@@ -148,8 +219,8 @@ def train_transform(
             strict=True,
         ),
         # The method's RandomCrop: a crop_size patch (or, at crop_size = input_size, a no-op
-        # unless RandomScale enlarged the image).
-        A.RandomCrop(crop, crop, p=1.0, strict=True),
+        # unless RandomScale enlarged the image), lesion-centred for foreground_fraction of them.
+        LesionCrop(crop, crop, foreground_p=foreground_fraction, p=1.0, strict=True),
         A.GaussNoise(std_range=cfg.noise_std_range, p=cfg.noise_p, strict=True),
         A.RandomBrightnessContrast(
             brightness_limit=cfg.brightness_limit,
@@ -183,19 +254,6 @@ def train_transform(
         _normalize(norm),
     ]
     return A.Compose(transforms, strict=True, seed=seed)
-
-
-def eval_transform(input_size: int, norm: Normalization) -> A.Compose:
-    """Validation / inference preparation: resize to ``input_size`` x ``input_size`` (linear for
-    the image, nearest for a mask), normalise."""
-    _check_size(input_size)
-    return A.Compose(
-        [
-            A.Resize(input_size, input_size, interpolation=cv2.INTER_LINEAR, p=1.0, strict=True),
-            _normalize(norm),
-        ],
-        strict=True,
-    )
 
 
 def to_tensors(

@@ -419,7 +419,7 @@ def count_flops(spec: Any, side: int, batch: int = 1, backward: bool = False) ->
 
 
 def padded_side(size: int, input_size: int) -> int:
-    from drac_algo.inference import plan_geometry
+    from drac_algo.preprocess import plan_geometry
 
     return plan_geometry((size, size), input_size).side
 
@@ -605,7 +605,7 @@ def _per_view_runner(
     """Shared by naive and ttach: the engine's own pre- and post-processing (resize, normalise,
     reflect-pad; crop, resize back) around ``member_map(network, views, x)``, which maps the
     (1, 1, S, S) input to the (S, S) mean probability over the views."""
-    from drac_algo.inference import from_network_output, to_network_input
+    from drac_algo.preprocess import from_network_output, to_network_input
 
     views = {f"{c.index}/{i}": _member_views(cfg, m) for c in plan for i, m in enumerate(c.members)}
 

@@ -3,8 +3,10 @@
 A run's settings are resolved in layers, each one over the last:
 
 1. the :class:`TrainConfig` dataclass defaults,
-2. the task's default recipe ``drac_algo/recipes/<task>.toml`` (the method's settings),
-3. an optional overrides file (TOML, same layout as a recipe; any subset of keys),
+2. the task's recipe ``drac_algo/recipes/<family>/<task>.toml`` from one of the
+   :data:`RECIPE_FAMILIES`: ``"method"`` (the published method's settings, for reproduction) or
+   ``"best"`` (the team's measured best; :data:`DEFAULT_RECIPE`),
+3. optional overrides files (TOML, same layout as a recipe; any subset of keys), in order,
 4. command-line overrides passed to :func:`load_config` as keyword arguments
    (``epochs=2``; nested keys with a double underscore: ``model__encoder="resnet18"``;
    ``None`` values are skipped so click options can be passed straight through).
@@ -25,7 +27,7 @@ import dataclasses
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +39,11 @@ from drac_algo.losses import build_loss
 from drac_algo.models import ModelSpec, Normalization, input_multiple
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+RECIPE_FAMILIES = ("method", "best")
+# The family that won the ablation (python -m drac_algo.ablate; README "Segmentation quality").
+DEFAULT_RECIPE = "best"
 OPTIMIZERS = ("adam", "adamw")
-SCHEDULERS = ("multistep", "cosine", "constant")
+SCHEDULERS = ("multistep", "cosine", "cosine_steps", "constant")
 
 
 @dataclass(frozen=True)
@@ -104,8 +109,19 @@ class TrainConfig:
 
     ``scheduler``: ``"multistep"`` multiplies the learning rate by ``gamma`` at each
     ``milestones`` fraction of ``epochs``; ``"cosine"`` anneals from ``lr`` to ``min_lr`` over
-    ``epochs``; ``"constant"`` keeps ``lr``. The learning rate never goes below ``min_lr``.
-    ``amp``: ``"auto"`` (mixed precision on CUDA only), ``true`` or ``false``.
+    ``epochs``; ``"cosine_steps"`` is that cosine multiplied by ``gamma`` at each
+    ``milestones`` fraction (the method's NV schedule: x0.6 at each quarter of the cycle);
+    ``"constant"`` keeps ``lr``. The learning rate never goes below ``min_lr``.
+    ``foreground_fraction``: the share of training crops centred on a lesion pixel (nnU-Net's
+    foreground oversampling; :class:`drac_algo.augment.LesionCrop`), the rest at random places.
+    ``init_from``: a checkpoint (``best.pt``/``last.pt`` of a member, or a bundle member file)
+    whose weights the network starts from (the method continues training from its best-Dice
+    weights); optimiser and schedule start afresh.
+    ``amp``: ``"auto"`` (bf16 autocast wherever the device computes bf16 natively, fp16 on
+    older GPUs, float32 on other CPUs; :func:`drac_algo.training.amp_dtype`), ``true`` or
+    ``false``. ``samples_per_epoch``: training crops per epoch (``None``: one pass over the
+    training images); with few images and small crops an epoch of one pass is only a handful of
+    optimiser steps, so budgets are set in crops, as nnU-Net sets them in iterations.
     ``encoder_weights``: ``None`` (random init), ``"imagenet"`` or a local weights file (see
     :func:`drac_algo.models.resolve_encoder_weights`; a relative path is taken from the
     working directory). ``positives_only``: train on the images that contain the lesion only.
@@ -116,7 +132,9 @@ class TrainConfig:
     normalization: Normalization = field(default_factory=Normalization)
     input_size: int = 1024
     crop_size: int | None = None
+    foreground_fraction: float = 0.0
     epochs: int = 100
+    samples_per_epoch: int | None = None
     batch_size: int = 4
     grad_accum_steps: int = 1
     lr: float = 1e-4
@@ -136,6 +154,7 @@ class TrainConfig:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     encoder_weights: str | None = None
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task", lesion_class(self.task).key)
@@ -154,6 +173,8 @@ class TrainConfig:
                 f"crop_size must be a multiple of {multiple} no larger than input_size "
                 f"{self.input_size}; got {self.crop_size}"
             )
+        if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
+            raise DracInputError(f"samples_per_epoch must be >= 1; got {self.samples_per_epoch}")
         for name in ("epochs", "batch_size", "grad_accum_steps"):
             if getattr(self, name) < 1:
                 raise DracInputError(f"{name} must be >= 1; got {getattr(self, name)}")
@@ -173,7 +194,13 @@ class TrainConfig:
             raise DracInputError(
                 f"unknown scheduler {self.scheduler!r}; valid: {', '.join(SCHEDULERS)}"
             )
-        if self.scheduler == "multistep":
+        if not 0.0 <= self.foreground_fraction <= 1.0:
+            raise DracInputError(
+                f"foreground_fraction is a fraction in [0, 1]; got {self.foreground_fraction}"
+            )
+        if self.init_from is not None and not Path(self.init_from).expanduser().is_file():
+            raise DracInputError(f"init_from: checkpoint {self.init_from} does not exist")
+        if self.scheduler in ("multistep", "cosine_steps"):
             ms = self.milestones
             if not ms or not all(0 < m < 1 for m in ms) or list(ms) != sorted(set(ms)):
                 raise DracInputError(
@@ -331,9 +358,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise DracInputError(f"config file {path} is not valid TOML: {exc}") from exc
 
 
-def recipe_path(task: str | int) -> Path:
-    """The default recipe file of a task (``"irma"``, ``"na"``, ``"nv"`` or 1-3)."""
-    return RECIPES_DIR / f"{lesion_class(task).key}.toml"
+def recipe_path(task: str | int, recipe: str = DEFAULT_RECIPE) -> Path:
+    """The recipe file of a task (``"irma"``, ``"na"``, ``"nv"`` or 1-3) in the family
+    ``recipe`` (one of :data:`RECIPE_FAMILIES`)."""
+    if recipe not in RECIPE_FAMILIES:
+        raise DracInputError(
+            f"unknown recipe family {recipe!r}; valid: {', '.join(RECIPE_FAMILIES)}"
+        )
+    return RECIPES_DIR / recipe / f"{lesion_class(task).key}.toml"
 
 
 def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
@@ -370,15 +402,21 @@ def _cli_layer(cli_overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_config(
-    task: str | int, overrides_file: Path | None = None, **cli_overrides: Any
+    task: str | int,
+    overrides_file: Path | str | Sequence[Path | str] | None = None,
+    recipe: str = DEFAULT_RECIPE,
+    **cli_overrides: Any,
 ) -> TrainConfig:
-    """The resolved :class:`TrainConfig` for ``task`` (see the module docstring for layers)."""
+    """The resolved :class:`TrainConfig` for ``task`` from the recipe family ``recipe`` (see
+    the module docstring for layers)."""
     key = lesion_class(task).key
     layers: list[tuple[str, Mapping[str, Any]]] = []
-    recipe = recipe_path(key)
-    layers.append((str(recipe), _read_toml(recipe)))
-    if overrides_file is not None:
-        layers.append((str(overrides_file), _read_toml(Path(overrides_file))))
+    recipe_file = recipe_path(key, recipe)
+    layers.append((str(recipe_file), _read_toml(recipe_file)))
+    if isinstance(overrides_file, Path | str):
+        overrides_file = [overrides_file]
+    for path in overrides_file or ():
+        layers.append((str(path), _read_toml(Path(path))))
     if cli_overrides:
         layers.append(("command-line overrides", _cli_layer(cli_overrides)))
     merged: dict[str, Any] = {}

@@ -40,6 +40,10 @@ class LesionDataset(Dataset):
     """Items are ``(image, mask)`` float32 tensors of shape (1, S, S): the image normalised, the
     mask in {0, 1}.
 
+    ``length`` (default: one item per sample) sets the items per epoch: item ``i`` is sample
+    ``i % len(samples)``, so a shuffled epoch of ``length`` items visits every sample
+    ``length / len(samples)`` times, each time with its own augmentation.
+
     Augmentation is reproducible and independent of worker count and of resuming: each item
     seeds the transform from ``(seed, epoch, index)``. Call :meth:`set_epoch` before each epoch.
     """
@@ -49,20 +53,24 @@ class LesionDataset(Dataset):
         samples: Sequence[Sample],
         transform: A.Compose,
         seed: int = 0,
+        length: int | None = None,
     ) -> None:
+        if not samples:
+            raise ValueError("LesionDataset needs at least one sample")
         self.samples = list(samples)
         self.transform = transform
         self.seed = seed
+        self.length = len(self.samples) if length is None else length
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return self.length
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        sample = self.samples[index]
+        sample = self.samples[index % len(self.samples)]
         item_seed = (self.seed * 1_000_003 + self.epoch * 10_007 + index) % 2**63
         # One generator shared by every transform in the pipeline, so their draws differ.
         self.transform.set_random_state(np.random.default_rng(item_seed), random.Random(item_seed))

@@ -3,12 +3,8 @@ lesion class member (seeds/folds), with test-time augmentation.
 
 Per class and image (shapes for an input image (H, W) uint8):
 
-1. For each member: scale the uint8 image bilinearly so that the longer side equals the member's
-   ``input_size`` (aspect ratio kept; for square images this is exactly the training/validation
-   resize of :func:`drac_algo.augment.eval_transform`); normalise ``(x / 255 - mean) / std``
-   with the member's own normalisation; reflect-pad, centred, to a square whose side is the next
-   multiple of 32 (encoders halve the size up to 5 times, and the D4 transforms that swap H and
-   W need a square so that all views share one batch).
+1. For each member: :func:`drac_algo.preprocess.to_network_input` with the member's
+   ``input_size`` and normalisation (the same function validation uses in training).
 2. The member's TTA views (the requested set intersected with the transforms its bundle entry
    lists as valid) go through the network channels-last (oneDNN and cuDNN both run NHWC
    convolutions natively), in batches of at most ``max_views_per_batch`` (default
@@ -16,8 +12,8 @@ Per class and image (shapes for an input image (H, W) uint8):
    :func:`resolve_precision`; each view's logits (n, 1, S, S) are mapped back with that
    transform's inverse, then passed through a sigmoid.
 3. The ensemble averages *probabilities*, not logits: the mean of the sigmoid over views gives a
-   member map, which is cropped and resized back to (H, W) (bilinear when enlarging, area when
-   shrinking); the mean over the class's members gives the class probability map (H, W)
+   member map, which :func:`drac_algo.preprocess.from_network_output` takes back to (H, W); the
+   mean over the class's members gives the class probability map (H, W)
    float32 in [0, 1].
 4. ``mask = probability >= threshold`` (uint8 {0, 1}), then the class's optional clean-up
    (:func:`drac_algo.postprocess.postprocess_mask`).
@@ -31,7 +27,6 @@ images), then the image runs on the CPU; each step is logged as a warning.
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,18 +34,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 from drac_algo.errors import DracInputError
 from drac_algo.hardware import native_bf16
 from drac_algo.postprocess import postprocess_mask, threshold_probability
+from drac_algo.preprocess import Geometry, from_network_output, to_network_input
 from drac_algo.tta import TTATransform, select_transforms
 
 logger = logging.getLogger(__name__)
 
-PAD_MULTIPLE = 32
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -181,7 +175,8 @@ def resolve_views_per_batch(requested: int | None, device: torch.device) -> int:
     return views
 
 
-def _precision_name(dtype: torch.dtype | None) -> str:
+def precision_name(dtype: torch.dtype | None) -> str:
+    """The :data:`PRECISIONS` name of an autocast dtype (``None`` = ``"fp32"``)."""
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
@@ -210,74 +205,6 @@ def _place(network: Network, device: torch.device) -> None:
     current = _module_device(network)
     if current is not None and current != device:
         network.to(device)
-
-
-# --------------------------------------------------------------------------------------------
-# Geometry: from an image to the network's square input and back
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Where an (H, W) image sits inside the network input: scaled to ``resized`` (h, w) and
-    placed at (``top``, ``left``) in a ``side`` x ``side`` square."""
-
-    original: tuple[int, int]
-    resized: tuple[int, int]
-    side: int
-    top: int
-    left: int
-
-
-def plan_geometry(
-    shape: tuple[int, int], input_size: int, multiple: int = PAD_MULTIPLE
-) -> Geometry:
-    """Scale (H, W) so that max(H, W) == ``input_size`` (aspect ratio kept, each side at least 1),
-    then pad to a centred square with a side that is a multiple of ``multiple``."""
-    h, w = (int(s) for s in shape)
-    if h < 1 or w < 1:
-        raise DracInputError(f"image must have a positive size, found {h} x {w}")
-    if max(h, w) == input_size:
-        rh, rw = h, w
-    else:
-        scale = input_size / max(h, w)
-        rh, rw = max(1, round(h * scale)), max(1, round(w * scale))
-    side = math.ceil(max(rh, rw) / multiple) * multiple
-    return Geometry((h, w), (rh, rw), side, (side - rh) // 2, (side - rw) // 2)
-
-
-def _resize(array: np.ndarray, shape: tuple[int, int], area_when_shrinking: bool) -> np.ndarray:
-    if array.shape == shape:
-        return array
-    shrinking = shape[0] * shape[1] < array.shape[0] * array.shape[1]
-    area = area_when_shrinking and shrinking
-    interpolation = cv2.INTER_AREA if area else cv2.INTER_LINEAR
-    return cv2.resize(array, (shape[1], shape[0]), interpolation=interpolation)
-
-
-def to_network_input(
-    image: np.ndarray, input_size: int, mean: float, std: float, multiple: int = PAD_MULTIPLE
-) -> tuple[np.ndarray, Geometry]:
-    """(H, W) uint8 -> ((S, S) float32 normalised, reflect-padded network input, its Geometry).
-
-    The uint8 image is resized bilinearly before normalising, as
-    :func:`drac_algo.augment.eval_transform` does in training and validation, so a square image
-    gets exactly the input the networks were validated on.
-    """
-    geometry = plan_geometry(image.shape, input_size, multiple)
-    resized = _resize(image, geometry.resized, area_when_shrinking=False)
-    x = (resized.astype(np.float32) / np.float32(255.0) - np.float32(mean)) / np.float32(std)
-    (rh, rw), side = geometry.resized, geometry.side
-    padding = ((geometry.top, side - rh - geometry.top), (geometry.left, side - rw - geometry.left))
-    # Reflection keeps image statistics in the border (zeros would look like a dark vessel-free
-    # region, which is what nonperfusion looks like); the border is cropped off afterwards.
-    return np.ascontiguousarray(np.pad(x, padding, mode="reflect")), geometry
-
-
-def from_network_output(probability: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """(S, S) probabilities in the padded frame -> (H, W) float32 in [0, 1] at the original size."""
-    (rh, rw), top, left = geometry.resized, geometry.top, geometry.left
-    crop = np.ascontiguousarray(probability[top : top + rh, left : left + rw], dtype=np.float32)
-    return np.clip(_resize(crop, geometry.original, area_when_shrinking=True), 0.0, 1.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,7 +326,7 @@ def _finite_forward(
     if dtype is not None:
         state.fp32_reruns += 1
         state.warn(
-            f"{member.name}: non-finite probabilities under {_precision_name(dtype)} autocast "
+            f"{member.name}: non-finite probabilities under {precision_name(dtype)} autocast "
             "(an activation overflowed); rerunning this member in fp32"
         )
         result = forward_views(member.network, x, transforms, views_per_batch, None)
@@ -659,7 +586,7 @@ class Predictor:
         return {
             "device": str(self.device),
             "precision": self.precision,
-            "autocast": _precision_name(self.dtype),
+            "autocast": precision_name(self.dtype),
             "tta": self.tta if isinstance(self.tta, str) else list(self.tta),
             "max_views_per_batch": self.requested_views_per_batch,
             "bundle": self.source,

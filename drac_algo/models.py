@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from drac_algo.errors import DracInputError
+from drac_algo.preprocess import normalize
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,9 @@ class Normalization:
             )
 
     def apply(self, pixels: np.ndarray) -> np.ndarray:
-        """``(H, W)`` uint8 -> ``(H, W)`` float32 network input (same formula as augment.py)."""
-        return ((pixels.astype(np.float32) / 255.0 - self.mean) / self.std).astype(np.float32)
+        """``(H, W)`` uint8 -> ``(H, W)`` float32 network input
+        (:func:`drac_algo.preprocess.normalize`)."""
+        return normalize(pixels, self.mean, self.std)
 
     def to_dict(self) -> dict[str, float]:
         return {"mean": float(self.mean), "std": float(self.std)}

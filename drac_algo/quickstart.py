@@ -3,8 +3,9 @@
     python -m drac_algo.quickstart [--workdir quickstart]
 
 1. ``python -m drac_algo.synth``: a phantom DRAC2022 Task 1 release at 256 x 256;
-2. ``python -m train``: a small bundle (the method's architectures with a ResNet-18 encoder,
-   ``drac_algo/recipes/quickstart.toml``), one fold per class;
+2. ``python -m train``: a small bundle (the default recipe family with the quickstart's budget,
+   ``drac_algo/recipes/quickstart.toml``: ResNet-18 encoder, 128 px crops), one fold per
+   class;
 3. ``python process.py``: the D4 test-time-augmented ensemble on the phantom test images;
 4. ``python -m drac_algo.evaluate``: the challenge metric against the phantom test ground truth,
    next to what an all-zero and an all-one prediction score.
@@ -23,7 +24,7 @@ import click
 import numpy as np
 
 from drac_algo.cli import exits_on_bad_input, setup_logging
-from drac_algo.config import RECIPES_DIR, load_config
+from drac_algo.config import DEFAULT_RECIPE, RECIPE_FAMILIES, RECIPES_DIR, load_config
 from drac_algo.data import find_layout, list_images, load_mask_stacks
 from drac_algo.distributed import init_distributed
 from drac_algo.evaluate import evaluate_paths
@@ -44,7 +45,13 @@ def baseline_scores(data_root: Path) -> dict[str, float]:
 
 
 def run_quickstart(
-    workdir: Path, n_train: int, n_test: int, size: int, epochs: int | None, seed: int
+    workdir: Path,
+    n_train: int,
+    n_test: int,
+    size: int,
+    epochs: int | None,
+    seed: int,
+    recipe: str = DEFAULT_RECIPE,
 ) -> None:
     from drac_algo.experiment import run_training, summary_table
     from drac_algo.pipeline import RunConfig, run
@@ -65,12 +72,14 @@ def run_quickstart(
     t0 = time.perf_counter()
     epochs_flag = f" --epochs {epochs}" if epochs else ""
     click.echo(
-        f"\n== 2/4 training: python -m train --data {data} --out {run_dir} "
+        f"\n== 2/4 training: python -m train --data {data} --out {run_dir} --recipe {recipe} "
         f"--config {QUICKSTART_RECIPE}{epochs_flag}"
     )
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    configs = [load_config(task, QUICKSTART_RECIPE, epochs=epochs) for task in ("irma", "na", "nv")]
+    configs = [
+        load_config(task, QUICKSTART_RECIPE, recipe, epochs=epochs) for task in ("irma", "na", "nv")
+    ]
     summary = run_training(data, run_dir, configs, init_distributed("cpu"))
     click.echo(summary_table(summary))
     timings["training"] = time.perf_counter() - t0
@@ -127,13 +136,26 @@ def run_quickstart(
 @click.option("--size", type=int, default=256, show_default=True)
 @click.option("--epochs", type=int, help="Override the quickstart recipe's epochs.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--recipe",
+    type=click.Choice(RECIPE_FAMILIES),
+    default=DEFAULT_RECIPE,
+    show_default=True,
+    help="Recipe family to train (see python -m train --help).",
+)
 @exits_on_bad_input
 def main(
-    workdir: Path, n_train: int, n_test: int, size: int, epochs: int | None, seed: int
+    workdir: Path,
+    n_train: int,
+    n_test: int,
+    size: int,
+    epochs: int | None,
+    seed: int,
+    recipe: str,
 ) -> None:
     """Generate phantom data, train a small bundle, run the container's job and score it."""
     setup_logging()
-    run_quickstart(workdir, n_train, n_test, size, epochs, seed)
+    run_quickstart(workdir, n_train, n_test, size, epochs, seed, recipe)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from drac_algo.augment import eval_transform, to_tensors, train_transform
+from drac_algo.augment import train_transform
 from drac_algo.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -42,11 +42,13 @@ from drac_algo.config import TrainConfig
 from drac_algo.curves import plot_curves, write_history_csv
 from drac_algo.dataset import LesionDataset, Sample
 from drac_algo.distributed import DistContext, all_gather_objects, barrier, broadcast_object
+from drac_algo.errors import DracInputError
 from drac_algo.fsutil import atomic_write_text
 from drac_algo.hardware import native_bf16
+from drac_algo.inference import Member, precision_name, predict_probability
 from drac_algo.losses import build_loss
 from drac_algo.models import build_model
-from drac_algo.validation import best_threshold, challenge_dice, overlap_counts
+from drac_algo.validation import best_threshold, challenge_dice, overlap_counts, probability_loss
 
 log = logging.getLogger(__name__)
 
@@ -84,37 +86,80 @@ class MemberResult:
 
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: bf16 where the GPU computes it natively, else fp16 (with a gradient
-    scaler; the T4 emulates bf16 far slower); none on CPU unless the config forces
-    ``amp = true`` (then bf16)."""
+    """The autocast dtype for ``amp = "auto"``: bf16 wherever the device computes it natively
+    (Ampere+ GPUs; CPUs with AVX512-BF16 or AMX, where a Unet++ training step runs about 3x
+    faster than in float32), else fp16 on CUDA (with a gradient scaler; the T4 emulates bf16
+    far slower) and float32 on other CPUs. ``amp = true`` forces bf16 on the CPU;
+    ``amp = false`` is float32 everywhere."""
     if cfg.amp is False:
         return None
     if device.type == "cuda":
         return torch.bfloat16 if native_bf16(device) else torch.float16
-    return torch.bfloat16 if cfg.amp is True else None
+    if cfg.amp is True:
+        return torch.bfloat16
+    return torch.bfloat16 if native_bf16(device) else None
+
+
+def _cosine(cfg: TrainConfig, epoch: int) -> float:
+    floor = cfg.min_lr / cfg.lr
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(epoch, cfg.epochs) / cfg.epochs))
+
+
+def _steps(cfg: TrainConfig, epoch: int) -> float:
+    return cfg.gamma ** sum(epoch >= m for m in cfg.milestone_epochs())
+
+
+# Learning-rate factor (x lr) before each epoch (0-based), by scheduler name.
+SCHEDULES: dict[str, Callable[[TrainConfig, int], float]] = {
+    "multistep": _steps,
+    "cosine": _cosine,
+    "cosine_steps": lambda cfg, epoch: _cosine(cfg, epoch) * _steps(cfg, epoch),
+    "constant": lambda cfg, epoch: 1.0,
+}
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+}
+
+
+def lr_factor(cfg: TrainConfig, epoch: int) -> float:
+    """The learning rate of ``epoch`` (0-based) as a multiple of ``cfg.lr``, never below
+    ``cfg.min_lr / cfg.lr``."""
+    if cfg.scheduler not in SCHEDULES:
+        raise DracInputError(f"unknown scheduler {cfg.scheduler!r}; valid: {', '.join(SCHEDULES)}")
+    return max(SCHEDULES[cfg.scheduler](cfg, epoch), cfg.min_lr / cfg.lr)
 
 
 def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
-    """Stepped once per epoch. The learning rate never goes below ``cfg.min_lr``."""
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=cfg.epochs, eta_min=cfg.min_lr
-        )
-    if cfg.scheduler == "multistep":
-        milestones = cfg.milestone_epochs()
-
-        def factor(epoch: int) -> float:
-            steps = sum(epoch >= m for m in milestones)
-            return max(cfg.gamma**steps, cfg.min_lr / cfg.lr)
-
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    """Stepped once per epoch: the learning rate follows :func:`lr_factor`."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(cfg, epoch))
 
 
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer not in OPTIMIZERS:
+        raise DracInputError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def load_initial_weights(model: nn.Module, path: str | Path) -> None:
+    """Start ``model`` from the weights in ``path``: a member checkpoint (``best.pt`` /
+    ``last.pt``, weights under ``"model"``) or a bare state dict such as a bundle member file.
+    The architecture must match exactly (strict load); a mismatch names the file."""
+    try:
+        state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+    except Exception as exc:  # a corrupt or non-torch file: every reader error means the same
+        raise DracInputError(f"init_from: cannot read checkpoint {path}: {exc}") from exc
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DracInputError(f"init_from: {path} holds no state dict")
+    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise DracInputError(
+            f"init_from: {path} does not fit this task's model ({exc.args[0].splitlines()[0]})"
+        ) from exc
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -211,26 +256,37 @@ def validate(
     dtype: torch.dtype | None,
     thresholds: np.ndarray,
 ) -> tuple[float, np.ndarray]:
-    """Score ``samples`` (every process takes every ``world_size``-th one).
+    """Score ``samples`` exactly as inference would (every process takes every
+    ``world_size``-th one).
 
-    Returns (mean validation loss, overlap counts (N, T, 3) over all samples, in sample order)
-    on every process. Images and masks are resized to the model's input size, as in training.
+    Each full-resolution image goes through :func:`drac_algo.inference.predict_probability`
+    (the preprocessing, network call and inverse geometry of ``process.py``, without TTA), and
+    each threshold's mask through the bundle's post-processing before it is counted against the
+    full-resolution ground truth. Returns (mean validation loss of the full-resolution
+    probabilities, overlap counts (N, T, 3) in sample order) on every process.
     """
     model.eval()
-    transform = eval_transform(cfg.input_size, cfg.normalization)
-    channels_last = cfg.channels_last and ctx.device.type == "cuda"
+    member = Member(
+        network=model,
+        input_size=cfg.input_size,
+        mean=cfg.normalization.mean,
+        std=cfg.normalization.std,
+        name=f"{cfg.task} validation",
+    )
+    precision = precision_name(dtype)
+    post = cfg.postprocess
     mine = list(range(ctx.rank, len(samples), ctx.world_size))
     local: dict[int, tuple[float, np.ndarray]] = {}
     for i in mine:
-        out = transform(image=samples[i].image, mask=samples[i].mask)
-        image, mask = to_tensors(out["image"], out["mask"])
-        image = _to_device(image[None], ctx.device, channels_last)
-        mask = mask[None].to(ctx.device)
-        with torch.autocast(ctx.device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(image).float()
-        loss = float(loss_fn(logits, mask.contiguous()))
-        prob = torch.sigmoid(logits)[0, 0].cpu().numpy()
-        local[i] = (loss, overlap_counts(prob, out["mask"], thresholds))
+        sample = samples[i]
+        prob = predict_probability(
+            [member], sample.image, tta="none", device=ctx.device, precision=precision
+        )
+        loss = probability_loss(loss_fn, prob, sample.mask)
+        counts = overlap_counts(
+            prob, sample.mask, thresholds, post.min_component_px, post.fill_holes
+        )
+        local[i] = (loss, counts)
     merged: dict[int, tuple[float, np.ndarray]] = {}
     for part in all_gather_objects(ctx, local):
         merged.update(part)
@@ -267,7 +323,12 @@ def train_member(
     half = int(np.flatnonzero(np.isclose(thresholds, 0.5))[0])
 
     seed_everything(plan.seed)
-    model = build_model(cfg.model, cfg.encoder_weights).to(ctx.device)
+    model = build_model(cfg.model, cfg.encoder_weights)
+    if cfg.init_from is not None and not (resume and (folder / "last.pt").is_file()):
+        load_initial_weights(model, cfg.init_from)
+        if ctx.is_main:
+            log.info("%s/%s: starting from the weights in %s", plan.task, plan.name, cfg.init_from)
+    model = model.to(ctx.device)
     if cfg.channels_last and ctx.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model.parameters())
@@ -295,8 +356,15 @@ def train_member(
 
     dataset = LesionDataset(
         train_samples,
-        train_transform(cfg.input_size, cfg.normalization, cfg.augment, crop_size=cfg.crop_size),
+        train_transform(
+            cfg.input_size,
+            cfg.normalization,
+            cfg.augment,
+            crop_size=cfg.crop_size,
+            foreground_fraction=cfg.foreground_fraction,
+        ),
         seed=plan.seed,
+        length=cfg.samples_per_epoch,
     )
     loader, sampler = _loader(dataset, cfg, ctx, plan.seed)
     if ctx.is_main:

@@ -9,16 +9,38 @@ the rest.
 import warnings
 
 import numpy as np
+import torch
+from torch import nn
+
+from drac_algo.postprocess import postprocess_mask
+
+# Probabilities are clipped this far from 0 and 1 before turning them back into logits.
+_LOGIT_EPS = 1e-6
 
 
-def overlap_counts(prob: np.ndarray, gt: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+def overlap_counts(
+    prob: np.ndarray,
+    gt: np.ndarray,
+    thresholds: np.ndarray,
+    min_component_px: int = 0,
+    fill_holes: bool = False,
+) -> np.ndarray:
     """Counts for one image.
 
     prob: (H, W) float probabilities in [0, 1]; gt: (H, W) {0, 1}; thresholds: (T,) floats.
-    Returns (T, 3) int64: |GT ∩ P|, |P|, |GT| with P = prob >= threshold.
+    Returns (T, 3) int64: |GT ∩ P|, |P|, |GT| with P = prob >= threshold, cleaned up by
+    :func:`drac_algo.postprocess.postprocess_mask` as inference does when either clean-up is on.
     """
     if prob.shape != gt.shape:
         raise ValueError(f"prob shape {prob.shape} != ground truth shape {gt.shape}")
+    if min_component_px > 1 or fill_holes:
+        gt_bool = gt.astype(bool)
+        counts = np.empty((len(thresholds), 3), dtype=np.int64)
+        for i, t in enumerate(thresholds):
+            mask = postprocess_mask((prob >= t).astype(np.uint8), min_component_px, fill_holes)
+            pred = mask.astype(bool)
+            counts[i] = (int((pred & gt_bool).sum()), int(pred.sum()), int(gt_bool.sum()))
+        return counts
     gt_bool = gt.astype(bool).ravel()
     p = prob.ravel()
     counts = np.empty((len(thresholds), 3), dtype=np.int64)
@@ -51,3 +73,12 @@ def best_threshold(counts: np.ndarray, thresholds: np.ndarray) -> tuple[float, f
     candidates = np.flatnonzero(dice >= best - 1e-12)
     pick = candidates[np.argmin(np.abs(thresholds[candidates] - 0.5))]
     return float(thresholds[pick]), float(dice[pick])
+
+
+def probability_loss(loss_fn: nn.Module, prob: np.ndarray, gt: np.ndarray) -> float:
+    """A training loss evaluated on one full-resolution probability map: (H, W) float in [0, 1]
+    and (H, W) {0, 1} ground truth; the probabilities, clipped to [1e-6, 1 - 1e-6], are turned
+    back into logits for ``loss_fn`` (which takes (N, 1, H, W) logits)."""
+    p = torch.from_numpy(np.clip(prob, _LOGIT_EPS, 1 - _LOGIT_EPS).astype(np.float32))
+    target = torch.from_numpy(gt.astype(np.float32))
+    return float(loss_fn(torch.logit(p)[None, None], target[None, None]))

@@ -12,8 +12,8 @@ import torch
 from drac_algo import augment
 from drac_algo.augment import (
     AugmentConfig,
+    LesionCrop,
     apply_transform,
-    eval_transform,
     to_tensors,
     train_transform,
 )
@@ -39,7 +39,11 @@ def to_pixels(image: torch.Tensor) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "make", [lambda: train_transform(64, NORM, seed=3), lambda: eval_transform(64, NORM)]
+    "make",
+    [
+        lambda: train_transform(64, NORM, seed=3),
+        lambda: train_transform(64, NORM, AugmentConfig.none()),
+    ],
 )
 def test_output_contract(make):
     image, mask = blob_case(size=80)
@@ -51,9 +55,9 @@ def test_output_contract(make):
     assert image_only.shape == (1, 64, 64) and none is None
 
 
-def test_eval_transform_normalises_exactly():
+def test_unaugmented_pipeline_normalises_exactly():
     image = np.full((64, 64), 128, np.uint8)
-    image_t, _ = apply_transform(eval_transform(64, NORM), image)
+    image_t, _ = apply_transform(train_transform(64, NORM, AugmentConfig.none()), image)
     torch.testing.assert_close(image_t, torch.full((1, 64, 64), (128 / 255 - 0.5) / 0.25))
     np.testing.assert_allclose(NORM.apply(image), image_t[0].numpy(), atol=1e-6)
 
@@ -73,7 +77,7 @@ def test_geometric_transforms_keep_mask_aligned_and_binary(seed):
     assert (pixels[inside] > 127).mean() > 0.95
     assert (pixels[outside] <= 127).mean() > 0.99
     # ... and the transform really moved things (otherwise the check above proves nothing).
-    resized, _ = apply_transform(eval_transform(64, NORM), image, mask)
+    resized, _ = apply_transform(train_transform(64, NORM, AugmentConfig.none()), image, mask)
     assert not torch.equal(image_t, resized)
 
 
@@ -110,10 +114,9 @@ def _all_transforms(compose):
 
 def test_pipelines_hold_the_method_transforms():
     names = {type(t).__name__ for t in _all_transforms(train_transform(64, NORM))}
-    method = {"HorizontalFlip", "Rotate", "RandomCrop", "GaussNoise", "RandomBrightnessContrast"}
+    method = {"HorizontalFlip", "Rotate", "LesionCrop", "GaussNoise", "RandomBrightnessContrast"}
     assert method | {"OneOf", "ElasticTransform", "GridDistortion", "Affine", "Normalize"} <= names
     assert train_transform(64, NORM).strict
-    assert eval_transform(64, NORM).strict
 
 
 def test_every_transform_is_built_with_strict_true():
@@ -162,9 +165,9 @@ def test_input_checks():
     with pytest.raises(DracInputError, match="mask values"):
         to_tensors(np.zeros((4, 4), np.float32), np.full((4, 4), 255, np.uint8))
     with pytest.raises(DracInputError, match="uint8"):
-        apply_transform(eval_transform(32, NORM), np.zeros((32, 32), np.float32))
+        apply_transform(train_transform(32, NORM), np.zeros((32, 32), np.float32))
     with pytest.raises(DracInputError, match="uint8"):
-        apply_transform(eval_transform(32, NORM), np.zeros((32, 32, 3), np.uint8))
+        apply_transform(train_transform(32, NORM), np.zeros((32, 32, 3), np.uint8))
     with pytest.raises(DracInputError, match="input_size"):
         train_transform(0, NORM)
 
@@ -180,3 +183,57 @@ def test_crop_size_trains_on_patches_of_the_full_resolution_image():
     assert img_t.shape == mask_t.shape == (1, 32, 32)
     with pytest.raises(DracInputError, match="larger than input_size"):
         train_transform(32, Normalization(), crop_size=64)
+
+
+# --- lesion-aware crops -------------------------------------------------------------------------
+
+
+def _crop_params(crop: LesionCrop, image: np.ndarray, mask: np.ndarray) -> tuple[int, ...]:
+    params = {"shape": image.shape}
+    return crop.get_params_dependent_on_data(params, {"image": image, "mask": mask})["crop_coords"]
+
+
+def _lesion_crops(foreground_p: float, draws: int = 400) -> float:
+    """Share of 32 px crops of a 128 px image that hold its one 2 x 2 lesion."""
+    image = np.zeros((128, 128), np.uint8)
+    mask = np.zeros_like(image)
+    mask[20:22, 100:102] = 1
+    compose = A.Compose(
+        [LesionCrop(32, 32, foreground_p=foreground_p, strict=True)], strict=True, seed=5
+    )
+    return float(np.mean([compose(image=image, mask=mask)["mask"].any() for _ in range(draws)]))
+
+
+def test_lesion_crop_centres_the_requested_share_of_crops_on_a_lesion():
+    # A random 32 px crop holds this lesion with probability about (33/97)^2 = 0.12.
+    assert _lesion_crops(0.0) < 0.2
+    assert _lesion_crops(1.0) == 1.0
+    assert 0.5 < _lesion_crops(0.5) < 0.65  # 0.5 centred + 0.5 x 0.12 by chance
+
+
+def test_lesion_crop_is_centred_on_the_lesion_pixel_and_stays_inside_the_image():
+    image = np.zeros((100, 120), np.uint8)
+    mask = np.zeros_like(image)
+    mask[50, 60] = 1
+    crop = LesionCrop(32, 48, foreground_p=1.0)
+    crop.set_random_seed(0)
+    assert _crop_params(crop, image, mask) == (60 - 24, 50 - 16, 60 + 24, 50 + 16)
+    for y, x in [(0, 0), (99, 119), (0, 119), (99, 0), (3, 60)]:
+        mask[:] = 0
+        mask[y, x] = 1
+        x0, y0, x1, y1 = _crop_params(crop, image, mask)
+        assert 0 <= x0 <= x < x1 <= 120 and 0 <= y0 <= y < y1 <= 100
+        assert (x1 - x0, y1 - y0) == (48, 32)
+
+
+def test_lesion_crop_without_lesion_is_random_and_inside():
+    image = np.zeros((64, 64), np.uint8)
+    crop = LesionCrop(16, 16, foreground_p=1.0)
+    crop.set_random_seed(1)
+    corners = {_crop_params(crop, image, np.zeros_like(image))[:2] for _ in range(50)}
+    assert len(corners) > 10
+    assert all(0 <= x <= 48 and 0 <= y <= 48 for x, y in corners)
+    with pytest.raises(DracInputError, match="larger than the image"):
+        _crop_params(LesionCrop(80, 16), image, np.zeros_like(image))
+    with pytest.raises(DracInputError, match="probability"):
+        LesionCrop(16, 16, foreground_p=1.5)

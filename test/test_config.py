@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from drac_algo.config import TrainConfig, load_config, recipe_path
+from drac_algo.config import DEFAULT_RECIPE, TrainConfig, load_config, recipe_path
 from drac_algo.errors import DracInputError
 from drac_algo.models import ModelSpec
 
@@ -12,19 +12,20 @@ from drac_algo.models import ModelSpec
 METHOD = {
     "irma": ("unetplusplus", "cam", 1e-4, 1e-9, "multistep", [25], "adam", "dice", 1024),
     "na": ("unetplusplus", "cam", 1e-4, 1e-9, "multistep", [25], "adam", "dice", 1024),
-    "nv": ("unet", None, 1e-4, 1e-9, "cosine", None, "adam", "dice", 1024),
+    "nv": ("unet", None, 1e-4, 1e-9, "cosine_steps", [25, 50, 75], "adam", "dice", 1024),
 }
 
 
 @pytest.mark.parametrize("task", ["irma", "na", "nv"])
-def test_default_recipes_match_the_method(task):
-    cfg = load_config(task)
+def test_method_recipes_match_the_method(task):
+    cfg = load_config(task, recipe="method")
     arch, attention, lr, min_lr, scheduler, milestones, optimizer, loss, size = METHOD[task]
     assert cfg.task == task
     assert cfg.model == ModelSpec(arch, "resnet34", attention, 5, None)
     assert (cfg.lr, cfg.min_lr, cfg.scheduler, cfg.optimizer) == (lr, min_lr, scheduler, optimizer)
-    if milestones is not None:
-        assert cfg.milestone_epochs() == milestones and cfg.gamma == 0.1
+    assert cfg.milestone_epochs() == milestones
+    assert cfg.gamma == (0.6 if task == "nv" else 0.1)
+    assert (cfg.crop_size, cfg.foreground_fraction, cfg.init_from) == (None, 0.0, None)
     assert (cfg.loss.name, cfg.input_size) == (loss, size)
     assert cfg.positives_only is True
     assert cfg.encoder_weights is None
@@ -33,11 +34,36 @@ def test_default_recipes_match_the_method(task):
     assert cfg.n_members == 5  # the default ensemble: every fold, one seed
 
 
-def test_task_by_index_and_unknown_task():
+@pytest.mark.parametrize("task", ["irma", "na", "nv"])
+def test_best_recipes_keep_the_cards_architectures(task):
+    best, method = load_config(task), load_config(task, recipe="method")
+    assert DEFAULT_RECIPE == "best"
+    assert best.model == method.model
+    assert (best.loss.name, best.scheduler) == ("positive_dice_bce", "cosine")
+    assert (best.crop_size, best.foreground_fraction) == (512, 0.5)
+    assert best.input_size == method.input_size == 1024
+    assert best.n_members == method.n_members == 5
+
+
+def test_task_by_index_unknown_task_and_unknown_family():
     assert load_config(3).task == "nv"
     assert recipe_path("1").name == "irma.toml"
+    assert recipe_path("1", "method").parent.name == "method"
     with pytest.raises(DracInputError, match="valid: irma"):
         load_config("hemorrhage")
+    with pytest.raises(DracInputError, match="unknown recipe family 'fancy'; valid: method, best"):
+        load_config("irma", recipe="fancy")
+
+
+def test_overrides_files_apply_in_order(tmp_path):
+    first = write(tmp_path, "epochs = 3\nbatch_size = 2\n", "a.toml")
+    second = write(tmp_path, "epochs = 5\n", "b.toml")
+    cfg = load_config("nv", [first, second])
+    assert (cfg.epochs, cfg.batch_size) == (5, 2)
+    with pytest.raises(DracInputError, match="foreground_fraction"):
+        load_config("nv", foreground_fraction=1.5)
+    with pytest.raises(DracInputError, match="samples_per_epoch"):
+        load_config("nv", samples_per_epoch=0)
 
 
 def write(tmp_path, text, name="over.toml"):
@@ -101,7 +127,9 @@ def test_changing_the_loss_drops_the_old_params(tmp_path):
     path = write(tmp_path, '[loss]\nname = "positive_dice_focal"\nparams = { gamma = 1.0 }\n')
     cfg = load_config("na", path)
     assert (cfg.loss.name, cfg.loss.params) == ("positive_dice_focal", {"gamma": 1.0})
-    same = load_config("na", write(tmp_path, "[loss.params]\nsmooth = 0.5\n", "s.toml"))
+    same = load_config(
+        "na", write(tmp_path, "[loss.params]\nsmooth = 0.5\n", "s.toml"), recipe="method"
+    )
     assert (same.loss.name, same.loss.params) == ("dice", {"smooth": 0.5})
 
 
@@ -113,7 +141,7 @@ def test_changing_the_loss_drops_the_old_params(tmp_path):
         ("[augment]\nflip_p = 0.5", r"valid: hflip_p, rotate_p"),
         (
             "[loss.params]\nalpha = 0.5",
-            r"loss 'dice' takes no parameter\(s\) 'alpha'; valid: smooth",
+            r"loss 'positive_dice_bce' takes no parameter\(s\) 'alpha'; valid: aux_weight, smooth",
         ),
     ],
 )
@@ -137,9 +165,15 @@ def test_unknown_command_line_key():
         ("[model]\narch = 'unett'", "unknown architecture 'unett'; valid: unet, unetplusplus"),
         ("[model]\nencoder = 'resnet-34'", "unknown encoder 'resnet-34'; valid: resnet18"),
         ("[model]\narch = 'deeplabv3plus'", "use attention = none"),
-        ("scheduler = 'step'", "unknown scheduler 'step'; valid: multistep, cosine, constant"),
+        (
+            "scheduler = 'step'",
+            "unknown scheduler 'step'; valid: multistep, cosine, cosine_steps, constant",
+        ),
         ("optimizer = 'sgd'", "unknown optimizer 'sgd'; valid: adam, adamw"),
-        ("milestones = [0.5, 1.5]", "milestones must be increasing fractions"),
+        (
+            "scheduler = 'multistep'\nmilestones = [0.5, 1.5]",
+            "milestones must be increasing fractions",
+        ),
         ("min_lr = 1.0", "0 <= min_lr <= lr"),
         ("input_size = 1000", "multiple of 32"),
         ("[val]\nfold = 5", r"val: fold must be in 0..4"),

@@ -15,12 +15,9 @@ from drac_algo.inference import (
     ClassEnsemble,
     Member,
     Predictor,
-    from_network_output,
-    plan_geometry,
     predict_probability,
     resolve_device,
     resolve_precision,
-    to_network_input,
 )
 
 MEAN, STD = 0.5, 0.25
@@ -83,48 +80,6 @@ def explicit_tta(f, x, names):
     return np.mean(
         [sigmoid(NUMPY_D4[n][1](apply_numpy(f, NUMPY_D4[n][0](x)))) for n in names], axis=0
     )
-
-
-# ------------------------------------------------------------------------------------------
-# Geometry
-
-
-def test_plan_geometry():
-    g = plan_geometry((37, 53), 53)
-    assert (g.resized, g.side, g.top, g.left) == ((37, 53), 64, 13, 5)
-    g = plan_geometry((37, 53), 64)
-    assert (g.resized, g.side) == ((45, 64), 64)
-    g = plan_geometry((1024, 1024), 256)
-    assert (g.resized, g.side, g.top, g.left) == ((256, 256), 256, 0, 0)
-    assert plan_geometry((100, 100), 50).side == 64
-    assert plan_geometry((3, 500), 64).resized == (1, 64)
-    with pytest.raises(DracInputError, match="positive"):
-        plan_geometry((0, 5), 32)
-
-
-def test_network_input_is_normalised_padded_and_maps_back():
-    image = random_image(37, 53)
-    x, geometry = to_network_input(image, 53, MEAN, STD)
-    assert x.shape == (64, 64) and x.dtype == np.float32
-    inside = x[geometry.top : geometry.top + 37, geometry.left : geometry.left + 53]
-    np.testing.assert_allclose(inside, normalised(image), atol=1e-6)
-    # Reflect padding: the row above the image mirrors its second row.
-    np.testing.assert_allclose(x[geometry.top - 1], x[geometry.top + 1])
-    back = from_network_output(sigmoid(x), geometry)
-    assert back.shape == (37, 53) and back.dtype == np.float32
-    np.testing.assert_allclose(back, sigmoid(normalised(image)), atol=1e-6)
-
-
-@pytest.mark.parametrize(("side", "input_size"), [(64, 32), (48, 32), (24, 32)])
-def test_square_input_matches_the_training_eval_transform(side, input_size):
-    from drac_algo.augment import apply_transform, eval_transform
-    from drac_algo.models import Normalization
-
-    image = random_image(side, side, seed=9)
-    x, geometry = to_network_input(image, input_size, 0.4, 0.3)
-    trained, _ = apply_transform(eval_transform(input_size, Normalization(0.4, 0.3)), image)
-    assert geometry.side == input_size
-    np.testing.assert_allclose(x, trained[0].numpy(), atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------

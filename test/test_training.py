@@ -3,6 +3,7 @@ resume equivalence, atomic checkpoints, the bundle export round trip, and DDP wi
 processes."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,19 +13,28 @@ import numpy as np
 import pytest
 import torch
 
+from drac_algo import training
 from drac_algo.bundle import build_member, load_bundle
 from drac_algo.checkpoint import load_checkpoint, save_checkpoint
 from drac_algo.config import load_config
 from drac_algo.data import find_layout, list_cases
-from drac_algo.dataset import load_samples
+from drac_algo.dataset import LesionDataset, load_samples
 from drac_algo.distributed import init_distributed
 from drac_algo.errors import DracInputError
 from drac_algo.experiment import plan_members
 from drac_algo.export import export_bundle
 from drac_algo.metrics import dice_iou
+from drac_algo.models import build_model
 from drac_algo.splits import kfold_split, stratified_kfold_split
 from drac_algo.synth import write_dataset
-from drac_algo.training import make_optimizer, make_scheduler, train_member
+from drac_algo.training import (
+    SCHEDULES,
+    amp_dtype,
+    load_initial_weights,
+    make_optimizer,
+    make_scheduler,
+    train_member,
+)
 from drac_algo.validation import best_threshold, challenge_dice, overlap_counts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,8 +60,8 @@ def irma_samples(phantom):
     return load_samples(list_cases(find_layout(phantom), "train"), 1)
 
 
-def tiny_config(task: str = "irma", **overrides):
-    return load_config(task, None, **{**TINY, **overrides})
+def tiny_config(task: str = "irma", recipe: str = "method", **overrides):
+    return load_config(task, None, recipe, **{**TINY, **overrides})
 
 
 # --- splits -----------------------------------------------------------------------------------
@@ -126,11 +136,77 @@ def test_multistep_drops_tenfold_at_a_quarter_of_the_epochs():
 
 
 def test_cosine_anneals_to_min_lr():
-    cfg = tiny_config("nv", epochs=4)
+    cfg = tiny_config("nv", "best", epochs=4, crop_size="none")
+    assert cfg.scheduler == "cosine"
     out = lrs(cfg, 5)
     assert out[0] == pytest.approx(1e-4)
     assert all(a > b for a, b in zip(out[:4], out[1:4], strict=False))
     assert out[4] == pytest.approx(cfg.min_lr, abs=1e-12)
+
+
+def test_method_nv_schedule_cuts_the_cosine_to_60_percent_at_each_quarter():
+    cfg = tiny_config("nv", epochs=8, min_lr=0.0)
+    assert (cfg.scheduler, cfg.milestones, cfg.gamma) == ("cosine_steps", (0.25, 0.5, 0.75), 0.6)
+    cosine = [1e-4 * 0.5 * (1 + math.cos(math.pi * e / 8)) for e in range(8)]
+    cuts = [1, 1, 0.6, 0.6, 0.36, 0.36, 0.216, 0.216]
+    assert lrs(cfg, 8) == pytest.approx([c * k for c, k in zip(cosine, cuts, strict=True)])
+
+
+def test_schedule_and_optimizer_registries_match_the_config_names():
+    from drac_algo.config import OPTIMIZERS, SCHEDULERS
+
+    assert set(SCHEDULES) == set(SCHEDULERS)
+    assert set(training.OPTIMIZERS) == set(OPTIMIZERS)
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, None)])
+def test_auto_amp_on_the_cpu_follows_native_bf16(monkeypatch, native, expected):
+    monkeypatch.setattr(training, "native_bf16", lambda _device: native)
+    cpu = torch.device("cpu")
+    assert amp_dtype(tiny_config(), cpu) is expected
+    assert amp_dtype(tiny_config(amp=False), cpu) is None
+    assert amp_dtype(tiny_config(amp=True), cpu) is torch.bfloat16
+
+
+# --- starting weights and epochs ------------------------------------------------------------
+
+
+def test_init_from_loads_a_checkpoint_or_a_bare_state_dict(tmp_path):
+    cfg = tiny_config()
+    source = build_model(cfg.model)
+    for p in source.parameters():
+        p.data.normal_()
+    state = source.state_dict()
+    checkpoint, bare, wrapped = tmp_path / "best.pt", tmp_path / "m.pt", tmp_path / "ddp.pt"
+    torch.save({"model": state, "epoch": 3}, checkpoint)
+    torch.save(state, bare)
+    torch.save({f"module.{k}": v for k, v in state.items()}, wrapped)
+    for path in (checkpoint, bare, wrapped):
+        target = build_model(cfg.model)
+        load_initial_weights(target, path)
+        for key, value in target.state_dict().items():
+            torch.testing.assert_close(value, state[key])
+    other = build_model(tiny_config("nv").model)
+    with pytest.raises(DracInputError, match="does not fit"):
+        load_initial_weights(other, checkpoint)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DracInputError, match="cannot read"):
+        load_initial_weights(target, tmp_path / "junk.pt")
+    with pytest.raises(DracInputError, match="does not exist"):
+        tiny_config(init_from=str(tmp_path / "absent.pt"))
+
+
+def test_samples_per_epoch_repeats_each_image_with_its_own_augmentation(irma_samples):
+    from drac_algo.augment import train_transform
+
+    cfg = tiny_config()
+    transform = train_transform(64, cfg.normalization, cfg.augment, crop_size=32)
+    dataset = LesionDataset(irma_samples[:3], transform, seed=0, length=7)
+    assert len(dataset) == 7
+    first, again = dataset[0], dataset[3]  # both are sample 0
+    assert first[0].shape == (1, 32, 32)
+    assert not torch.equal(first[0], again[0])
+    assert len(LesionDataset(irma_samples[:3], transform)) == 3
 
 
 # --- a tiny training run ----------------------------------------------------------------------

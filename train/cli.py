@@ -4,13 +4,14 @@ fails before any training), then hand over to :func:`drac_algo.experiment.run_tr
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
 
 from drac_algo.classes import LESION_CLASSES
 from drac_algo.cli import exits_on_bad_input, setup_logging
-from drac_algo.config import TrainConfig, load_config
+from drac_algo.config import DEFAULT_RECIPE, RECIPE_FAMILIES, TrainConfig, load_config
 from drac_algo.distributed import init_distributed, shutdown
 from drac_algo.errors import DracInputError
 
@@ -28,11 +29,14 @@ def _seeds(value: str | None) -> tuple[int, ...] | None:
 
 
 def resolve_configs(
-    tasks: tuple[str, ...], config_file: Path | None, **overrides
+    tasks: tuple[str, ...],
+    config_files: Sequence[Path] = (),
+    recipe: str = DEFAULT_RECIPE,
+    **overrides,
 ) -> list[TrainConfig]:
     """One resolved config per task, in class order."""
     chosen = [t for t in TASKS if t in tasks] if tasks else TASKS
-    return [load_config(task, config_file, **overrides) for task in chosen]
+    return [load_config(task, list(config_files), recipe, **overrides) for task in chosen]
 
 
 def check_run_dir(out: Path, resume: bool) -> None:
@@ -71,10 +75,19 @@ def check_run_dir(out: Path, resume: bool) -> None:
     help="Train only these tasks (repeatable). Default: all three.",
 )
 @click.option(
+    "--recipe",
+    type=click.Choice(RECIPE_FAMILIES),
+    default=DEFAULT_RECIPE,
+    show_default=True,
+    help="Recipe family: 'method' reproduces the published method, 'best' is the team's "
+    "measured best (drac_algo/recipes/<family>/<task>.toml).",
+)
+@click.option(
     "--config",
-    "config_file",
+    "config_files",
+    multiple=True,
     type=click.Path(path_type=Path, dir_okay=False),
-    help="TOML file of overrides applied over each task's default recipe.",
+    help="TOML file of overrides applied over each task's recipe (repeatable, in order).",
 )
 @click.option("--image-size", type=int, help="Training input size (multiple of 32).")
 @click.option("--epochs", type=int, help="Epochs per member.")
@@ -85,6 +98,17 @@ def check_run_dir(out: Path, resume: bool) -> None:
 @click.option("--seeds", help="Comma-separated seeds, one member per seed and fold, e.g. 0,1,2.")
 @click.option("--encoder", help="segmentation-models-pytorch encoder, e.g. resnet34.")
 @click.option("--encoder-weights", help="'imagenet' (local cache only) or a local weights file.")
+@click.option(
+    "--init-from",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Start from this checkpoint's weights (a member's best.pt, or a bundle member file); "
+    "best with --task, since every task's model must fit it.",
+)
+@click.option(
+    "--foreground-fraction",
+    type=float,
+    help="Share of training crops centred on a lesion pixel (0 to 1).",
+)
 @click.option("--workers", type=int, help="Data-loading worker processes.")
 @click.option(
     "--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True
@@ -96,7 +120,8 @@ def main(
     data_root,
     out,
     tasks,
-    config_file,
+    recipe,
+    config_files,
     image_size,
     epochs,
     batch_size,
@@ -106,6 +131,8 @@ def main(
     seeds,
     encoder,
     encoder_weights,
+    init_from,
+    foreground_fraction,
     workers,
     device,
     resume,
@@ -114,11 +141,13 @@ def main(
     """Train one binary model per lesion class on DRAC2022 Task 1 data and write the model
     bundle to OUT/model."""
     setup_logging(verbose)
-    if config_file is not None and not config_file.is_file():
-        raise DracInputError(f"--config {config_file}: no such file")
+    for config_file in config_files:
+        if not config_file.is_file():
+            raise DracInputError(f"--config {config_file}: no such file")
     configs = resolve_configs(
         tasks,
-        config_file,
+        config_files,
+        recipe,
         input_size=image_size,
         epochs=epochs,
         batch_size=batch_size,
@@ -128,6 +157,8 @@ def main(
         seeds=_seeds(seeds),
         model__encoder=encoder,
         encoder_weights=encoder_weights,
+        init_from=None if init_from is None else str(init_from),
+        foreground_fraction=foreground_fraction,
         num_workers=workers,
     )
     ctx = init_distributed(device)

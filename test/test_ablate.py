@@ -1,0 +1,97 @@
+"""The ablation command: its smoke run end to end (no score is asserted: 2 epochs on 64 px
+images mean nothing), its plan and its verdicts."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drac_algo.ablate.plan import DERIVED, TRAINED, Variant
+from drac_algo.ablate.report import Row, markdown, verdict
+from drac_algo.metrics import score
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fake_scores(dice: float):
+    """Scores whose classes all reach ``dice`` (one 10-pixel lesion, a prediction sized to it)."""
+    gt = np.zeros((1, 1, 10, 10), np.uint8)
+    gt[0, 0, 0, :] = 1
+    pred = np.zeros_like(gt)
+    hit = round(10 * dice / (2 - dice))  # 2h / (10 + h) = dice
+    pred[0, 0, 0, :hit] = 1
+    stacks = {i: gt[0] for i in (1, 2, 3)}
+    return score(stacks, {i: pred[0] for i in (1, 2, 3)})
+
+
+def test_verdict_compares_against_the_spread_over_seeds():
+    reference = Row("best", [fake_scores(0.5), fake_scores(0.54)], [1, 1])
+    close = Row("close", [fake_scores(0.5), fake_scores(0.54)], [1, 1])
+    lower = Row("lower", [fake_scores(0.2), fake_scores(0.22)], [1, 1])
+    single = Row("single", [fake_scores(0.9)], [])
+    assert verdict(close, reference).startswith("within noise")
+    assert verdict(lower, reference).startswith("lower")
+    assert verdict(single, reference) == "one value: no spread"
+    table = markdown([reference, lower], "best", "caption")
+    assert "| lower |" in table and "± " in table
+
+
+def test_plan_covers_the_rows_the_issue_asks_for():
+    names = {v.name for v in TRAINED} | {d.name for d in DERIVED}
+    for needed in (
+        "plain baseline",
+        "method recipe",
+        "best recipe",
+        "best, no attention",
+        "best, scSE attention",
+        "best, batch Dice loss",
+        "best, no foreground sampling",
+        "best, TTA none",
+        "best, TTA flips",
+        "best, threshold 0.5",
+        "best, post-processing on",
+        "best, seeds ensembled",
+    ):
+        assert needed in names
+    v = Variant("x", "best", {"*": {"epochs": 1}, "irma": {"epochs": 2}})
+    assert v.task_overrides("irma") == {"epochs": 2}
+    assert v.task_overrides("nv") == {"epochs": 1}
+
+
+@pytest.mark.slow
+def test_quick_ablation_runs_end_to_end(tmp_path):
+    work = tmp_path / "ablation"
+    result = subprocess.run(
+        [sys.executable, "-m", "drac_algo.ablate", "--workdir", str(work), "--quick"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("ablation.md", "ablation.json", "ablation.png"):
+        assert (work / name).is_file(), name
+    report = json.loads((work / "ablation.json").read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    assert set(rows) == {v.name for v in TRAINED} | {
+        d.name for d in DERIVED if not d.ensemble_seeds
+    }
+    for row in rows.values():
+        assert len(row["mean_dice"]) == 1
+        assert all(v is None or 0.0 <= v <= 1.0 for v in row["mean_dice"])
+        assert not any(v is not None and math.isnan(v) for v in row["mean_dice"])
+    assert "| plain baseline |" in result.stdout
+    # A second run reuses every trained model (nothing is trained again).
+    again = subprocess.run(
+        [sys.executable, "-m", "drac_algo.ablate", "--workdir", str(work), "--quick"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert again.returncode == 0
+    assert "ablation: training" not in again.stderr
