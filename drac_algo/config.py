@@ -116,7 +116,9 @@ class TrainConfig:
     foreground oversampling; :class:`drac_algo.augment.LesionCrop`), the rest at random places.
     ``init_from``: a checkpoint (``best.pt``/``last.pt`` of a member, or a bundle member file)
     whose weights the network starts from (the method continues training from its best-Dice
-    weights); optimiser and schedule start afresh.
+    weights); optimiser and schedule start afresh. ``deep_supervision``: train a Unet++ with
+    auxiliary heads on its decoder (:mod:`drac_algo.deep_supervision`; the bundle keeps the
+    plain network).
     ``amp``: ``"auto"`` (bf16 autocast wherever the device computes bf16 natively, fp16 on
     older GPUs, float32 on other CPUs; :func:`drac_algo.training.amp_dtype`), ``true`` or
     ``false``. ``samples_per_epoch``: training crops per epoch (``None``: one pass over the
@@ -155,6 +157,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     encoder_weights: str | None = None
     init_from: str | None = None
+    deep_supervision: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task", lesion_class(self.task).key)
@@ -197,6 +200,10 @@ class TrainConfig:
         if not 0.0 <= self.foreground_fraction <= 1.0:
             raise DracInputError(
                 f"foreground_fraction is a fraction in [0, 1]; got {self.foreground_fraction}"
+            )
+        if self.deep_supervision and self.model.arch != "unetplusplus":
+            raise DracInputError(
+                f"deep_supervision needs arch = 'unetplusplus'; got {self.model.arch!r}"
             )
         if self.init_from is not None and not Path(self.init_from).expanduser().is_file():
             raise DracInputError(f"init_from: checkpoint {self.init_from} does not exist")

@@ -41,6 +41,7 @@ from drac_algo.checkpoint import (
 from drac_algo.config import TrainConfig
 from drac_algo.curves import plot_curves, write_history_csv
 from drac_algo.dataset import LesionDataset, Sample
+from drac_algo.deep_supervision import DeepSupervisionNet, supervised_loss
 from drac_algo.distributed import DistContext, all_gather_objects, barrier, broadcast_object
 from drac_algo.errors import DracInputError
 from drac_algo.fsutil import atomic_write_text
@@ -166,6 +167,17 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+def _network(model: nn.Module) -> nn.Module:
+    """The plain network inside the DDP and deep-supervision wrappers (what bundles hold)."""
+    model = _unwrap(model)
+    return model.net if isinstance(model, DeepSupervisionNet) else model
+
+
+def _aux_heads_state(model: nn.Module) -> dict | None:
+    model = _unwrap(model)
+    return model.heads.state_dict() if isinstance(model, DeepSupervisionNet) else None
+
+
 def _train_samples(cfg: TrainConfig, samples: Sequence[Sample], ids: set[int]) -> list[Sample]:
     chosen = [s for s in samples if s.case_id in ids and (s.positive or not cfg.positives_only)]
     if not chosen:
@@ -228,7 +240,8 @@ def train_one_epoch(
         )
         with sync:
             with torch.autocast(ctx.device.type, dtype=dtype, enabled=dtype is not None):
-                loss = loss_fn(model(image).float(), mask)
+                logits = model(image)
+                loss = supervised_loss(loss_fn, logits, getattr(_unwrap(model), "aux", []), mask)
             scaled = loss / cfg.grad_accum_steps
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         if boundary:
@@ -328,6 +341,8 @@ def train_member(
         load_initial_weights(model, cfg.init_from)
         if ctx.is_main:
             log.info("%s/%s: starting from the weights in %s", plan.task, plan.name, cfg.init_from)
+    if cfg.deep_supervision:
+        model = DeepSupervisionNet(model)
     model = model.to(ctx.device)
     if cfg.channels_last and ctx.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -341,7 +356,9 @@ def train_member(
     last_path = folder / "last.pt"
     if resume and last_path.is_file():
         state = load_checkpoint(last_path)
-        model.load_state_dict(state["model"])
+        _network(model).load_state_dict(state["model"])
+        if state.get("aux_heads") is not None:
+            _unwrap(model).heads.load_state_dict(state["aux_heads"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
@@ -408,7 +425,7 @@ def train_member(
         train_loss = float(np.mean(all_gather_objects(ctx, train_loss)))
         scheduler.step()
         val_loss, counts = validate(
-            _unwrap(model), val_samples, loss_fn, cfg, ctx, dtype, thresholds
+            _network(model), val_samples, loss_fn, cfg, ctx, dtype, thresholds
         )
         val_dice = float(challenge_dice(counts)[half])
         row = {
@@ -428,12 +445,13 @@ def train_member(
             if improved:
                 save_checkpoint(
                     folder / "best.pt",
-                    {"model": _unwrap(model).state_dict(), "epoch": epoch + 1, **best},
+                    {"model": _network(model).state_dict(), "epoch": epoch + 1, **best},
                 )
             save_checkpoint(
                 last_path,
                 {
-                    "model": _unwrap(model).state_dict(),
+                    "model": _network(model).state_dict(),
+                    "aux_heads": _aux_heads_state(model),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict() if scaler is not None else None,

@@ -397,3 +397,37 @@ def test_ddp_with_two_gloo_processes(phantom, tmp_path):
     # One process writes: exactly one metrics row for the one epoch.
     rows = (out / "nv" / "fold0-seed0" / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 2
+
+
+# --- deep supervision -------------------------------------------------------------------------
+
+
+def test_deep_supervision_weights_and_outputs():
+    from drac_algo.deep_supervision import DeepSupervisionNet, output_weights, supervised_loss
+
+    assert output_weights(3) == pytest.approx([8 / 15, 4 / 15, 2 / 15, 1 / 15])
+    net = DeepSupervisionNet(build_model(tiny_config().model))
+    x = torch.randn(2, 1, 64, 64)
+    logits = net(x)
+    assert logits.shape == (2, 1, 64, 64)
+    assert [a.shape for a in net.aux] == [(2, 1, 64, 64)] * 3
+    target = (torch.rand(2, 1, 64, 64) > 0.9).float()
+    loss = supervised_loss(torch.nn.BCEWithLogitsLoss(), logits, net.aux, target)
+    loss.backward()
+    assert all(h.weight.grad is not None and h.weight.grad.abs().sum() > 0 for h in net.heads)
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), net.net(x))
+    assert net.aux == []
+    with pytest.raises(DracInputError, match="unetplusplus"):
+        tiny_config("nv", deep_supervision=True)
+
+
+def test_deep_supervision_run_keeps_plain_weights_for_the_bundle(irma_samples, tmp_path):
+    cfg = tiny_config(epochs=1, deep_supervision=True)
+    plan = _plan(cfg, irma_samples, tmp_path)
+    train_member(cfg, irma_samples, plan, init_distributed("cpu"))
+    best = load_checkpoint(plan.folder / "best.pt")
+    build_model(cfg.model).load_state_dict(best["model"])  # strict: no head weights inside
+    last = load_checkpoint(plan.folder / "last.pt")
+    assert len(last["aux_heads"]) == 6  # 3 heads x (weight, bias)

@@ -109,6 +109,11 @@ def check_run_dir(out: Path, resume: bool) -> None:
     type=float,
     help="Share of training crops centred on a lesion pixel (0 to 1).",
 )
+@click.option(
+    "--deep-supervision/--no-deep-supervision",
+    default=None,
+    help="Unet++ auxiliary decoder heads during training (the method's option).",
+)
 @click.option("--workers", type=int, help="Data-loading worker processes.")
 @click.option(
     "--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True
@@ -133,6 +138,7 @@ def main(
     encoder_weights,
     init_from,
     foreground_fraction,
+    deep_supervision,
     workers,
     device,
     resume,
@@ -159,6 +165,7 @@ def main(
         encoder_weights=encoder_weights,
         init_from=None if init_from is None else str(init_from),
         foreground_fraction=foreground_fraction,
+        deep_supervision=deep_supervision,
         num_workers=workers,
     )
     ctx = init_distributed(device)
