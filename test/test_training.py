@@ -372,6 +372,8 @@ def test_ddp_with_two_gloo_processes(phantom, tmp_path):
         "1",
         "--image-size",
         "64",
+        "--crop-size",
+        "32",
         "--encoder",
         "resnet18",
         "--folds",

@@ -28,6 +28,15 @@ def _seeds(value: str | None) -> tuple[int, ...] | None:
         raise DracInputError(f"--seeds takes integers separated by commas, got {value!r}") from None
 
 
+def _crop_size(value: str | None) -> int | str | None:
+    if value is None or value == "none":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise DracInputError(f"--crop-size takes an integer or 'none', got {value!r}") from None
+
+
 def resolve_configs(
     tasks: tuple[str, ...],
     config_files: Sequence[Path] = (),
@@ -90,6 +99,10 @@ def check_run_dir(out: Path, resume: bool) -> None:
     help="TOML file of overrides applied over each task's recipe (repeatable, in order).",
 )
 @click.option("--image-size", type=int, help="Training input size (multiple of 32).")
+@click.option(
+    "--crop-size",
+    help="Training crop side (multiple of 32, at most the image size), or 'none' for whole images.",
+)
 @click.option("--epochs", type=int, help="Epochs per member.")
 @click.option("--batch-size", type=int)
 @click.option("--grad-accum", type=int, help="Gradient accumulation steps.")
@@ -128,6 +141,7 @@ def main(
     recipe,
     config_files,
     image_size,
+    crop_size,
     epochs,
     batch_size,
     grad_accum,
@@ -155,6 +169,7 @@ def main(
         config_files,
         recipe,
         input_size=image_size,
+        crop_size=_crop_size(crop_size),
         epochs=epochs,
         batch_size=batch_size,
         grad_accum_steps=grad_accum,

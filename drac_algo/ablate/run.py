@@ -23,6 +23,7 @@ from drac_algo.data import find_layout, list_cases
 from drac_algo.dataset import Sample, load_samples
 from drac_algo.distributed import init_distributed
 from drac_algo.experiment import run_training
+from drac_algo.fsutil import atomic_path
 from drac_algo.inference import Predictor
 from drac_algo.metrics import Scores, score
 from drac_algo.postprocess import postprocess_mask, threshold_probability
@@ -136,6 +137,13 @@ class Ablation:
         return score(self.gt(), pred)
 
     def _score_baseline(self, seed: int) -> tuple[Scores, float]:
+        """The plain baseline for one seed; its masks and time are kept in the work folder so a
+        rerun does not train it again."""
+        cache = self.workdir / "runs" / f"baseline-seed{seed}{'-quick' if self.quick else ''}.npz"
+        if cache.is_file():
+            saved = np.load(cache)
+            pred = {lesion_class(t).index: saved[t] for t in TASKS}
+            return score(self.gt(), pred), float(saved["seconds"])
         cases = list_cases(find_layout(self.data), "train")
         pred, seconds = {}, 0.0
         for task in TASKS:
@@ -145,6 +153,11 @@ class Ablation:
             model = train_baseline(load_samples(cases, index), seed, **_epochs(epochs))
             seconds += time.perf_counter() - t0
             pred[index] = predict_baseline(model, [s.image for s in self.test[index]])
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(
+                fh, seconds=seconds, **{t: pred[lesion_class(t).index] for t in TASKS}
+            )
         return score(self.gt(), pred), seconds
 
 
