@@ -373,7 +373,7 @@ def test_ddp_with_two_gloo_processes(phantom, tmp_path):
         "--image-size",
         "64",
         "--crop-size",
-        "32",
+        "none",
         "--encoder",
         "resnet18",
         "--folds",
