@@ -6,7 +6,9 @@ A run's settings are resolved in layers, each one over the last:
 2. the task's recipe ``drac_algo/recipes/<family>/<task>.toml`` from one of the
    :data:`RECIPE_FAMILIES`: ``"method"`` (the published method's settings, for reproduction) or
    ``"best"`` (the team's measured best; :data:`DEFAULT_RECIPE`),
-3. optional overrides files (TOML, same layout as a recipe; any subset of keys), in order,
+3. optional overrides files (TOML, same layout as a recipe; any subset of keys), in order;
+   an overrides file's ``[per_task.<key>]`` tables (``irma``, ``na``, ``nv``) apply to that
+   task only, over the file's other keys (e.g. more steps for the cheaper Unet of NV),
 4. command-line overrides passed to :func:`load_config` as keyword arguments
    (``epochs=2``; nested keys with a double underscore: ``model__encoder="resnet18"``;
    ``None`` values are skipped so click options can be passed straight through).
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from drac_algo.augment import AugmentConfig
-from drac_algo.classes import LesionClass, lesion_class
+from drac_algo.classes import BY_KEY, LesionClass, lesion_class
 from drac_algo.errors import DracInputError
 from drac_algo.losses import build_loss
 from drac_algo.models import ModelSpec, Normalization, input_multiple
@@ -41,6 +43,7 @@ from drac_algo.models import ModelSpec, Normalization, input_multiple
 RECIPES_DIR = Path(__file__).parent / "recipes"
 RECIPE_FAMILIES = ("method", "best")
 # The family that won the ablation (python -m drac_algo.ablate; README "Segmentation quality").
+PER_TASK = "per_task"  # overrides-file table of per-task sub-tables
 DEFAULT_RECIPE = "best"
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("multistep", "cosine", "cosine_steps", "constant")
@@ -423,7 +426,20 @@ def load_config(
     if isinstance(overrides_file, Path | str):
         overrides_file = [overrides_file]
     for path in overrides_file or ():
-        layers.append((str(path), _read_toml(Path(path))))
+        layer = _read_toml(Path(path))
+        per_task = layer.pop(PER_TASK, {})
+        if not isinstance(per_task, Mapping) or not all(
+            isinstance(v, Mapping) for v in per_task.values()
+        ):
+            raise DracInputError(f"{path}: [{PER_TASK}] must hold one table per task")
+        for name in per_task:
+            if name not in BY_KEY:
+                raise DracInputError(
+                    f"{path}: [{PER_TASK}.{name}]: unknown task; valid: {', '.join(BY_KEY)}"
+                )
+        layers.append((str(path), layer))
+        if key in per_task:
+            layers.append((f"{path} [{PER_TASK}.{key}]", per_task[key]))
     if cli_overrides:
         layers.append(("command-line overrides", _cli_layer(cli_overrides)))
     merged: dict[str, Any] = {}

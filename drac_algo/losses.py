@@ -154,6 +154,17 @@ def loss_parameters(name: str) -> list[str]:
     return [p for p in inspect.signature(LOSSES[name]).parameters if p != "self"]
 
 
+def loss_defaults(name: str) -> dict[str, Any]:
+    """The parameters of loss ``name`` that have defaults, with them: ``params`` written out with
+    these values build the same loss as ``params`` left out."""
+    loss_parameters(name)  # raises on an unknown name
+    return {
+        p.name: p.default
+        for p in inspect.signature(LOSSES[name]).parameters.values()
+        if p.name != "self" and p.default is not inspect.Parameter.empty
+    }
+
+
 def build_loss(name: str, **params: Any) -> nn.Module:
     """The loss registered as ``name`` (a key of :data:`LOSSES`) with ``params``; unknown names
     and parameters raise :class:`DracInputError` listing the valid ones."""

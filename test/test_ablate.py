@@ -12,6 +12,8 @@ import pytest
 
 from drac_algo.ablate.plan import DERIVED, TRAINED, Variant
 from drac_algo.ablate.report import Row, markdown, verdict
+from drac_algo.ablate.run import run_key
+from drac_algo.config import load_config
 from drac_algo.metrics import score
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +50,7 @@ def test_plan_covers_the_rows_the_issue_asks_for():
         "best recipe",
         "best, no attention",
         "best, scSE attention",
-        "best, batch Dice loss",
+        "best, per-image Dice + BCE",
         "best, no foreground sampling",
         "best, TTA none",
         "best, TTA flips",
@@ -60,6 +62,18 @@ def test_plan_covers_the_rows_the_issue_asks_for():
     v = Variant("x", "best", {"*": {"epochs": 1}, "irma": {"epochs": 2}})
     assert v.task_overrides("irma") == {"epochs": 2}
     assert v.task_overrides("nv") == {"epochs": 1}
+
+
+def test_run_key_is_the_resolved_config():
+    written = load_config("irma", loss__name="dice", loss__params={"smooth": 1.0})
+    left_out = load_config("irma", loss__name="dice")
+    assert left_out.loss.params == {} and written.loss.params == {"smooth": 1.0}
+    assert run_key(written) == run_key(left_out)  # the same network: trained once
+    assert run_key(load_config("irma", loss__name="dice", loss__params={"smooth": 2.0})) != (
+        run_key(left_out)
+    )
+    assert run_key(load_config("irma", lr=1e-3)) != run_key(load_config("irma", lr=2e-3))
+    assert run_key(left_out).startswith("irma-")
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from drac_algo.config import DEFAULT_RECIPE, TrainConfig, load_config, recipe_path
+from drac_algo.config import DEFAULT_RECIPE, RECIPES_DIR, TrainConfig, load_config, recipe_path
 from drac_algo.errors import DracInputError
 from drac_algo.models import ModelSpec
 
@@ -39,7 +39,7 @@ def test_best_recipes_keep_the_cards_architectures(task):
     best, method = load_config(task), load_config(task, recipe="method")
     assert DEFAULT_RECIPE == "best"
     assert best.model == method.model
-    assert (best.loss.name, best.scheduler) == ("positive_dice_bce", "cosine")
+    assert (best.loss.name, best.scheduler) == ("dice", "cosine")
     assert (best.crop_size, best.foreground_fraction) == (512, 0.5)
     assert best.input_size == method.input_size == 1024
     assert best.n_members == method.n_members == 5
@@ -141,7 +141,7 @@ def test_changing_the_loss_drops_the_old_params(tmp_path):
         ("[augment]\nflip_p = 0.5", r"valid: hflip_p, rotate_p"),
         (
             "[loss.params]\nalpha = 0.5",
-            r"loss 'positive_dice_bce' takes no parameter\(s\) 'alpha'; valid: aux_weight, smooth",
+            r"loss 'dice' takes no parameter\(s\) 'alpha'; valid: smooth",
         ),
     ],
 )
@@ -216,3 +216,30 @@ def test_resolved_config_round_trips_through_json():
     assert TrainConfig.from_dict(data) == cfg
     with pytest.raises(DracInputError, match="unknown key"):
         TrainConfig.from_dict({**data, "extra": 1})
+
+
+def test_per_task_tables_in_an_overrides_file_apply_to_their_task_only(tmp_path):
+    text = "epochs = 3\n[per_task.nv]\nepochs = 7\n[per_task.nv.model]\nencoder = 'resnet18'\n"
+    path = write(tmp_path, text)
+    nv, irma = load_config("nv", path), load_config("irma", path)
+    assert (nv.epochs, nv.model.encoder) == (7, "resnet18")
+    assert (irma.epochs, irma.model.encoder) == (3, load_config("irma").model.encoder)
+    assert load_config("nv", path, epochs=9).epochs == 9  # the command line still wins
+    quickstart = RECIPES_DIR / "quickstart.toml"
+    assert (
+        load_config("nv", quickstart).samples_per_epoch
+        > load_config("irma", quickstart).samples_per_epoch
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[per_task.ma]\nepochs = 2", r"\[per_task.ma\]: unknown task; valid: irma, na, nv"),
+        ("per_task = 3", r"\[per_task\] must hold one table per task"),
+        ("[per_task.nv]\nepoch = 2", r"per_task.nv\]: unknown key\(s\) 'epoch'"),
+    ],
+)
+def test_per_task_tables_are_checked(tmp_path, text, match):
+    with pytest.raises(DracInputError, match=match):
+        load_config("nv", write(tmp_path, text))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -40,7 +41,7 @@ def _seeds(value: str) -> tuple[int, ...]:
 )
 @click.option("--seeds", default="0,1", show_default=True, help="Training seeds, comma-separated.")
 @click.option("--n-train", type=int, default=48, show_default=True, help="Phantom training images.")
-@click.option("--n-test", type=int, default=32, show_default=True, help="Phantom test images.")
+@click.option("--n-test", type=int, default=24, show_default=True, help="Phantom test images.")
 @click.option("--size", type=int, default=256, show_default=True, help="Phantom image side.")
 @click.option("--data-seed", type=int, default=1, show_default=True, help="Phantom data seed.")
 @click.option(
@@ -66,9 +67,11 @@ def main(workdir, data, seeds, n_train, n_test, size, data_seed, quick):
         data = workdir / "data"
         if not (data / "phantom.json").is_file():
             write_dataset(data, n_train, n_test, size, data_seed, overwrite=True)
+        # Described by what is on disk: a rerun with other sizes reuses the data made first.
+        made = json.loads((data / "phantom.json").read_text())
         source = (
-            f"phantom data ({n_train} training / {n_test} test images of {size} px, "
-            f"seed {data_seed})"
+            f"phantom data ({made['n_train']} training / {made['n_test']} test images of "
+            f"{made['size']} px, seed {made['seed']})"
         )
     else:
         source = f"{data} (its test split)"

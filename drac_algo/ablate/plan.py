@@ -68,10 +68,10 @@ TRAINED = (
         "smp's scSE instead of CAM for IRMA and NA",
     ),
     Variant(
-        "best, batch Dice loss",
+        "best, per-image Dice + BCE",
         "best",
-        {"*": {"loss__name": "dice"}},
-        "the method's one Dice over the batch instead of per-image Dice + BCE",
+        {"*": {"loss__name": "positive_dice_bce"}},
+        "Dice per image over positive images + BCE instead of one Dice over the batch",
     ),
     Variant(
         "best, no foreground sampling",

@@ -25,6 +25,7 @@ from drac_algo.distributed import init_distributed
 from drac_algo.experiment import run_training
 from drac_algo.fsutil import atomic_path
 from drac_algo.inference import Predictor
+from drac_algo.losses import loss_defaults
 from drac_algo.metrics import Scores, score
 from drac_algo.postprocess import postprocess_mask, threshold_probability
 
@@ -72,8 +73,7 @@ class Ablation:
 
     def task_run(self, cfg: TrainConfig) -> TaskRun:
         """Train ``cfg`` (one task, one seed) unless a run of the same config exists."""
-        text = json.dumps(cfg.to_dict(), sort_keys=True)
-        key = f"{cfg.task}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+        key = run_key(cfg)
         if key in self.runs:
             return self.runs[key]
         run_dir = self.workdir / "runs" / key
@@ -159,6 +159,15 @@ class Ablation:
                 fh, seconds=seconds, **{t: pred[lesion_class(t).index] for t in TASKS}
             )
         return score(self.gt(), pred), seconds
+
+
+def run_key(cfg: TrainConfig) -> str:
+    """``<task>-<hash>`` of the resolved config: equal for configs that train the same network,
+    a loss parameter written out at its default included."""
+    data = cfg.to_dict()
+    data["loss"]["params"] = {**loss_defaults(cfg.loss.name), **data["loss"]["params"]}
+    text = json.dumps(data, sort_keys=True)
+    return f"{cfg.task}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 def _epochs(epochs: int | None) -> dict[str, int]:
