@@ -170,7 +170,9 @@ if [[ -n $bundle ]]; then
     log "baking bundle $bundle in at /opt/ml/model"
 fi
 
-cmd=("${builder[@]}" "${build_args[@]}" --tag "$tag" --file "$ROOT/Dockerfile" "$ROOT")
+# linux/amd64 always: the platform runs x86-64 instances, and an image built on an arm64 Mac
+# without it would not start there.
+cmd=("${builder[@]}" --platform linux/amd64 "${build_args[@]}" --tag "$tag" --file "$ROOT/Dockerfile" "$ROOT")
 log "${cmd[*]}"
 t0=$SECONDS
 "${cmd[@]}"

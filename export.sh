@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Package the algorithm for upload to Grand Challenge: the container image and the model tarball.
 #
-#   ./export.sh [--tag TAG] [--bundle DIR] [--out DIR] [--image-only | --model-only]
+#   ./export.sh [--tag TAG] [--bundle DIR] [--platform FILE] [--out DIR]
+#               [--image-only | --model-only]
 #   ./export.sh runs/2024-06-01/model          # the bundle may also be given as the argument
 #
 #   --tag TAG      image to save (default drac-algo)          -> OUT/drac-algo.tar.gz
 #   --bundle DIR   model bundle folder (default runs/latest/model): manifest.json plus the member
 #                  weight files it lists                       -> OUT/model.tar.gz
+#   --platform FILE  put FILE in model.tar.gz as platform.json: the phase's socket names and
+#                  require_gpu, read by the same image without a rebuild (README "First upload";
+#                  drac_algo/job_settings.py). Default: the bundle's own platform.json, if any
 #   --out DIR      output folder (default dist)
 #
 # Grand Challenge extracts model.tar.gz into /opt/ml/model, so the tarball holds the bundle's
@@ -21,6 +25,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 tag=drac-algo
 bundle=
+platform=
 out=dist
 do_image=1
 do_model=1
@@ -44,6 +49,10 @@ while [[ $# -gt 0 ]]; do
             ;;
         --out)
             out=${2:?--out needs a folder}
+            shift 2
+            ;;
+        --platform)
+            platform=${2:?--platform needs a file}
             shift 2
             ;;
         --image-only)
@@ -70,6 +79,8 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 ((do_image + do_model > 0)) || die "--image-only and --model-only exclude each other"
+[[ -z $platform || $do_model -eq 1 ]] || die "--platform goes into model.tar.gz: not with --image-only"
+[[ -z $platform || -f $platform ]] || die "--platform $platform: no such file"
 bundle=${bundle:-$ROOT/runs/latest/model}
 
 # Temporary files of this run, removed on any exit; renamed away when complete.
@@ -81,6 +92,26 @@ cleanup() {
 trap cleanup EXIT
 
 human() { numfmt --to=iec --suffix=B "$(stat -c %s "$1")"; }
+
+# The platform.json that goes into the tarball (--platform, else the bundle's) must resolve.
+check_platform() {
+    local file=${platform:-$bundle/platform.json} dir
+    [[ -f $file ]] || return 0
+    dir=$(mktemp -d)
+    partial+=("$dir/platform.json")
+    cp "$file" "$dir/platform.json"
+    (cd "$ROOT" && "$1" -c 'import sys; from drac_algo.job_settings import resolve_job_settings
+from drac_algo.errors import DracInputError
+try:
+    print(resolve_job_settings(sys.argv[1], environ={}).to_json()["output_sockets"])
+except DracInputError as exc:
+    sys.exit(f"[export] error: {exc}".replace(sys.argv[1] + "/platform.json", sys.argv[2]))' \
+        "$dir" "$file" | sed 's/^/[export] platform.json: output sockets /') || {
+        rm -rf "$dir"
+        exit 1
+    }
+    rm -rf "$dir"
+}
 
 check_bundle() {
     [[ -d $bundle ]] || die "no model bundle folder at $bundle; expected a folder holding" \
@@ -98,6 +129,7 @@ try:
 except DracInputError as exc:
     sys.exit(f"[export] error: {exc}")' "$bundle") || exit 1
         log "bundle $bundle: manifest, member files and checksums check out"
+        check_platform "$python"
     else
         log "warning: no Python with drac_algo ($python); only manifest.json was checked"
     fi
@@ -114,8 +146,18 @@ if [[ $do_model -eq 1 ]]; then
     # Sorted names and root ownership: the tarball depends on the bundle only. Modes readable by
     # all: the container runs as a non-root user, and bundle folders are often made 0700
     # (mkdtemp); the platform extracts the modes as they are.
-    tar --sort=name --owner=0 --group=0 --numeric-owner --mode='u+rwX,go+rX,go-w' \
-        -czf "$tmp" -C "$bundle" .
+    tar_opts=(--sort=name --owner=0 --group=0 --numeric-owner --mode='u+rwX,go+rX,go-w')
+    if [[ -n $platform ]]; then
+        # --platform replaces the bundle's own platform.json, if it has one.
+        log "platform.json from $platform"
+        tar "${tar_opts[@]}" -cf "$tmp.tar" -C "$bundle" --exclude=./platform.json .
+        partial+=("$tmp.tar")
+        tar "${tar_opts[@]}" -rf "$tmp.tar" -C "$(dirname "$platform")" \
+            --transform="s|.*|./platform.json|" "$(basename "$platform")"
+        gzip -c "$tmp.tar" >"$tmp"
+    else
+        tar "${tar_opts[@]}" -czf "$tmp" -C "$bundle" .
+    fi
     chmod 0644 "$tmp"
     mv "$tmp" "$target"
     log "model:  $target ($(human "$target"))"

@@ -4,15 +4,18 @@ neovascularisation) on UW-OCTA images.
     python -m process                       # in the container: /input -> /output, /opt/ml/model
     python process.py --input IMAGES_DIR --output OUT_DIR --model-dir BUNDLE_DIR \\
         [--tta d4|flips|none] [--device auto|cuda|cpu] [--batch-size N] \\
-        [--precision auto|fp32|bf16|fp16] [--input-slug SLUG] [--output-slug CLASS=SLUG ...]
+        [--precision auto|fp32|bf16|fp16] [--input-slug SLUG] \\
+        [--output-slug CLASS=SLUG[:RELATIVE_PATH] ...] [--require-gpu]
 
 With ``INPUT/inputs.json`` present this is a Grand Challenge job (one image; one
 ``images/<slug>/output.mha`` per class); otherwise every image in INPUT is segmented and the
 challenge submission, PNG masks and overlays are written. Both write ``results.json``. See
-:mod:`drac_algo.pipeline` for the modes and :mod:`drac_algo.outputs` for the layout.
+:mod:`drac_algo.pipeline` for the modes and :mod:`drac_algo.outputs` for the layout. Sockets
+and ``--require-gpu`` can also come from the environment or the model folder's
+``platform.json`` (:mod:`drac_algo.job_settings`), since a platform job takes no arguments.
 
 Exit status: 0 on success, 2 for bad input (message on stderr), 1 when an output cannot be
-written.
+written or the GPU is required but unusable.
 """
 
 import sys
@@ -21,7 +24,7 @@ from pathlib import Path
 import click
 
 from drac_algo.cli import exits_on_bad_input, setup_logging
-from drac_algo.gc_io import parse_output_slugs
+from drac_algo.gpu import GpuUnavailableError
 from drac_algo.inference import PRECISIONS
 from drac_algo.pipeline import RunConfig, run
 from drac_algo.tta import TTA_SETS
@@ -85,14 +88,24 @@ _PATH = click.Path(path_type=Path, file_okay=True, dir_okay=True)
     "with AVX512-BF16/AMX), else fp16 on CUDA and fp32 on the CPU.",
 )
 @click.option(
-    "--input-slug", default=None, help="Image socket to read when inputs.json holds several."
+    "--input-slug",
+    default=None,
+    help="Image socket to read when inputs.json holds several (env DRAC_INPUT_SOCKET).",
 )
 @click.option(
     "--output-slug",
-    "output_slugs",
+    "output_specs",
     multiple=True,
-    metavar="CLASS=SLUG",
-    help="Output socket slug for a class (irma, na, nv or 1-3); repeatable.",
+    metavar="CLASS=SLUG[:PATH]",
+    help="Output socket of a class (irma, na, nv or 1-3): its slug and, when not images/SLUG, "
+    "its relative path under the output folder; repeatable (env DRAC_OUTPUT_SOCKETS, "
+    "comma-separated).",
+)
+@click.option(
+    "--require-gpu/--no-require-gpu",
+    default=None,
+    help="Exit 1 unless inference runs on an NVIDIA GPU (env DRAC_REQUIRE_GPU=1). Default: a "
+    "visible but unusable GPU is logged as an error and the run goes on on the CPU.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @exits_on_bad_input
@@ -105,7 +118,8 @@ def main(
     batch_size: int | None,
     precision: str,
     input_slug: str | None,
-    output_slugs: tuple[str, ...],
+    output_specs: tuple[str, ...],
+    require_gpu: bool | None,
     verbose: bool,
 ) -> None:
     """Segment DRAC2022 Task 1 lesions in one Grand Challenge job or a folder of images."""
@@ -119,11 +133,12 @@ def main(
         batch_size=batch_size,
         precision=precision,
         input_slug=input_slug,
-        output_slugs=parse_output_slugs(output_slugs),
+        output_specs=output_specs,
+        require_gpu=require_gpu,
     )
     try:
         run(config)
-    except OSError as exc:
+    except (OSError, GpuUnavailableError) as exc:
         # Disk full, a read-only mount, ...: the message names the file; no traceback.
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Test the algorithm container the way Grand Challenge runs it, on the checked-in inputs of both
 # input modes (a platform job with inputs.json, a batch folder of PNGs) with the checked-in model
-# bundle, and compare every output with the checked-in expected outputs.
+# bundle, and compare every output with the checked-in expected outputs. A third run repeats the
+# platform job with a model.tar.gz that carries other output socket names (platform.json, from
+# test/container/platform-sockets.json): the same image, retargeted without a rebuild.
 #
 #   ./test.sh [--tag TAG] [--offline] [--base IMAGE] [--build | --no-build] [--gpus auto|all|none]
 #             [--keep] [-- PROCESS_ARGS...]
@@ -31,6 +33,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 FIXTURES=$ROOT/test/container
 MODES=(gc-job batch)
+RUNS=(gc-job batch gc-job-sockets) # <mode>[-sockets]: the -sockets runs use model.tar.gz + platform.json
 MEM_LIMIT=${MEM_LIMIT:-8g}
 RUN_TIMEOUT_S=${RUN_TIMEOUT_S:-600}
 
@@ -111,10 +114,14 @@ for f in compare.py model/manifest.json; do
     [[ -f $FIXTURES/$f ]] || die "$FIXTURES/$f is missing (see $FIXTURES/README.md)"
 done
 for mode in "${MODES[@]}"; do
-    for d in inputs expected; do
-        [[ -d $FIXTURES/$d/$mode ]] || die "$FIXTURES/$d/$mode is missing (see $FIXTURES/README.md)"
-    done
+    [[ -d $FIXTURES/inputs/$mode ]] || die "$FIXTURES/inputs/$mode is missing (see $FIXTURES/README.md)"
 done
+for name in "${RUNS[@]}"; do
+    [[ -d $FIXTURES/expected/$name ]] \
+        || die "$FIXTURES/expected/$name is missing (see $FIXTURES/README.md)"
+done
+[[ -f $FIXTURES/platform-sockets.json ]] \
+    || die "$FIXTURES/platform-sockets.json is missing (see $FIXTURES/README.md)"
 docker info >/dev/null 2>&1 \
     || die "no docker engine answers 'docker info' (start one with: sudo .ci/docker-setup.sh)"
 
@@ -195,6 +202,12 @@ mkdir "$work/model"
 tar -xzpf "$work/dist/model.tar.gz" -C "$work/model"
 [[ -f $work/model/manifest.json ]] || die "model.tar.gz has no manifest.json at its top level:" \
     "$(tar -tzf "$work/dist/model.tar.gz" | head -n 5 | tr '\n' ' ')"
+log "./export.sh --model-only --bundle test/container/model --platform test/container/platform-sockets.json"
+"$ROOT/export.sh" --model-only --bundle "$FIXTURES/model" --platform "$FIXTURES/platform-sockets.json" \
+    --out "$work/dist-sockets" >/dev/null || die "./export.sh --platform failed"
+mkdir "$work/model-sockets"
+tar -xzpf "$work/dist-sockets/model.tar.gz" -C "$work/model-sockets"
+[[ -f $work/model-sockets/platform.json ]] || die "model.tar.gz from --platform has no platform.json"
 
 # ---------------------------------------------------------------------------------------------
 # The runs, with the platform's restrictions.
@@ -207,7 +220,6 @@ run_opts=(
     --pids-limit 256
     --shm-size 128m
     --tmpfs "/tmp:rw,exec,nosuid,nodev,mode=1777"
-    --volume "$work/model:/opt/ml/model:ro"
 )
 case $gpus in
     auto)
@@ -222,10 +234,13 @@ log "image $tag ($(docker image inspect "$tag" --format '{{.Id}}' | cut -c8-19))
     "memory $MEM_LIMIT, $([[ ${run_opts[*]} == *--gpus* ]] && echo GPU || echo 'no GPU')"
 
 failures=()
-for mode in "${MODES[@]}"; do
-    input=$work/input-$mode
-    output=$work/output-$mode
-    name=drac-algo-test-$$-$mode
+for run in "${RUNS[@]}"; do
+    mode=${run%-sockets}
+    model=$work/model
+    [[ $run == "$mode" ]] || model=$work/model-sockets
+    input=$work/input-$run
+    output=$work/output-$run
+    name=drac-algo-test-$$-$run
     # Copies, readable by any uid whatever the checkout's umask; the output is fresh and
     # writable by the image's user (its uid is the image's business, hence 0777; the scratch
     # folder above it is private).
@@ -236,23 +251,22 @@ for mode in "${MODES[@]}"; do
     output_dirs+=("$output")
     containers+=("$name")
 
-    log "$mode: docker run ${run_opts[*]} --volume $input:/input:ro --volume $output:/output" \
-        "$tag ${process_args[*]}"
+    volumes=(--volume "$model:/opt/ml/model:ro" --volume "$input:/input:ro" --volume "$output:/output")
+    log "$run: docker run ${run_opts[*]} ${volumes[*]} $tag ${process_args[*]}"
     t0=$SECONDS
     rc=0
-    timeout "$RUN_TIMEOUT_S" docker run --rm --name "$name" "${run_opts[@]}" \
-        --volume "$input:/input:ro" --volume "$output:/output" \
-        "$tag" "${process_args[@]}" 2>&1 | sed "s/^/[$mode] /" || rc=$?
+    timeout "$RUN_TIMEOUT_S" docker run --rm --name "$name" "${run_opts[@]}" "${volumes[@]}" \
+        "$tag" "${process_args[@]}" 2>&1 | sed "s/^/[$run] /" || rc=$?
     if [[ $rc -eq 124 ]]; then
-        failures+=("$mode: the container ran longer than ${RUN_TIMEOUT_S}s (RUN_TIMEOUT_S)")
+        failures+=("$run: the container ran longer than ${RUN_TIMEOUT_S}s (RUN_TIMEOUT_S)")
         continue
     elif [[ $rc -ne 0 ]]; then
-        failures+=("$mode: the container exited with status $rc (its log is above)")
+        failures+=("$run: the container exited with status $rc (its log is above)")
         continue
     fi
-    log "$mode: container finished in $((SECONDS - t0))s; comparing with test/container/expected/$mode"
-    if ! "$python" "$FIXTURES/compare.py" "$FIXTURES/expected/$mode" "$output"; then
-        failures+=("$mode: the outputs differ from test/container/expected/$mode (listed above)")
+    log "$run: container finished in $((SECONDS - t0))s; comparing with test/container/expected/$run"
+    if ! "$python" "$FIXTURES/compare.py" "$FIXTURES/expected/$run" "$output"; then
+        failures+=("$run: the outputs differ from test/container/expected/$run (listed above)")
     fi
 done
 
@@ -261,4 +275,4 @@ if [[ ${#failures[@]} -gt 0 ]]; then
     printf '  %s\n' "${failures[@]}" >&2
     exit 1
 fi
-log "passed: ${MODES[*]} outputs match test/container/expected (${SECONDS}s in all)"
+log "passed: ${RUNS[*]} outputs match test/container/expected (${SECONDS}s in all)"

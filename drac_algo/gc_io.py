@@ -21,8 +21,9 @@ hold exactly one ``.mha``/``.tif``/``.tiff`` file. Anything else is a :class:`Dr
 that lists what was found.
 
 Outputs follow the templates: an image output socket with relative path ``images/<slug>`` gets
-one file ``/output/images/<slug>/output.mha``. Masks are 2D uint8 {0, 1} with the input image's
-spacing, origin and direction, so they overlay the input in the platform's viewer.
+one file ``/output/images/<slug>/output.mha`` (which sockets: :mod:`drac_algo.job_settings`).
+Masks are 2D uint8 {0, 1} with the input image's spacing, origin and direction, so they overlay
+the input in the platform's viewer.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from drac_algo.classes import LESION_CLASSES, lesion_class
 from drac_algo.data import describe_folder
 from drac_algo.errors import DracInputError
 from drac_algo.fsutil import atomic_path
@@ -47,7 +47,6 @@ INPUTS_JSON = "inputs.json"
 OUTPUT_FILENAME = "output.mha"
 # The platform converts uploads to these; PNG is accepted too for local test folders.
 GC_IMAGE_SUFFIXES = IMAGE_SUFFIXES
-_SLUG_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 @dataclass(frozen=True)
@@ -188,42 +187,6 @@ def find_job_image(
 
 # --------------------------------------------------------------------------------------------
 # Output sockets
-
-
-def default_output_slugs() -> dict[int, str]:
-    """Class index -> output socket slug (:attr:`drac_algo.classes.LesionClass.slug`)."""
-    return {c.index: c.slug for c in LESION_CLASSES}
-
-
-def parse_output_slugs(pairs: Iterable[str]) -> dict[int, str]:
-    """The default slugs with overrides given as ``CLASS=SLUG`` (class as key or index:
-    ``irma=my-irma-mask``, ``2=my-na-mask``)."""
-    slugs = default_output_slugs()
-    seen: set[int] = set()
-    for pair in pairs:
-        key, sep, slug = pair.partition("=")
-        if not sep or not key.strip() or not slug.strip():
-            raise DracInputError(
-                f"output slug {pair!r}: expected CLASS=SLUG, e.g. irma=my-irma-segmentation"
-            )
-        index = lesion_class(key.strip()).index
-        slug = slug.strip()
-        if index in seen:
-            raise DracInputError(f"output slug for class {key.strip()!r} given twice")
-        if not set(slug) <= _SLUG_CHARS:
-            raise DracInputError(
-                f"output slug {slug!r}: use lower-case letters, digits, '-' and '_' only"
-            )
-        seen.add(index)
-        slugs[index] = slug
-    if len(set(slugs.values())) != len(slugs):
-        raise DracInputError(f"two classes share one output slug: {slugs}")
-    return slugs
-
-
-def mask_output_path(output_dir: str | os.PathLike, slug: str) -> Path:
-    """``<output_dir>/images/<slug>/output.mha``."""
-    return Path(output_dir) / "images" / slug / OUTPUT_FILENAME
 
 
 def write_mask_mha(path: str | os.PathLike, mask: np.ndarray, like: LoadedImage) -> Path:

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,15 +44,11 @@ from drac_algo.classes import BY_INDEX, LESION_CLASSES
 from drac_algo.data import case_id, describe_folder, list_images
 from drac_algo.errors import DracInputError
 from drac_algo.fsutil import atomic_dir
-from drac_algo.gc_io import (
-    default_output_slugs,
-    find_job_image,
-    is_grand_challenge_job,
-    mask_output_path,
-    write_mask_mha,
-)
+from drac_algo.gc_io import find_job_image, is_grand_challenge_job, write_mask_mha
+from drac_algo.gpu import GpuStatus, check_gpu, gpu_status
 from drac_algo.images import IMAGE_SUFFIXES, LoadedImage, load_image
-from drac_algo.inference import CasePrediction, Predictor
+from drac_algo.inference import CasePrediction, Predictor, resolve_device
+from drac_algo.job_settings import COMMAND_LINE, JobSettings, resolve_job_settings
 from drac_algo.outputs import (
     MASKS_DIR,
     OVERLAYS_DIR,
@@ -79,8 +77,10 @@ class RunConfig:
     """A run's settings (the container's defaults: Grand Challenge paths, D4 TTA).
 
     ``batch_size``: at most this many TTA views per forward pass (None: the engine's default for
-    the device, 8 on CUDA and 1 on the CPU). ``input_slug``: the image
-    socket to use when a job has several. ``output_slugs``: class index -> output socket slug.
+    the device, 8 on CUDA and 1 on the CPU). ``input_slug``, ``output_specs``
+    (``CLASS=SLUG[:RELATIVE_PATH]``) and ``require_gpu`` are the command line's values (None /
+    empty: not given), resolved with the environment and the model folder's ``platform.json`` by
+    :func:`drac_algo.job_settings.resolve_job_settings`.
     """
 
     input_dir: Path = Path("/input")
@@ -91,7 +91,8 @@ class RunConfig:
     batch_size: int | None = None
     precision: str = "auto"
     input_slug: str | None = None
-    output_slugs: dict[int, str] = field(default_factory=default_output_slugs)
+    output_specs: tuple[str, ...] = ()
+    require_gpu: bool | None = None
 
 
 @dataclass
@@ -100,29 +101,42 @@ class _Run:
 
     config: RunConfig
     mode: str
+    job: JobSettings
     warnings: list[str] = field(default_factory=list)
     cases: list[dict[str, Any]] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)  # stage -> seconds
 
     def warn(self, message: str) -> None:
         log.warning(message)
         self.warnings.append(message)
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Add the block's wall time to ``stages[stage]`` (thread-safe enough for one adder
+        per stage)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[stage] = self.stages.get(stage, 0.0) + time.perf_counter() - start
 
 
 # --------------------------------------------------------------------------------------------
 # Inputs, output folder, model
 
 
-def find_inputs(config: RunConfig) -> tuple[str, list[Path], str | None]:
+def find_inputs(config: RunConfig, job: JobSettings) -> tuple[str, list[Path], str | None]:
     """(mode, image files in processing order, image socket slug or None in batch mode)."""
     input_dir = Path(config.input_dir)
     if not input_dir.is_dir():
         raise DracInputError(f"input folder not found: {describe_folder(input_dir)}")
     if is_grand_challenge_job(input_dir):
-        socket, image = find_job_image(input_dir, config.input_slug)
+        socket, image = find_job_image(input_dir, job.input_slug)
         return GRAND_CHALLENGE, [image], socket.slug
-    if config.input_slug is not None:
+    if job.input_slug is not None and job.sources["input_socket"] == COMMAND_LINE:
+        # From the environment or platform.json it describes the platform's jobs, not this.
         raise DracInputError(
-            f"--input-slug {config.input_slug!r} given, but {input_dir} holds no inputs.json "
+            f"--input-slug {job.input_slug!r} given, but {input_dir} holds no inputs.json "
             "(batch mode has no sockets)"
         )
     images = list_images(input_dir)
@@ -221,13 +235,15 @@ def _run_job(
     record = _record(run, image_path, image_path.stem, loaded, prediction)
     _log_case("job", image_path.name, record)
     outputs = {}
-    for index, mask in prediction.masks.items():
-        path = mask_output_path(config.output_dir, config.output_slugs[index])
-        write_mask_mha(path, mask, loaded)
-        outputs[str(index)] = path.relative_to(config.output_dir).as_posix()
-    for index in set(config.output_slugs) - set(prediction.masks):
-        # A previous run's mask for a class this model lacks would read as this run's answer.
-        mask_output_path(config.output_dir, config.output_slugs[index]).unlink(missing_ok=True)
+    sockets = run.job.output_sockets
+    with run.timed("write_s"):
+        for index, mask in prediction.masks.items():
+            path = sockets[index].mask_path(config.output_dir)
+            write_mask_mha(path, mask, loaded)
+            outputs[str(index)] = path.relative_to(config.output_dir).as_posix()
+        for index in set(sockets) - set(prediction.masks):
+            # A previous run's mask for a class this model lacks would read as this run's answer.
+            sockets[index].mask_path(config.output_dir).unlink(missing_ok=True)
     return {"outputs": outputs}
 
 
@@ -274,17 +290,26 @@ def _run_batch(run: _Run, predictor: Predictor, images: list[Path]) -> dict[str,
         for tmp in (masks_tmp, overlays_tmp):
             (tmp / _OWNED_MARKER).write_text("written by drac_algo.pipeline\n", encoding="utf-8")
         # closing(): a failure in this loop must also stop the background decoding.
-        predictions = staged.enter_context(contextlib.closing(predictor.predict_many(images)))
+
+        def load(path: Path) -> LoadedImage:
+            with run.timed("decode_s"):  # in the prefetch thread, beside inference
+                return load_image(path)
+
+        predictions = staged.enter_context(
+            contextlib.closing(predictor.predict_many(images, load=load))
+        )
         for number, (path, loaded, prediction) in enumerate(predictions, start=1):
             _note_conversion(run, path, loaded)
             name = path.name.split(".", 1)[0]
             record = _record(run, path, name, loaded, prediction)
-            write_mask_pngs(masks_tmp, name, prediction.masks)
-            write_overlay_png(overlays_tmp, name, loaded.pixels, prediction.masks)
+            with run.timed("write_s"):
+                write_mask_pngs(masks_tmp, name, prediction.masks)
+                write_overlay_png(overlays_tmp, name, loaded.pixels, prediction.masks)
             collector.add(name, prediction.masks)
             _log_case(f"{number}/{len(images)}", path.name, record)
         _retire_previous_summary(output_dir)
-    submission = _write_stacks(run, collector)
+    with run.timed("write_s"):
+        submission = _write_stacks(run, collector)
     examples = {
         str(i): mask_png_path(MASKS_DIR, i, "<case>").as_posix() for i in sorted(predictor.classes)
     }
@@ -316,37 +341,89 @@ def _rounded(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 4)
 
 
+def _check_device(config: RunConfig, job: JobSettings) -> GpuStatus:
+    """Probe the GPU once: a visible but unusable one is logged as an error (or, when the GPU
+    is required, raises :class:`drac_algo.gpu.GpuUnavailableError`)."""
+    if job.require_gpu and config.device != "auto" and resolve_device(config.device).type != "cuda":
+        raise DracInputError(
+            f"the GPU is required ({job.sources['require_gpu']}) but --device {config.device} "
+            "asks for the CPU; use --device auto or cuda"
+        )
+    status = check_gpu(job.require_gpu, gpu_status())
+    if status.usable:
+        log.info(
+            "GPU: %s (compute %s), driver %s, torch %s, CUDA %s, cuDNN %s",
+            status.device_name,
+            status.capability,
+            status.driver,
+            status.torch_version,
+            status.cuda_runtime,
+            status.cudnn,
+        )
+    elif not status.visible:
+        log.info("no NVIDIA GPU visible: running on the CPU (torch %s)", status.torch_version)
+    return status
+
+
+def _bundle_id(model_dir: str | os.PathLike) -> str:
+    """The first 12 hex digits of the manifest's sha256: the manifest lists every member file's
+    checksum, so this names the exact weights."""
+    digest = hashlib.sha256((Path(model_dir) / MANIFEST).read_bytes()).hexdigest()
+    return digest[:12]
+
+
 def run(config: RunConfig) -> dict[str, Any]:
     """Run the whole job described by ``config`` and return what was written to
     ``results.json``. Raises :class:`DracInputError` for bad input (inputs, output folder,
-    bundle); nothing that looks complete is left behind on failure (see the module docstring).
+    bundle, settings) and :class:`drac_algo.gpu.GpuUnavailableError` when the GPU is required
+    but unusable; nothing that looks complete is left behind on failure (see the module
+    docstring).
     """
     started = time.perf_counter()
-    mode, images, slug = find_inputs(config)
+    job = resolve_job_settings(
+        config.model_dir, config.input_slug, config.output_specs, config.require_gpu
+    )
+    mode, images, slug = find_inputs(config, job)
     output_dir = check_output_dir(config.output_dir)
     if mode == BATCH:
         for folder in (MASKS_DIR, OVERLAYS_DIR):
             _check_replaceable(output_dir / folder)
     log.info("mode: %s; %d image(s) from %s", mode, len(images), config.input_dir)
-    run_state = _Run(config, mode)
+    run_state = _Run(config, mode, job)
+    if mode == GRAND_CHALLENGE:
+        where = {i: job.sources[f"output_socket_{BY_INDEX[i].key}"] for i in job.output_sockets}
+        sockets = ", ".join(
+            f"{BY_INDEX[i].key} -> {s.relative_path}/ ({where[i]})"
+            for i, s in sorted(job.output_sockets.items())
+        )
+        log.info("sockets: input %s; outputs %s", slug, sockets)
+    gpu = _check_device(config, job)
     job_image = None
     if mode == GRAND_CHALLENGE:
         # One image: read it before the (slower) model load, so a bad file fails fast.
-        job_image = load_image(images[0])
+        with run_state.timed("decode_s"):
+            job_image = load_image(images[0])
         _note_conversion(run_state, images[0], job_image)
 
     predictor, bundle_info, load_seconds = load_predictor(config)
+    bundle_info["id"] = _bundle_id(config.model_dir)
     ran = predictor.settings()
     mixed = ran["autocast"] != "fp32"
     log.info(
-        "model bundle %s loaded in %.1f s: classes %s on %s, %s, %d view(s) per batch",
+        "model bundle %s (id %s) loaded in %.1f s: classes %s on %s, %s, %d view(s) per batch",
         config.model_dir,
+        bundle_info["id"],
         load_seconds,
         list(predictor.classes),
         predictor.device,
         f"{ran['autocast']} autocast (--precision fp32 for float32)" if mixed else "fp32",
         ran["max_views_per_batch"],
     )
+    if gpu.visible and predictor.device.type != "cuda":
+        run_state.warn(
+            f"the NVIDIA GPU is visible but this run uses {predictor.device}: "
+            f"{gpu.reason or 'the CPU was asked for'}"
+        )
     for c in LESION_CLASSES:
         if c.index not in predictor.classes:
             run_state.warn(
@@ -365,12 +442,19 @@ def run(config: RunConfig) -> dict[str, Any]:
         bundle=bundle_info,
         requested_device=config.device,
         drac_algo_version=drac_algo.__version__,
+        job=job.to_json(),
     )
     if mode == GRAND_CHALLENGE:
         settings.update(
             input_slug=slug,
-            output_slugs={str(i): s for i, s in sorted(config.output_slugs.items())},
+            output_slugs={str(i): s.slug for i, s in sorted(job.output_sockets.items())},
         )
+    stages = {
+        "model_load_s": round(load_seconds, 4),
+        "decode_s": round(run_state.stages.get("decode_s", 0.0), 4),
+        "inference_s": round(stats["seconds_total"], 4),
+        "write_s": round(run_state.stages.get("write_s", 0.0), 4),
+    }
     results: dict[str, Any] = {
         "format": RESULTS_FORMAT,
         "version": RESULTS_VERSION,
@@ -379,6 +463,14 @@ def run(config: RunConfig) -> dict[str, Any]:
         "output": str(output_dir),
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "settings": settings,
+        "diagnostics": {
+            "gpu": gpu.to_json(),
+            "device": str(predictor.device),
+            "autocast": settings["autocast"],
+            "views_per_batch": settings["max_views_per_batch"],
+            "bundle_id": bundle_info["id"],
+            "stages": stages,
+        },
         "timings": {
             "total_s": round(time.perf_counter() - started, 4),
             "model_load_s": round(load_seconds, 4),
@@ -394,10 +486,14 @@ def run(config: RunConfig) -> dict[str, Any]:
     }
     path = write_results(output_dir / RESULTS_FILE, results)
     log.info(
-        "done: %d image(s) in %.1f s (model load %.1f s); %s",
+        "done: %d image(s) in %.1f s (model load %.1f s, decode %.1f s, inference %.1f s, "
+        "write %.1f s); %s",
         stats["images"],
         results["timings"]["total_s"],
         load_seconds,
+        stages["decode_s"],
+        stages["inference_s"],
+        stages["write_s"],
         path,
     )
     return results

@@ -18,6 +18,12 @@ from drac_algo.pipeline import RunConfig, run
 
 FIXTURES = Path(__file__).resolve().parent / "container"
 MODES = ("gc-job", "batch")
+# The container test's runs (make_fixtures.RUNS): name -> (inputs/<mode>, platform.json or None).
+RUNS = {
+    "gc-job": ("gc-job", None),
+    "batch": ("batch", None),
+    "gc-job-sockets": ("gc-job", FIXTURES / "platform-sockets.json"),
+}
 
 
 def _load_compare():
@@ -40,14 +46,17 @@ def outputs(tmp_path_factory):
     # threads competing for cores with other test processes.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    model_sockets = root / "model-sockets"
+    shutil.copytree(FIXTURES / "model", model_sockets)
+    shutil.copy(FIXTURES / "platform-sockets.json", model_sockets / "platform.json")
     try:
-        for mode in MODES:
-            folders[mode] = root / mode
+        for name, (mode, platform) in RUNS.items():
+            folders[name] = root / name
             run(
                 RunConfig(
                     input_dir=FIXTURES / "inputs" / mode,
-                    output_dir=folders[mode],
-                    model_dir=FIXTURES / "model",
+                    output_dir=folders[name],
+                    model_dir=FIXTURES / "model" if platform is None else model_sockets,
                     device="cpu",
                     precision="fp32",
                 )
@@ -57,10 +66,22 @@ def outputs(tmp_path_factory):
     return folders
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_local_run_reproduces_expected_outputs(outputs, mode):
-    problems = compare.compare_outputs(FIXTURES / "expected" / mode, outputs[mode])
+@pytest.mark.parametrize("name", RUNS)
+def test_local_run_reproduces_expected_outputs(outputs, name):
+    problems = compare.compare_outputs(FIXTURES / "expected" / name, outputs[name])
     assert not problems, "\n".join(problems)
+
+
+def test_the_socket_run_writes_where_platform_json_says():
+    expected = FIXTURES / "expected" / "gc-job-sockets"
+    written = sorted(p.parent.relative_to(expected).as_posix() for p in expected.rglob("*.mha"))
+    platform = json.loads((FIXTURES / "platform-sockets.json").read_text())["output_sockets"]
+    assert written == sorted(
+        v["relative_path"] if isinstance(v, dict) else f"images/{v}" for v in platform.values()
+    )
+    results = json.loads((expected / "results.json").read_text())
+    slugs = {v["slug"] if isinstance(v, dict) else v for v in platform.values()}
+    assert set(results["settings"]["output_slugs"].values()) == slugs
 
 
 def test_expected_outputs_are_not_trivial():

@@ -4,15 +4,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from drac_algo.classes import LESION_CLASSES
 from drac_algo.errors import DracInputError
 from drac_algo.gc_io import (
     choose_image_socket,
-    default_output_slugs,
     find_job_image,
     is_grand_challenge_job,
-    mask_output_path,
-    parse_output_slugs,
     read_inputs_json,
     write_mask_mha,
 )
@@ -133,25 +129,6 @@ def test_image_folder_must_hold_exactly_one_image(tmp_path):
     job = write_job(tmp_path / "two", [socket_value("octa")], two)
     with pytest.raises(DracInputError, match="found 2 image files"):
         find_job_image(job)
-
-
-def test_output_slugs_default_and_overrides():
-    assert default_output_slugs() == {c.index: c.slug for c in LESION_CLASSES}
-    slugs = parse_output_slugs(["irma=my-irma", "3=nv_mask"])
-    assert slugs == {1: "my-irma", 2: LESION_CLASSES[1].slug, 3: "nv_mask"}
-    assert mask_output_path("/out", "my-irma").as_posix() == "/out/images/my-irma/output.mha"
-    for bad, message in [
-        ("irma", "expected CLASS=SLUG"),
-        ("xyz=a", "unknown lesion class 'xyz'"),
-        ("na=Bad Slug", "lower-case letters"),
-        ("irma=a,1=b", "lower-case letters"),
-    ]:
-        with pytest.raises(DracInputError, match=message):
-            parse_output_slugs([bad])
-    with pytest.raises(DracInputError, match="given twice"):
-        parse_output_slugs(["irma=a", "1=b"])
-    with pytest.raises(DracInputError, match="share one output slug"):
-        parse_output_slugs(["irma=same", "na=same"])
 
 
 def test_mask_mha_copies_the_input_geometry(tmp_path):

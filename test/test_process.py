@@ -5,6 +5,7 @@ network bias -6 (none positive), and its NA network keeps random weights, so the
 classes have known masks and NA is checked against the inference engine run directly.
 """
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from click.testing import CliRunner
 
 from drac_algo.bundle import TTA_NAMES, Bundle, ClassEntry, MemberSpec, save_bundle
 from drac_algo.classes import BY_INDEX, LESION_CLASSES
+from drac_algo.gpu import GpuStatus
 from drac_algo.hardware import native_bf16
 from drac_algo.images import load_image
 from drac_algo.inference import Predictor
@@ -235,6 +237,7 @@ def test_batch_folder_end_to_end(bundle, tmp_path):
         "created": manifest["created"],
         "drac_algo_version": manifest["drac_algo_version"],
         "classes": [1, 2, 3],
+        "id": hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()[:12],
     }
     views = settings["classes"]["2"]["members"][0]["views"]
     assert views == ["identity", "hflip", "vflip", "rot180"]
@@ -243,6 +246,17 @@ def test_batch_folder_end_to_end(bundle, tmp_path):
     assert 0 < timings["model_load_s"] < timings["total_s"]
     assert 0 < timings["per_image_mean_s"] <= timings["per_image_max_s"]
     assert [results["classes"][str(i)]["status"] for i in (1, 2, 3)] == ["written"] * 3
+    diagnostics = results["diagnostics"]
+    assert diagnostics["device"] == "cpu" and diagnostics["autocast"] == cpu_autocast
+    assert diagnostics["views_per_batch"] == 1
+    assert diagnostics["bundle_id"] == settings["bundle"]["id"]
+    assert diagnostics["gpu"]["torch_version"] == torch.__version__
+    assert diagnostics["gpu"]["usable"] is torch.cuda.is_available()
+    stages = diagnostics["stages"]
+    assert set(stages) == {"model_load_s", "decode_s", "inference_s", "write_s"}
+    assert all(stages[k] > 0 for k in stages)
+    assert stages["model_load_s"] == timings["model_load_s"]
+    assert settings["job"]["sources"]["output_socket_irma"] == "default"
 
 
 def test_batch_rerun_replaces_the_previous_outputs(bundle, tmp_path):
@@ -397,6 +411,94 @@ def test_grand_challenge_job_end_to_end(bundle, tmp_path):
     check_record(record, masks)
     assert results["timings"]["images"] == 1
     assert "mode: grand-challenge" in result.stderr
+
+
+def test_platform_json_in_the_model_folder_retargets_the_sockets(bundle, tmp_path, monkeypatch):
+    model = tmp_path / "model"
+    shutil.copytree(bundle, model)
+    (model / "platform.json").write_text(
+        json.dumps(
+            {
+                "output_sockets": {
+                    "irma": "phase-two-irma",
+                    "nv": {"slug": "phase-two-nv", "relative_path": "masks/nv"},
+                }
+            }
+        )
+    )
+    monkeypatch.setenv("DRAC_OUTPUT_SOCKETS", "na=env-na")
+    job = write_job(tmp_path / "input")
+    out = tmp_path / "output"
+    result = ok(invoke("--input", job, "--output", out, "--model-dir", model, "--tta", "none"))
+    assert tree(out) == sorted(
+        [
+            "results.json",
+            "images/phase-two-irma/output.mha",
+            "images/env-na/output.mha",
+            "masks/nv/output.mha",
+        ]
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert results["classes"]["3"]["output"] == "masks/nv/output.mha"
+    assert results["settings"]["output_slugs"] == {
+        "1": "phase-two-irma",
+        "2": "env-na",
+        "3": "phase-two-nv",
+    }
+    sources = results["settings"]["job"]["sources"]
+    assert sources["output_socket_irma"] == str(model / "platform.json")
+    assert sources["output_socket_na"] == "environment DRAC_OUTPUT_SOCKETS"
+    assert "nv -> masks/nv/" in result.stderr
+
+    (model / "platform.json").write_text(json.dumps({"output_sockets": {"nv": "env-na"}}))
+    failed(
+        invoke("--input", job, "--output", tmp_path / "o2", "--model-dir", model),
+        "classes na (environment DRAC_OUTPUT_SOCKETS) and nv",
+        "share the slug 'env-na'",
+    )
+    assert not (tmp_path / "o2" / "results.json").exists()
+
+
+UNUSABLE = GpuStatus(
+    visible=True,
+    evidence=["/dev/nvidia0", "NVIDIA_VISIBLE_DEVICES=all"],
+    usable=False,
+    reason="The NVIDIA driver on your system is too old (found version 12020)",
+    driver="470.256.02",
+    torch_version=torch.__version__,
+    cuda_runtime="12.8",
+)
+
+
+def test_a_visible_but_unusable_gpu_is_loud_and_can_be_required(bundle, tmp_path, monkeypatch):
+    monkeypatch.setattr("drac_algo.pipeline.gpu_status", lambda: UNUSABLE)
+    job = write_job(tmp_path / "input")
+    out = tmp_path / "output"
+    args = ("--input", job, "--model-dir", bundle, "--tta", "none", "--device", "auto")
+    result = ok(invoke(*args, "--output", out))
+    [line] = [x for x in result.stderr.splitlines() if "NVIDIA GPU visible" in x]
+    assert "ERROR" in line and "too old (found version 12020)" in line
+    assert "driver 470.256.02" in line and "needs an NVIDIA driver >= 525" in line
+    results = json.loads((out / "results.json").read_text())
+    assert results["diagnostics"]["gpu"]["reason"] == UNUSABLE.reason
+    assert results["diagnostics"]["gpu"]["visible"] is True
+    assert results["diagnostics"]["device"] == "cpu"
+    assert any("GPU is visible but this run uses cpu" in w for w in results["warnings"])
+
+    for extra, env in [(("--require-gpu",), None), ((), "1")]:
+        if env is not None:
+            monkeypatch.setenv("DRAC_REQUIRE_GPU", env)
+        required = invoke(*args, *extra, "--output", tmp_path / f"req{env}")
+        assert required.exit_code == 1, (required.stderr, required.exception)
+        assert "error: the GPU is required" in required.stderr
+        assert "too old (found version 12020)" in required.stderr
+        assert not (tmp_path / f"req{env}" / "results.json").exists()
+    # The command line wins over the environment.
+    ok(invoke(*args, "--no-require-gpu", "--output", tmp_path / "opt-out"))
+    failed(
+        invoke(*args[:-2], "--device", "cpu", "--require-gpu", "--output", tmp_path / "x"),
+        "--device cpu asks for the CPU",
+    )
 
 
 def test_python_dash_m_process_runs_a_job_with_a_tif(bundle, tmp_path):

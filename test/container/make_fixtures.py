@@ -16,10 +16,13 @@ Each step runs the project's own command (printed before it runs), on the CPU, s
    (H x W; not square, not the model's input size), saved as ``.mha`` with a uuid name,
    non-default spacing, origin and direction, in its socket folder beside ``inputs.json``, as the
    platform lays out a job.
-4. ``python process.py --input inputs/<mode> --output expected/<mode> --model-dir model
-   --device cpu --precision fp32`` (default D4 TTA), run from a scratch folder that links to
-   the fixtures so the paths in ``results.json`` are short and stable; overlays (large, derived
-   from the masks) and hidden marker files are then removed from ``expected/``.
+4. ``python process.py --input inputs/<mode> --output expected/<run> --model-dir model
+   --device cpu --precision fp32`` (default D4 TTA) for each run of :data:`RUNS`, from a scratch
+   folder that links to the fixtures so the paths in ``results.json`` are short and stable; the
+   ``gc-job-sockets`` run uses a copy of the model with ``platform-sockets.json`` as its
+   ``platform.json`` (other socket names, as a retargeting ``model.tar.gz`` carries them).
+   Overlays (large, derived from the masks) and hidden marker files are then removed from
+   ``expected/``.
 
 The training run is seeded, so the same library versions on the same machine give the same
 weights; other machines may differ in the last bits, which changes the model (commit the new
@@ -42,6 +45,10 @@ REPO = HERE.parents[1]
 CONFIG = HERE / "bundle.toml"
 MODEL, INPUTS, EXPECTED = HERE / "model", HERE / "inputs", HERE / "expected"
 MODES = ("gc-job", "batch")
+# Each container test run: name -> (inputs/<mode>, the model's platform.json or None).
+PLATFORM_SOCKETS = HERE / "platform-sockets.json"
+RUNS = {"gc-job": ("gc-job", None), "batch": ("batch", None)}
+RUNS["gc-job-sockets"] = ("gc-job", PLATFORM_SOCKETS)
 
 # The Grand Challenge job: one image socket, laid out as the platform writes it.
 GC_SLUG = "uw-octa-image"
@@ -140,14 +147,17 @@ def make_expected(work: Path) -> None:
     scratch.mkdir()
     (scratch / "inputs").symlink_to(INPUTS)
     (scratch / "model").symlink_to(MODEL)
-    for mode in MODES:
+    shutil.copytree(MODEL, scratch / "model-sockets")
+    shutil.copy(PLATFORM_SOCKETS, scratch / "model-sockets" / "platform.json")
+    for name, (mode, platform) in RUNS.items():
         run(
             [sys.executable, str(REPO / "process.py"), "--input", f"inputs/{mode}"]
-            + ["--output", f"expected/{mode}", "--model-dir", "model"]
+            + ["--output", f"expected/{name}"]
+            + ["--model-dir", "model" if platform is None else "model-sockets"]
             + ["--device", "cpu", "--precision", "fp32"],
             cwd=scratch,
         )
-        out = scratch / "expected" / mode
+        out = scratch / "expected" / name
         shutil.rmtree(out / "overlays", ignore_errors=True)
         for marker in out.rglob(".*"):
             marker.unlink()
