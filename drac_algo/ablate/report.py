@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +97,9 @@ def write_report(folder: Path, rows: Sequence[Row], reference: str, caption: str
     text = markdown(rows, reference, caption)
     atomic_write_text(folder / "ablation.md", text)
     atomic_write_text(folder / "ablation.json", json.dumps(to_json(rows, meta), indent=2) + "\n")
-    plot(folder / "ablation.png", rows, caption.splitlines()[0].strip("# *"))
+    # The caption's bold first part (data and seeds), wrapped: the whole caption overflows.
+    title = caption.split("**")[1] if caption.count("**") >= 2 else caption.splitlines()[0]
+    plot(folder / "ablation.png", rows, textwrap.fill(title.strip("# *"), 110))
     return text
 
 
