@@ -174,13 +174,15 @@ def load_predictor(config: RunConfig) -> tuple[Predictor, dict[str, Any], float]
         max_views_per_batch=config.batch_size,
     )
     seconds = time.perf_counter() - start
-    manifest_path = Path(config.model_dir) / MANIFEST
-    manifest = bundle_from_dict(json.loads(manifest_path.read_text(encoding="utf-8")))
+    raw = (Path(config.model_dir) / MANIFEST).read_bytes()
+    manifest = bundle_from_dict(json.loads(raw.decode("utf-8")))
     info = {
         "path": str(config.model_dir),
         "created": manifest.created,
         "drac_algo_version": manifest.drac_algo_version,
         "classes": sorted(manifest.classes),
+        # The manifest lists every member file's checksum: its hash names the exact weights.
+        "id": hashlib.sha256(raw).hexdigest()[:12],
     }
     return predictor, info, seconds
 
@@ -365,13 +367,6 @@ def _check_device(config: RunConfig, job: JobSettings) -> GpuStatus:
     return status
 
 
-def _bundle_id(model_dir: str | os.PathLike) -> str:
-    """The first 12 hex digits of the manifest's sha256: the manifest lists every member file's
-    checksum, so this names the exact weights."""
-    digest = hashlib.sha256((Path(model_dir) / MANIFEST).read_bytes()).hexdigest()
-    return digest[:12]
-
-
 def run(config: RunConfig) -> dict[str, Any]:
     """Run the whole job described by ``config`` and return what was written to
     ``results.json``. Raises :class:`DracInputError` for bad input (inputs, output folder,
@@ -406,7 +401,6 @@ def run(config: RunConfig) -> dict[str, Any]:
         _note_conversion(run_state, images[0], job_image)
 
     predictor, bundle_info, load_seconds = load_predictor(config)
-    bundle_info["id"] = _bundle_id(config.model_dir)
     ran = predictor.settings()
     mixed = ran["autocast"] != "fp32"
     log.info(
