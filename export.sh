@@ -135,6 +135,33 @@ except DracInputError as exc:
     fi
 }
 
+# `docker save` first writes the image's layers, uncompressed, under the engine's data root
+# (DockerRootDir/tmp) and only then streams them into gzip: exporting the 8.3 GB image needs about
+# its size free there plus ~60 % of it for the tarball in OUT (4.5 GB measured). Checked up front,
+# so that a full disk is named instead of failing minutes into the save.
+free_bytes() { echo $(($(df -Pk "$1" | awk 'NR == 2 {print $4}') * 1024)); }
+iec() { numfmt --to=iec --suffix=B "$1"; }
+check_image_space() {
+    local size root need_root need_out what="the uncompressed layers"
+    size=$(docker image inspect "$tag" --format '{{.Size}}')
+    root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null || true)
+    need_out=$((size * 6 / 10))
+    if [[ -n $root && -d $root ]]; then
+        need_root=$size
+        if [[ $(stat -c %d "$root") == $(stat -c %d "$out") ]]; then
+            need_root=$((size + need_out))
+            need_out=0
+            what="$what and the tarball in $out"
+        fi
+        (($(free_bytes "$root") >= need_root)) || die "docker save of '$tag' ($(iec "$size"))" \
+            "needs about $(iec "$need_root") free on the disk of $root ($what); found" \
+            "$(iec "$(free_bytes "$root")"). Free space (docker builder prune -af; docker image" \
+            "prune -f) or pass --out on another disk"
+    fi
+    (($(free_bytes "$out") >= need_out)) || die "the image tarball needs about" \
+        "$(iec "$need_out") free in $out; found $(iec "$(free_bytes "$out")")"
+}
+
 mkdir -p "$out"
 
 if [[ $do_model -eq 1 ]]; then
@@ -168,6 +195,7 @@ if [[ $do_image -eq 1 ]]; then
         || die "no docker engine answers 'docker info' (start one with: sudo .ci/docker-setup.sh)"
     docker image inspect "$tag" >/dev/null 2>&1 \
         || die "no image '$tag' here; build it first with ./build.sh --tag $tag"
+    check_image_space
     target=$out/drac-algo.tar.gz
     tmp=$(mktemp "$out/.image.tar.gz.XXXXXX")
     partial+=("$tmp")
