@@ -1,21 +1,30 @@
 """Score a prediction against ground truth with the official DRAC2022 Task 1 metric.
 
     python -m drac_algo.evaluate --gt SUBMISSION_OR_PNG_DIR --pred SUBMISSION_OR_PNG_DIR \\
-        [--images CASE_IMAGES_DIR] [--json scores.json]
+        [--images CASE_IMAGES_DIR] [--json scores.json] [--per-case cases.csv] [--plot cases.png]
 
 Each side is either a submission folder (``1.nii.gz 2.nii.gz 3.nii.gz``) or PNG masks in the DRAC
 ground-truth layout: a folder holding the three class folders (e.g. ``.../2. Groundtruths/b.
 Testing Set``) or a whole DRAC root, where the test-set ground truth is used. PNG masks are 0/255
 and a missing file means an empty mask, so the case list and image size come from ``--images``
 (the integer-sorted images; the test images of a DRAC root are used when it is not given).
-The table goes to stdout; ``--json`` writes ``{"classes": {"1": {"dice", "iou", "n_scored"},
-...}, "mean_dice", "mean_iou"}`` with null for NaN. See :mod:`drac_algo.metrics` for semantics.
+
+The table goes to stdout, followed by the worst-scored cases of each class. ``--json`` writes
+``{"classes": {"1": {"dice", "iou", "n_scored"}, ...}, "mean_dice", "mean_iou", "cases": [...]}``
+with null for NaN; ``--per-case`` writes the same per-case rows as CSV (:data:`CASE_FIELDS`:
+one row per case and class; Dice and IoU empty where the case is not scored); ``--plot`` draws
+each class's per-case Dice as a box with the cases as points. A case is named by its image file
+when the case list is known, else by its 1-based slice number in the submission stacks
+(``#1``, ``#2``, ...). See :mod:`drac_algo.metrics` for the semantics.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +32,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from drac_algo.classes import BY_INDEX
 from drac_algo.cli import exits_on_bad_input, setup_logging
 from drac_algo.data import (
     describe_folder,
@@ -32,7 +42,7 @@ from drac_algo.data import (
     load_mask_stacks,
 )
 from drac_algo.errors import DracInputError
-from drac_algo.fsutil import atomic_write_text
+from drac_algo.fsutil import atomic_path, atomic_write_text
 from drac_algo.metrics import Scores, score
 from drac_algo.submission import SUBMISSION_FILES, read_submission
 
@@ -100,10 +110,11 @@ def _load(source: MaskSource, images: list[Path] | None) -> dict[int, np.ndarray
     return load_mask_stacks(source.path, images or [])
 
 
-def evaluate_paths(
+def evaluate_cases(
     gt: str | os.PathLike, pred: str | os.PathLike, images: str | os.PathLike | None = None
-) -> Scores:
-    """Load both sides (see module docstring), check that case counts and shapes agree, score."""
+) -> tuple[Scores, list[str]]:
+    """Load both sides (see module docstring), check that case counts and shapes agree, score.
+    Returns the scores and the case names in stack order."""
     gt_source, pred_source = find_masks(gt), find_masks(pred)
     case_images = _case_images(gt_source, pred_source, Path(images) if images else None)
     if case_images is not None:
@@ -120,7 +131,96 @@ def evaluate_paths(
             f"the stacks hold {gt_shape[0]} cases but {case_images[0].parent} has "
             f"{len(case_images)} images"
         )
-    return score(gt_stacks, pred_stacks)
+    if case_images is not None:
+        names = [p.name for p in case_images]
+    else:
+        names = [f"#{i + 1}" for i in range(gt_shape[0])]
+    return score(gt_stacks, pred_stacks), names
+
+
+def evaluate_paths(
+    gt: str | os.PathLike, pred: str | os.PathLike, images: str | os.PathLike | None = None
+) -> Scores:
+    """:func:`evaluate_cases` without the case names."""
+    return evaluate_cases(gt, pred, images)[0]
+
+
+CASE_FIELDS = ("case", "class", "lesion", "dice", "iou", "gt_pixels", "pred_pixels", "scored")
+
+
+def case_rows(scores: Scores, names: list[str]) -> list[dict]:
+    """One row per case and class (case order, then class), fields :data:`CASE_FIELDS`; Dice
+    and IoU are None where the case's ground truth has no lesion of that class (not scored)."""
+    rows = []
+    for i, name in enumerate(names):
+        for index, c in sorted(scores.classes.items()):
+            dice, iou = float(c.per_image_dice[i]), float(c.per_image_iou[i])
+            scored = not math.isnan(dice)
+            rows.append(
+                {
+                    "case": name,
+                    "class": index,
+                    "lesion": BY_INDEX[index].key,
+                    "dice": dice if scored else None,
+                    "iou": iou if scored else None,
+                    "gt_pixels": int(c.gt_pixels[i]),
+                    "pred_pixels": int(c.pred_pixels[i]),
+                    "scored": scored,
+                }
+            )
+    return rows
+
+
+def worst_cases(rows: list[dict], k: int = 3) -> str:
+    """Lines naming the ``k`` lowest-Dice scored cases of each class."""
+    lines = []
+    for index in sorted({r["class"] for r in rows}):
+        scored = sorted(
+            (r for r in rows if r["class"] == index and r["scored"]), key=lambda r: r["dice"]
+        )
+        if scored:
+            shown = ", ".join(f"{r['case']} {r['dice']:.3f}" for r in scored[:k])
+            lines.append(f"worst {BY_INDEX[index].key}: {shown}")
+    return "\n".join(lines)
+
+
+def write_case_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CASE_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        out = dict(row, scored="yes" if row["scored"] else "no")
+        out.update({k: "" if row[k] is None else f"{row[k]:.6f}" for k in ("dice", "iou")})
+        writer.writerow(out)
+    atomic_write_text(path, buf.getvalue())
+
+
+def plot_cases(path: Path, rows: list[dict], title: str) -> None:
+    """Per class, a box of the scored cases' Dice with every case as a point beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    indices = sorted({r["class"] for r in rows})
+    values = [[r["dice"] for r in rows if r["class"] == i and r["scored"]] for i in indices]
+    fig, ax = plt.subplots(figsize=(2.2 * len(indices) + 2, 4))
+    positions = list(range(1, len(indices) + 1))
+    ax.boxplot([v or [math.nan] for v in values], positions=positions, widths=0.5,
+               showfliers=False)  # fmt: skip
+    rng = np.random.default_rng(0)  # a fixed jitter: the same figure for the same scores
+    for pos, vals in zip(positions, values, strict=True):
+        ax.scatter(pos + rng.uniform(-0.15, 0.15, len(vals)), vals, s=14, alpha=0.7, zorder=3)
+    labels = [f"{BY_INDEX[i].key}\n({len(v)} scored)" for i, v in zip(indices, values, strict=True)]
+    ax.set_xticks(positions, labels)
+    ax.set_ylabel("Dice per case")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
 
 
 @click.command()
@@ -137,17 +237,54 @@ def evaluate_paths(
     "json_path",
     type=click.Path(path_type=Path),
     default=None,
-    help="Also write the scores as JSON (NaN as null).",
+    help="Also write the scores and the per-case rows as JSON (NaN as null).",
+)
+@click.option(
+    "--per-case",
+    "per_case",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write one CSV row per case and class (Dice, IoU, pixels, scored).",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write a PNG of each class's per-case Dice (box and points).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @exits_on_bad_input
-def main(gt: Path, pred: Path, images: Path | None, json_path: Path | None, verbose: bool) -> None:
+def main(
+    gt: Path,
+    pred: Path,
+    images: Path | None,
+    json_path: Path | None,
+    per_case: Path | None,
+    plot_path: Path | None,
+    verbose: bool,
+) -> None:
     """Score PRED against GT with the official DRAC2022 Task 1 Dice/IoU."""
     setup_logging(verbose)
-    scores = evaluate_paths(gt, pred, images)
+    for path in (json_path, per_case, plot_path):
+        if path is not None and not (path.parent.is_dir() and os.access(path.parent, os.W_OK)):
+            raise DracInputError(
+                f"cannot write {path}: expected a writable folder {path.parent}; "
+                f"{'it is not writable' if path.parent.is_dir() else 'it does not exist'}"
+            )
+    scores, names = evaluate_cases(gt, pred, images)
+    rows = case_rows(scores, names)
     click.echo(scores.table())
+    worst = worst_cases(rows)
+    if worst:
+        click.echo(worst)
     if json_path is not None:
-        atomic_write_text(json_path, json.dumps(scores.to_json(), indent=2) + "\n")
+        payload = {**scores.to_json(), "cases": rows}
+        atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")
+    if per_case is not None:
+        write_case_csv(per_case, rows)
+    if plot_path is not None:
+        plot_cases(plot_path, rows, f"{pred} against {gt}")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,8 @@ def dice_iou(gt: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
 @dataclass
 class ClassScore:
     """One class: ``dice``/``iou`` are NaN-ignoring means over ``per_image_*`` ((N,) float64,
-    NaN where the image's ground truth is empty); NaN when ``n_scored`` is 0."""
+    NaN where the image's ground truth is empty); NaN when ``n_scored`` is 0. ``gt_pixels`` and
+    ``pred_pixels``: (N,) int64 lesion pixels per image on each side."""
 
     index: int
     dice: float
@@ -78,6 +79,8 @@ class ClassScore:
     n_images: int
     per_image_dice: np.ndarray
     per_image_iou: np.ndarray
+    gt_pixels: np.ndarray
+    pred_pixels: np.ndarray
 
 
 def _nanmean(values: list[float] | np.ndarray) -> float:
@@ -172,6 +175,8 @@ def score(gt: dict[int, np.ndarray], pred: dict[int, np.ndarray]) -> Scores:
             n_images=int(g.shape[0]),
             per_image_dice=dice,
             per_image_iou=iou,
+            gt_pixels=g.reshape(g.shape[0], -1).sum(axis=1, dtype=np.int64),
+            pred_pixels=p.reshape(p.shape[0], -1).sum(axis=1, dtype=np.int64),
         )
     for c in classes.values():
         if c.n_scored == 0:

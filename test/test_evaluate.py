@@ -1,3 +1,4 @@
+import csv
 import json
 import subprocess
 import sys
@@ -66,8 +67,10 @@ def _scores(tmp_path, *args):
     result = _run(*args, "--json", out)
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
+    cases = data.pop("cases")
     assert data == EXPECTED
     assert list(data) == ["classes", "mean_dice", "mean_iou"]
+    assert len(cases) == 3 * len(IDS)
     return result
 
 
@@ -82,6 +85,61 @@ def test_png_ground_truth_against_a_submission(tmp_path, gt_root):
     assert lines[1].split()[-3:] == ["0.3333", "0.2500", "2/3"]
     assert lines[4].split()[-2:] == ["0.6667", "0.6250"]
     assert "class 3 (Neovascularization): no image has a ground-truth lesion" in result.stderr
+
+
+def test_per_case_rows_csv_plot_and_worst_cases(tmp_path, gt_root):
+    layout = find_layout(gt_root)
+    write_submission(tmp_path / "sub", _stacks(PRED))
+    out = tmp_path / "scores.json"
+    result = _run(
+        "--gt", layout.test_masks, "--pred", tmp_path / "sub", "--images", layout.test_images,
+        "--json", out, "--per-case", tmp_path / "cases.csv", "--plot", tmp_path / "cases.png",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    names = [p.name for p in sorted(layout.test_images.iterdir(), key=lambda p: int(p.stem))]
+    rows = list(csv.DictReader((tmp_path / "cases.csv").open()))
+    assert [(r["case"], r["class"]) for r in rows] == [
+        (n, str(i)) for n in names for i in (1, 2, 3)
+    ]
+    by = {(r["case"], r["class"]): r for r in rows}
+    # class 1, case 86: gt 16 px, pred 8 px inside; case 285: not scored (FP ignored); 1299: 0.
+    assert by[names[0], "1"] == {
+        "case": names[0], "class": "1", "lesion": "irma", "dice": "0.666667", "iou": "0.500000",
+        "gt_pixels": "16", "pred_pixels": "8", "scored": "yes",
+    }  # fmt: skip
+    assert (by[names[1], "1"]["dice"], by[names[1], "1"]["pred_pixels"]) == ("", "1")
+    assert by[names[1], "1"]["scored"] == "no"
+    assert (by[names[2], "1"]["dice"], by[names[2], "1"]["gt_pixels"]) == ("0.000000", "4")
+    assert by[names[1], "2"]["dice"] == "1.000000"
+    assert all(r["scored"] == "no" for r in rows if r["class"] == "3")
+    cases = json.loads(out.read_text())["cases"]
+    assert cases[0] == {
+        "case": names[0], "class": 1, "lesion": "irma", "dice": pytest.approx(2 / 3),
+        "iou": 0.5, "gt_pixels": 16, "pred_pixels": 8, "scored": True,
+    }  # fmt: skip
+    assert cases[1]["dice"] is None and cases[1]["scored"] is False  # class 2 absent in case 86
+    assert f"worst irma: {names[2]} 0.000, {names[0]} 0.667" in result.stdout
+    assert "worst na:" in result.stdout and "worst nv" not in result.stdout
+    assert (tmp_path / "cases.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_outputs_into_a_missing_folder_are_refused_before_scoring(tmp_path, gt_root):
+    write_submission(tmp_path / "sub", _stacks(PRED))
+    result = _run("--gt", gt_root, "--pred", tmp_path / "sub", "--per-case", tmp_path / "no/c.csv")
+    assert result.exit_code == 2
+    assert f"expected a writable folder {tmp_path / 'no'}; it does not exist" in result.stderr
+    assert not (tmp_path / "no").exists()
+
+
+def test_submissions_without_a_case_list_name_cases_by_slice(tmp_path, gt_root):
+    write_submission(tmp_path / "gt", _stacks(GT))
+    write_submission(tmp_path / "pred", _stacks(PRED))
+    result = _run("--gt", tmp_path / "gt", "--pred", tmp_path / "pred", "--per-case",
+                  tmp_path / "c.csv")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((tmp_path / "c.csv").open()))
+    assert [r["case"] for r in rows[::3]] == ["#1", "#2", "#3"]
+    assert "worst irma: #3 0.000, #1 0.667" in result.stdout
 
 
 def test_whole_drac_root_picks_test_ground_truth_and_images(tmp_path, make_drac):
@@ -160,4 +218,5 @@ def test_module_entry_point(tmp_path):
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-2].split()[-2:] == ["1.0000", "1.0000"]
+    mean = [line for line in done.stdout.splitlines() if line.startswith("mean over classes")]
+    assert mean[0].split()[-2:] == ["1.0000", "1.0000"]
