@@ -1,0 +1,149 @@
+"""The inference command: DRAC2022 Task 1 lesion segmentation (IRMA, nonperfusion areas,
+neovascularisation) on UW-OCTA images. Run as the container's entry point ``python -m process``,
+as ``python process.py`` from a checkout, or as ``drac-process`` once installed.
+
+    python -m process                       # in the container: /input -> /output, /opt/ml/model
+    python process.py --input IMAGES_DIR --output OUT_DIR --model-dir BUNDLE_DIR \\
+        [--tta d4|flips|none] [--device auto|cuda|cpu] [--batch-size N] \\
+        [--precision auto|fp32|bf16|fp16] [--input-slug SLUG] \\
+        [--output-slug CLASS=SLUG[:RELATIVE_PATH] ...] [--require-gpu]
+
+With ``INPUT/inputs.json`` present this is a Grand Challenge job (one image; one
+``images/<slug>/output.mha`` per class); otherwise every image in INPUT is segmented and the
+challenge submission, PNG masks and overlays are written. Both write ``results.json``. See
+:mod:`drac_algo.pipeline` for the modes and :mod:`drac_algo.outputs` for the layout. Sockets
+and ``--require-gpu`` can also come from the environment or the model folder's
+``platform.json`` (:mod:`drac_algo.job_settings`), since a platform job takes no arguments.
+
+Exit status: 0 on success, 2 for bad input (message on stderr), 1 when an output cannot be
+written or the GPU is required but unusable.
+"""
+
+import sys
+from pathlib import Path
+
+import click
+
+from drac_algo.cli import exits_on_bad_input, setup_logging
+from drac_algo.gpu import GpuUnavailableError
+from drac_algo.inference import PRECISIONS
+from drac_algo.pipeline import RunConfig, run
+from drac_algo.tta import TTA_SETS
+
+INPUT_PATH = Path("/input")
+OUTPUT_PATH = Path("/output")
+MODEL_PATH = Path("/opt/ml/model")  # where Grand Challenge extracts the model tarball
+
+_PATH = click.Path(path_type=Path, file_okay=True, dir_okay=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--input",
+    "input_dir",
+    type=_PATH,
+    default=INPUT_PATH,
+    show_default=True,
+    help="Grand Challenge job folder (with inputs.json) or a folder of images.",
+)
+@click.option(
+    "--output",
+    "output_dir",
+    type=_PATH,
+    default=OUTPUT_PATH,
+    show_default=True,
+    help="Output folder (created if missing).",
+)
+@click.option(
+    "--model-dir",
+    type=_PATH,
+    default=MODEL_PATH,
+    show_default=True,
+    help="Model bundle folder holding manifest.json and the member weights.",
+)
+@click.option(
+    "--tta",
+    type=click.Choice(list(TTA_SETS)),
+    default="d4",
+    show_default=True,
+    help="Test-time augmentation: d4 = 8 flips/rotations, flips = 4, none = 1.",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (CUDA when available), cuda, cuda:N or cpu.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="At most this many TTA views per forward pass.  [default: 8 on CUDA, 1 on the CPU]",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="auto",
+    show_default=True,
+    help="auto = bf16 autocast where the device computes bf16 natively (Ampere+ GPUs, CPUs "
+    "with AVX512-BF16/AMX), else fp16 on CUDA and fp32 on the CPU.",
+)
+@click.option(
+    "--input-slug",
+    default=None,
+    help="Image socket to read when inputs.json holds several (env DRAC_INPUT_SOCKET).",
+)
+@click.option(
+    "--output-slug",
+    "output_specs",
+    multiple=True,
+    metavar="CLASS=SLUG[:PATH]",
+    help="Output socket of a class (irma, na, nv or 1-3): its slug and, when not images/SLUG, "
+    "its relative path under the output folder; repeatable (env DRAC_OUTPUT_SOCKETS, "
+    "comma-separated).",
+)
+@click.option(
+    "--require-gpu/--no-require-gpu",
+    default=None,
+    help="Exit 1 unless inference runs on an NVIDIA GPU (env DRAC_REQUIRE_GPU=1). Default: a "
+    "visible but unusable GPU is logged as an error and the run goes on on the CPU.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@exits_on_bad_input
+def main(
+    input_dir: Path,
+    output_dir: Path,
+    model_dir: Path,
+    tta: str,
+    device: str,
+    batch_size: int | None,
+    precision: str,
+    input_slug: str | None,
+    output_specs: tuple[str, ...],
+    require_gpu: bool | None,
+    verbose: bool,
+) -> None:
+    """Segment DRAC2022 Task 1 lesions in one Grand Challenge job or a folder of images."""
+    setup_logging(verbose)
+    config = RunConfig(
+        input_dir=input_dir,
+        output_dir=output_dir,
+        model_dir=model_dir,
+        tta=tta,
+        device=device,
+        batch_size=batch_size,
+        precision=precision,
+        input_slug=input_slug,
+        output_specs=output_specs,
+        require_gpu=require_gpu,
+    )
+    try:
+        run(config)
+    except (OSError, GpuUnavailableError) as exc:
+        # Disk full, a read-only mount, ...: the message names the file; no traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()
