@@ -1,8 +1,10 @@
-"""Shared command-line plumbing: logging set-up and the bad-input exit path."""
+"""Shared command-line plumbing: logging set-up, the bad-input exit path and SIGTERM."""
 
 import functools
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -19,16 +21,42 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt (a BaseException, so no
+    ``except Exception`` swallows it): cleanups run and partial outputs are removed."""
+
+
+TERMINATED_EXIT = 128 + signal.SIGTERM  # 143, the shell's status for a process ended by SIGTERM
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def exits_on_bad_input(func: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a command so that a :class:`DracInputError` prints ``error: <message>`` on stderr and
-    exits with status 2 instead of a traceback."""
+    exits with status 2 instead of a traceback, and SIGTERM (``docker stop``, a job's time limit)
+    unwinds like an exception, so every atomic write removes its partial file, and then exits
+    143 with one line saying so (Python's default would end at once and silently)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return func(*args, **kwargs)
         except DracInputError as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
+        except Terminated:
+            print(
+                "error: terminated by SIGTERM; outputs being written were removed",
+                file=sys.stderr,
+            )
+            raise SystemExit(TERMINATED_EXIT) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper

@@ -64,3 +64,20 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_stale_partials(path: str | os.PathLike) -> list[Path]:
+    """Remove what an interrupted :func:`atomic_path` / :func:`atomic_dir` for ``path`` left
+    beside it (``.<name>.*.partial*``: a killed process runs no cleanup); returns what was
+    removed. Only for outputs one process writes at a time."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    removed = []
+    for stale in sorted(path.parent.glob(f".{path.name}.*.partial*")):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+        removed.append(stale)
+    return removed

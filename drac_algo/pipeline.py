@@ -43,7 +43,7 @@ from drac_algo.bundle import MANIFEST, bundle_from_dict
 from drac_algo.classes import BY_INDEX, LESION_CLASSES
 from drac_algo.data import case_id, describe_folder, list_images
 from drac_algo.errors import DracInputError
-from drac_algo.fsutil import atomic_dir
+from drac_algo.fsutil import atomic_dir, remove_stale_partials
 from drac_algo.gc_io import find_job_image, is_grand_challenge_job, write_mask_mha
 from drac_algo.gpu import GpuStatus, check_gpu, gpu_status
 from drac_algo.images import IMAGE_SUFFIXES, LoadedImage, load_image
@@ -282,6 +282,18 @@ def _write_stacks(run: _Run, collector: StackCollector) -> dict[str, Any]:
     return {"written": True, "files": [p.name for p in paths], "reason": None}
 
 
+def _remove_leftovers(run: _Run, output_dir: Path) -> None:
+    """Remove the hidden ``.partial`` files and folders a killed earlier run left (SIGKILL, a
+    lost container: no cleanup ran), before this run writes the same outputs."""
+    names = [MASKS_DIR, OVERLAYS_DIR, RESULTS_FILE, *SUBMISSION_FILES.values()]
+    removed = [p.name for name in names for p in remove_stale_partials(output_dir / name)]
+    if removed:
+        run.warn(
+            f"removed {len(removed)} half-written output(s) of an interrupted earlier run in "
+            f"{output_dir}: {', '.join(removed[:6])}{' ...' if len(removed) > 6 else ''}"
+        )
+
+
 def _run_batch(run: _Run, predictor: Predictor, images: list[Path]) -> dict[str, Any]:
     output_dir = Path(run.config.output_dir)
     masks_dir, overlays_dir = output_dir / MASKS_DIR, output_dir / OVERLAYS_DIR
@@ -385,6 +397,8 @@ def run(config: RunConfig) -> dict[str, Any]:
             _check_replaceable(output_dir / folder)
     log.info("mode: %s; %d image(s) from %s", mode, len(images), config.input_dir)
     run_state = _Run(config, mode, job)
+    if mode == BATCH:
+        _remove_leftovers(run_state, output_dir)
     if mode == GRAND_CHALLENGE:
         where = {i: job.sources[f"output_socket_{BY_INDEX[i].key}"] for i in job.output_sockets}
         sockets = ", ".join(

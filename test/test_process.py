@@ -8,8 +8,10 @@ classes have known masks and NA is checked against the inference engine run dire
 import hashlib
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -515,6 +517,46 @@ def test_python_dash_m_process_runs_a_job_with_a_tif(bundle, tmp_path):
         mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"images/{slug}/output.mha")))
         assert mask.shape == (SIZE, SIZE) and set(np.unique(mask)) <= {0, 1}
         assert mask.all() == (index == 1) and mask.any() != (index == 3)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_removes_partial_outputs_and_exits_143(bundle, tmp_path):
+    images = tmp_path / "images"
+    for i in range(400):
+        write_png(images / f"{i:03d}.png", gray(i))
+    out = tmp_path / "out"
+    command = [sys.executable, "process.py", "--input", images, "--output", out]
+    command += ["--model-dir", bundle, "--tta", "d4", "--device", "cpu"]
+    proc = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    # Mid-run: the staged masks folder exists and holds some cases.
+    while not any(len(list(p.glob("*"))) > 3 for p in out.glob(".masks.*.partial")):
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "error: terminated by SIGTERM" in stderr and "Traceback" not in stderr
+    assert tree(out) == []  # nothing half-written, nothing that looks complete
+
+
+def test_a_killed_runs_partial_outputs_are_removed_by_the_next_run(bundle, tmp_path):
+    images = tmp_path / "images"
+    write_png(images / "001.png", gray(1))
+    out = tmp_path / "out"
+    (out / ".masks.k3j.partial" / "1. Intraretinal").mkdir(parents=True)
+    (out / ".masks.k3j.partial" / "1. Intraretinal" / "001.png").write_bytes(b"x")
+    (out / ".overlays.9a.partial").mkdir()
+    (out / ".1.nii.gz.x1.partial.nii.gz").write_bytes(b"x")
+    (out / ".results.json.x2.partial.json").write_bytes(b"{")
+    (out / ".mine.partial").write_text("not ours")  # another program's: left alone
+    result = ok(invoke("--input", images, "--output", out, "--model-dir", bundle, "--tta", "none"))
+    assert "removed 4 half-written output(s) of an interrupted earlier run" in result.stderr
+    assert not [p for p in out.iterdir() if ".partial" in p.name and p.name != ".mine.partial"]
+    assert (out / ".mine.partial").is_file()
+    warnings = json.loads((out / "results.json").read_text())["warnings"]
+    assert any("half-written" in w for w in warnings)
 
 
 def test_python_process_py_fails_cleanly_on_an_empty_folder(tmp_path):
