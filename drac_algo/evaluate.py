@@ -35,6 +35,7 @@ import numpy as np
 from drac_algo.classes import BY_INDEX
 from drac_algo.cli import exits_on_bad_input, setup_logging
 from drac_algo.data import (
+    class_folders,
     describe_folder,
     find_layout,
     folder_token,
@@ -104,10 +105,23 @@ def _case_images(gt: MaskSource, pred: MaskSource, images: Path | None) -> list[
     return found
 
 
-def _load(source: MaskSource, images: list[Path] | None) -> dict[int, np.ndarray]:
+def _load(source: MaskSource, images: list[Path] | None, side: str) -> dict[int, np.ndarray]:
     if source.kind == "submission":
         return read_submission(source.path)
-    return load_mask_stacks(source.path, images or [])
+    stacks = load_mask_stacks(source.path, images or [])
+    if side == "prediction":
+        # A missing mask file means an empty mask, so a whole class folder without one is most
+        # likely a wrong folder or a run that wrote nothing: it scores 0 wherever the lesion is.
+        for index, folder in class_folders(source.path).items():
+            if not any(f.suffix.lower() == ".png" for f in folder.iterdir()):
+                log.warning(
+                    "prediction class %d (%s) folder %s holds no mask file: every case counts "
+                    "as an empty mask (Dice 0 wherever the ground truth has the lesion)",
+                    index,
+                    BY_INDEX[index].key,
+                    folder,
+                )
+    return stacks
 
 
 def evaluate_cases(
@@ -119,7 +133,8 @@ def evaluate_cases(
     case_images = _case_images(gt_source, pred_source, Path(images) if images else None)
     if case_images is not None:
         log.info("case list: %d images from %s", len(case_images), case_images[0].parent)
-    gt_stacks, pred_stacks = _load(gt_source, case_images), _load(pred_source, case_images)
+    gt_stacks = _load(gt_source, case_images, "ground truth")
+    pred_stacks = _load(pred_source, case_images, "prediction")
     gt_shape, pred_shape = gt_stacks[1].shape, pred_stacks[1].shape
     if gt_shape != pred_shape:
         raise DracInputError(

@@ -123,6 +123,14 @@ def test_per_case_rows_csv_plot_and_worst_cases(tmp_path, gt_root):
     assert (tmp_path / "cases.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_an_empty_prediction_class_folder_is_warned_about(tmp_path, gt_root, make_drac):
+    pred = find_layout(make_drac({"b": {86: {2: _box(0, 2, 0, 2)}}}, name="pred")).test_masks
+    result = _run("--gt", gt_root, "--pred", pred)
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if "holds no mask file" in line]
+    assert len(warned) == 2 and "class 1 (irma)" in warned[0] and "class 3 (nv)" in warned[1]
+
+
 def test_outputs_into_a_missing_folder_are_refused_before_scoring(tmp_path, gt_root):
     write_submission(tmp_path / "sub", _stacks(PRED))
     result = _run("--gt", gt_root, "--pred", tmp_path / "sub", "--per-case", tmp_path / "no/c.csv")
