@@ -93,6 +93,7 @@ class RunConfig:
     input_slug: str | None = None
     output_specs: tuple[str, ...] = ()
     require_gpu: bool | None = None
+    submission: bool = True  # batch mode: write the stacks 1.nii.gz 2.nii.gz 3.nii.gz
 
 
 @dataclass
@@ -267,19 +268,26 @@ def _retire_previous_summary(output_dir: Path) -> None:
 
 
 def _write_stacks(run: _Run, collector: StackCollector) -> dict[str, Any]:
+    """The submission stacks, or why not: ``cause`` is None (written), ``"not asked"``
+    (``submission=False``), ``"classes"`` (the bundle lacks a class) or ``"sizes"`` (the images
+    differ in size, so they cannot form one stack; :func:`run`'s caller treats it as an error)."""
+    if not run.config.submission:
+        return {"written": False, "files": [], "reason": "not asked for", "cause": "not asked"}
     missing = [c for c in LESION_CLASSES if c.index not in collector.classes]
+    cause, reason = None, None
     if missing:
+        cause = "classes"
         reason = "the model bundle lacks " + ", ".join(
             f"class {c.index} ({c.key})" for c in missing
         )
-    else:
-        reason = collector.size_problem()
+    elif problem := collector.size_problem():
+        cause, reason = "sizes", problem
     if reason:
         run.warn(f"submission files {', '.join(SUBMISSION_FILES.values())} not written: {reason}")
-        return {"written": False, "files": [], "reason": reason}
+        return {"written": False, "files": [], "reason": reason, "cause": cause}
     paths = write_submission(run.config.output_dir, collector.stacks())
     log.info("submission: %s", ", ".join(str(p) for p in paths))
-    return {"written": True, "files": [p.name for p in paths], "reason": None}
+    return {"written": True, "files": [p.name for p in paths], "reason": None, "cause": None}
 
 
 def _remove_leftovers(run: _Run, output_dir: Path) -> None:

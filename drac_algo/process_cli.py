@@ -25,6 +25,7 @@ from pathlib import Path
 import click
 
 from drac_algo.cli import exits_on_bad_input, setup_logging
+from drac_algo.errors import DracInputError
 from drac_algo.gpu import GpuUnavailableError
 from drac_algo.inference import PRECISIONS
 from drac_algo.pipeline import RunConfig, run
@@ -108,6 +109,13 @@ _PATH = click.Path(path_type=Path, file_okay=True, dir_okay=True)
     help="Exit 1 unless inference runs on an NVIDIA GPU (env DRAC_REQUIRE_GPU=1). Default: a "
     "visible but unusable GPU is logged as an error and the run goes on on the CPU.",
 )
+@click.option(
+    "--no-submission",
+    is_flag=True,
+    help="Folder of images: skip the challenge submission stacks (1.nii.gz 2.nii.gz 3.nii.gz). "
+    "Without it, images that cannot form the stacks (mixed sizes) end the run with exit "
+    "status 2 once the masks and overlays are written.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @exits_on_bad_input
 def main(
@@ -121,6 +129,7 @@ def main(
     input_slug: str | None,
     output_specs: tuple[str, ...],
     require_gpu: bool | None,
+    no_submission: bool,
     verbose: bool,
 ) -> None:
     """Segment DRAC2022 Task 1 lesions in one Grand Challenge job or a folder of images."""
@@ -136,13 +145,21 @@ def main(
         input_slug=input_slug,
         output_specs=output_specs,
         require_gpu=require_gpu,
+        submission=not no_submission,
     )
     try:
-        run(config)
+        results = run(config)
     except (OSError, GpuUnavailableError) as exc:
         # Disk full, a read-only mount, ...: the message names the file; no traceback.
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    submission = results.get("submission") or {}
+    if submission.get("cause") == "sizes":
+        raise DracInputError(
+            f"the challenge submission stacks were not written: {submission['reason']}. The "
+            f"masks, overlays and results.json in {output_dir} are complete; pass "
+            "--no-submission when the stacks are not needed"
+        )
 
 
 if __name__ == "__main__":

@@ -227,6 +227,7 @@ def test_batch_folder_end_to_end(bundle, tmp_path):
         "written": True,
         "files": ["1.nii.gz", "2.nii.gz", "3.nii.gz"],
         "reason": None,
+        "cause": None,
     }
     settings = results["settings"]
     assert settings["tta"] == "flips" and settings["device"] == "cpu"
@@ -287,18 +288,30 @@ def test_batch_refuses_to_replace_a_folder_it_did_not_write(bundle, tmp_path):
     assert tree(out) == ["masks/mine.png"]
 
 
-def test_images_of_different_sizes_skip_the_submission(bundle, tmp_path):
+def test_images_of_different_sizes_fail_without_the_stacks_unless_not_asked(bundle, tmp_path):
     images = tmp_path / "images"
     write_png(images / "086.png", gray(86))
     write_png(images / "090.png", gray(90, (SIZE, SIZE + 8)))
+    args = ("--input", images, "--model-dir", bundle, "--tta", "none")
     out = tmp_path / "out"
-    result = ok(invoke("--input", images, "--output", out, "--model-dir", bundle, "--tta", "none"))
+    result = failed(
+        invoke(*args, "--output", out),
+        "the challenge submission stacks were not written: the images differ in size",
+        "pass --no-submission",
+    )
     assert not any(name.endswith(".nii.gz") for name in tree(out))
     assert read_png_mask(out / f"masks/{LESION_CLASSES[0].folder}/090.png").shape == (40, 48)
     submission = json.loads((out / "results.json").read_text())["submission"]
-    assert submission["written"] is False
+    assert (submission["written"], submission["cause"]) == (False, "sizes")
     assert "086 is 40 x 40, 090 is 40 x 48" in submission["reason"]
     assert "not written: the images differ in size" in result.stderr
+    # --no-submission: the same masks, exit 0, the stacks "not asked for".
+    quiet = tmp_path / "quiet"
+    result = ok(invoke(*args, "--output", quiet, "--no-submission"))
+    assert tree(quiet) == tree(out)
+    submission = json.loads((quiet / "results.json").read_text())["submission"]
+    assert (submission["written"], submission["cause"]) == (False, "not asked")
+    assert "not written" not in result.stderr
 
 
 def test_a_bad_image_mid_batch_leaves_no_summary_and_no_partial_files(bundle, tmp_path):
