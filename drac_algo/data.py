@@ -8,6 +8,7 @@ and are ordered by integer value everywhere, the order the organisers' submissio
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -19,6 +20,8 @@ import numpy as np
 from drac_algo.classes import LESION_CLASSES
 from drac_algo.errors import DracInputError
 from drac_algo.images import IMAGE_SUFFIXES, image_size, read_mask_png
+
+log = logging.getLogger(__name__)
 
 SPLITS: dict[str, str] = {"train": "a", "test": "b"}  # split -> folder token
 _TOKEN = re.compile(r"^\s*([A-Za-z0-9]+)\.(?=[\s_]|$)")  # "A. x", "A._x"; not "086.png"
@@ -94,21 +97,35 @@ def sort_cases(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return [by_id[cid] for cid in sorted(by_id)]
 
 
+# Image types a user may drop beside the cases that are not read (JPEG is lossy; the release
+# is PNG): skipped with a warning, never silently.
+UNREAD_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".jp2", ".nii", ".gz", ".nrrd")
+
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Integer-sorted image files (.png, .mha, .tif, .tiff) of a plain folder.
 
     Hidden files (".DS_Store", "._086.png", in-progress atomic writes) and files of other types
-    are skipped; a non-integer image name is an error. The list may be empty: callers that need
+    are skipped (image types that are not read, such as ``.jpg``, with a warning that names
+    them); a non-integer image name is an error. The list may be empty: callers that need
     cases say so with :func:`describe_folder`.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise DracInputError(f"image folder not found: {describe_folder(folder)}")
-    files = [
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
-    ]
+    visible = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    files = [p for p in visible if p.suffix.lower() in IMAGE_SUFFIXES]
+    unread = sorted(p.name for p in visible if p.suffix.lower() in UNREAD_IMAGE_SUFFIXES)
+    if unread:
+        log.warning(
+            "%s: %d image file(s) of a type not read here are skipped, so their cases are "
+            "missing (expected %s): %s%s",
+            folder,
+            len(unread),
+            ", ".join(IMAGE_SUFFIXES),
+            ", ".join(unread[:5]),
+            " ..." if len(unread) > 5 else "",
+        )
     return sort_cases(files)
 
 

@@ -64,6 +64,16 @@ def test_list_images_skips_hidden_and_other_files(tmp_path):
         list_images(tmp_path / "missing")
 
 
+def test_list_images_warns_about_image_types_it_does_not_read(tmp_path, caplog):
+    for name in ["086.png", "090.jpg", "091.JPEG", "notes.txt"]:
+        (tmp_path / name).write_bytes(b"")
+    with caplog.at_level("WARNING", logger="drac_algo.data"):
+        assert [p.name for p in list_images(tmp_path)] == ["086.png"]
+    (record,) = caplog.records
+    assert "2 image file(s) of a type not read here are skipped" in record.getMessage()
+    assert "090.jpg, 091.JPEG" in record.getMessage() and "notes.txt" not in record.getMessage()
+
+
 @pytest.mark.parametrize("sep", [". ", "._"])
 @pytest.mark.parametrize("outer", [None, "DRAC2022 copy"])
 def test_find_layout_on_both_spellings_and_an_outer_folder(make_drac, sep, outer):
