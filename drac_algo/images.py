@@ -111,7 +111,16 @@ def _to_uint8(arr: np.ndarray, path: Path) -> tuple[np.ndarray, str | None]:
     if arr.dtype == np.uint8:
         return arr, None
     if arr.dtype == np.uint16:
-        return np.round(arr.astype(np.float64) / 257.0).astype(np.uint8), "16-bit scaled to 8-bit"
+        # Scanners often store 10- or 12-bit data in a 16-bit file; dividing those by 257 would
+        # leave a nearly black image. The data's own range picks the depth: the smallest of
+        # 8, 10, 12, 14 or 16 bits that holds the largest value (so a 16-bit image darker than
+        # 1/16 of its range reads as 12-bit: the note says which depth was used).
+        top = int(arr.max()) if arr.size else 0
+        bits = next((b for b in (8, 10, 12, 14) if top < 2**b), 16)
+        scaled = np.round(arr.astype(np.float64) * (255.0 / (2**bits - 1))).astype(np.uint8)
+        if bits == 16:
+            return scaled, "16-bit scaled to 8-bit"
+        return scaled, f"16-bit file holding {bits}-bit data (largest value {top}) scaled to 8-bit"
     if arr.dtype == np.bool_:
         return arr.astype(np.uint8) * 255, "boolean mapped to {0, 255}"
     lo, hi = float(arr.min()), float(arr.max())

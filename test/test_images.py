@@ -76,7 +76,24 @@ def test_sixteen_bit_is_scaled(tmp_path):
     cv2.imwrite(str(tmp_path / "a.png"), np.array([[0, 257 * 10, 65535]], np.uint16))
     loaded = load_image(tmp_path / "a.png")
     np.testing.assert_array_equal(loaded.pixels, [[0, 10, 255]])
-    assert "16-bit" in loaded.converted
+    assert loaded.converted == "16-bit scaled to 8-bit"
+
+
+@pytest.mark.parametrize(
+    ("values", "bits", "expected"),
+    [
+        ([0, 2048, 4095], 12, [0, 128, 255]),  # 12-bit data in a 16-bit file: not /257
+        ([0, 512, 1023], 10, [0, 128, 255]),
+        ([0, 100, 255], 8, [0, 100, 255]),
+    ],
+)
+def test_sixteen_bit_file_with_fewer_bits_of_data_is_scaled_by_its_depth(
+    tmp_path, values, bits, expected
+):
+    cv2.imwrite(str(tmp_path / "a.png"), np.array([values], np.uint16))
+    loaded = load_image(tmp_path / "a.png")
+    np.testing.assert_array_equal(loaded.pixels, [expected])
+    assert f"16-bit file holding {bits}-bit data (largest value {values[-1]})" in loaded.converted
 
 
 def test_single_slice_volume_is_accepted_and_multi_slice_is_not(tmp_path):
