@@ -1,5 +1,11 @@
 """The DRAC2022 Task 1 submission format: ``1.nii.gz`` (IRMA), ``2.nii.gz`` (NA), ``3.nii.gz`` (NV).
 
+    python -m drac_algo.submission zip OUT_DIR TEAM.zip --team TEAM [--images TEST_IMAGES]
+
+packs a ``process.py`` output folder's stacks as the challenge's upload zip (``TEAM/1.nii.gz``
+...), after checking them against the case list: ``--images`` (the test images), else the
+folder's ``results.json``.
+
 Each file is one uint8 stack (N, H, W) of {0, 1} masks, slices in integer-sorted case order,
 written like the organisers' example: ``SimpleITK.GetImageFromArray`` without transpose, so
 SimpleITK reports size (W, H, N), spacing 1, origin 0 and identity direction.
@@ -13,18 +19,23 @@ spacing, origin, direction, pixel type and every NIfTI header key agree except t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import numpy as np
 import SimpleITK as sitk
 
 from drac_algo.classes import LESION_CLASSES
+from drac_algo.cli import exits_on_bad_input, setup_logging
+from drac_algo.data import describe_folder, list_images
 from drac_algo.errors import DracInputError
 from drac_algo.fsutil import atomic_path
+from drac_algo.images import image_size
 from drac_algo.metrics import check_binary
 
 SUBMISSION_FILES: dict[int, str] = {c.index: f"{c.index}.nii.gz" for c in LESION_CLASSES}
@@ -115,16 +126,36 @@ def read_submission(folder: str | os.PathLike) -> dict[int, np.ndarray]:
     return stacks
 
 
-def zip_submission(folder: str | os.PathLike, zip_path: str | os.PathLike, team: str) -> Path:
+def zip_submission(
+    folder: str | os.PathLike,
+    zip_path: str | os.PathLike,
+    team: str,
+    cases: list[tuple[str, tuple[int, int]]] | None = None,
+) -> Path:
     """Package a checked submission folder as ``zip_path`` holding ``TEAM/1.nii.gz`` etc.
 
-    The files are read and validated first; the zip is written atomically and stored
-    uncompressed (the NIfTI files are already gzip-compressed).
+    The files are read and validated first, and against ``cases`` ((name, (H, W)) in stack
+    order) when given: one slice per case, each of its case's size. The zip is written
+    atomically and stored uncompressed (the NIfTI files are already gzip-compressed).
     """
     if not team.strip() or _BAD_TEAM.search(team) or team in {".", ".."}:
         raise DracInputError(f"team name {team!r} cannot be a zip folder name")
     folder, zip_path = Path(folder), Path(zip_path)
-    read_submission(folder)
+    stacks = read_submission(folder)
+    if cases is not None:
+        n, h, w = stacks[1].shape
+        if n != len(cases):
+            raise DracInputError(
+                f"submission {folder} holds {n} slices per class but the case list has "
+                f"{len(cases)} cases ({cases[0][0] if cases else '-'} ... "
+                f"{cases[-1][0] if cases else '-'})"
+            )
+        for name, shape in cases:
+            if tuple(shape) != (h, w):
+                raise DracInputError(
+                    f"submission {folder} slices are {h} x {w} (H x W) but case {name} is "
+                    f"{shape[0]} x {shape[1]}"
+                )
     with atomic_path(zip_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
         for name in SUBMISSION_FILES.values():
             zf.write(folder / name, arcname=f"{team}/{name}")
@@ -165,3 +196,59 @@ def read_header(path: str | os.PathLike) -> NiftiHeader:
         components=int(reader.GetNumberOfComponents()),
         metadata={k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()},
     )
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def case_list(folder: Path, images: Path | None) -> tuple[list[tuple[str, tuple[int, int]]], str]:
+    """(name, (H, W)) per case in stack order, and where the list came from: the ``images``
+    folder, else ``folder/results.json`` of a batch run."""
+    if images is not None:
+        found = list_images(images)
+        if not found:
+            raise DracInputError(f"no case images: {describe_folder(images)}")
+        return [(p.name, image_size(p)) for p in found], str(images)
+    results = folder / "results.json"
+    if not results.is_file():
+        raise DracInputError(
+            f"{folder} has no results.json to take the case list from; pass --images with the "
+            "test images the stacks were made from"
+        )
+    try:
+        data = json.loads(results.read_text(encoding="utf-8"))
+        cases = [(c["file"], tuple(c["shape"])) for c in data["cases"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DracInputError(f"{results}: not a process.py results.json ({exc!r})") from None
+    if data.get("mode") != "batch":
+        raise DracInputError(f"{results} is from a {data.get('mode')!r} run, not a batch run")
+    return cases, str(results)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """DRAC2022 Task 1 submission files (1.nii.gz 2.nii.gz 3.nii.gz)."""
+
+
+@main.command("zip")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("zip_path", metavar="TEAM_ZIP", type=click.Path(path_type=Path))
+@click.option("--team", required=True, help="Team name: the folder inside the zip.")
+@click.option(
+    "--images",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The test images the stacks were made from (the case list). Default: FOLDER's "
+    "results.json.",
+)
+@exits_on_bad_input
+def zip_command(folder: Path, zip_path: Path, team: str, images: Path | None) -> None:
+    """Check FOLDER's stacks against the case list and pack them as TEAM_ZIP."""
+    setup_logging()
+    cases, source = case_list(folder, images)
+    written = zip_submission(folder, zip_path, team, cases)
+    click.echo(f"{written}: {team}/1.nii.gz 2.nii.gz 3.nii.gz, {len(cases)} cases ({source})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,12 +1,16 @@
+import json
 import zipfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from click.testing import CliRunner
 
 from drac_algo.errors import DracInputError
 from drac_algo.submission import (
+    main,
     read_header,
     read_submission,
     write_submission,
@@ -96,6 +100,44 @@ def test_zip_submission(tmp_path):
         assert zf.read("TEAM_X/2.nii.gz") == (tmp_path / "sub" / "2.nii.gz").read_bytes()
     with pytest.raises(DracInputError, match="team name"):
         zip_submission(tmp_path / "sub", tmp_path / "bad.zip", "a/b")
+
+
+def _zip_cli(*args):
+    return CliRunner().invoke(main, ["zip", *map(str, args)])
+
+
+def test_zip_command_checks_the_stacks_against_the_case_list(tmp_path):
+    sub = tmp_path / "sub"
+    write_submission(sub, _stacks(n=3, h=6, w=5))
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("086.png", "090.png", "1200.png"):
+        cv2.imwrite(str(images / name), np.zeros((6, 5), np.uint8))
+    done = _zip_cli(sub, tmp_path / "T.zip", "--team", "T", "--images", images)
+    assert done.exit_code == 0, done.output
+    assert f"3 cases ({images})" in done.stdout
+    with zipfile.ZipFile(tmp_path / "T.zip") as zf:
+        assert zf.namelist() == ["T/1.nii.gz", "T/2.nii.gz", "T/3.nii.gz"]
+
+    # One image more than the stacks have slices: refused, no zip.
+    cv2.imwrite(str(images / "1300.png"), np.zeros((6, 5), np.uint8))
+    done = _zip_cli(sub, tmp_path / "U.zip", "--team", "T", "--images", images)
+    assert done.exit_code == 2
+    assert "holds 3 slices per class but the case list has 4 cases (086.png ... 1300.png)" in (
+        done.stderr
+    )
+    assert not (tmp_path / "U.zip").exists()
+
+    # The case list from process.py's results.json: a case of another size is named.
+    cases = [{"file": f"{i}.png", "shape": [6, 5]} for i in (1, 2)] + [
+        {"file": "3.png", "shape": [7, 5]}
+    ]
+    (sub / "results.json").write_text(json.dumps({"mode": "batch", "cases": cases}))
+    done = _zip_cli(sub, tmp_path / "V.zip", "--team", "T")
+    assert done.exit_code == 2 and "slices are 6 x 5 (H x W) but case 3.png is 7 x 5" in done.stderr
+    (sub / "results.json").unlink()
+    done = _zip_cli(sub, tmp_path / "V.zip", "--team", "T")
+    assert done.exit_code == 2 and "pass --images" in done.stderr
 
 
 def test_header_matches_the_organisers_example(tmp_path):
