@@ -11,6 +11,10 @@ Architectures come from segmentation-models-pytorch (smp) 0.6.0 through one regi
 - ``None``: plain smp decoder.
 - ``"cam"``: the method's channel attention module (:class:`ChannelAttention`) in both attention
   slots of every Unet / Unet++ decoder block (see :func:`insert_channel_attention`).
+- ``"cam-2sigmoid"``: the same module with its gates scaled to (0, 2) (``2 * sigmoid``, as in
+  the squeeze-and-excitation blocks of Brock et al.'s normaliser-free ResNets), so that every gate
+  starts near 1 instead of 0.5: the decoder passes its signal through unchanged at
+  initialisation. Same parameters and state dict as ``"cam"``.
 - ``"scse"``: smp's own concurrent spatial and channel squeeze-and-excitation, a different
   module (it adds a spatial gate), kept as an ablation.
 
@@ -44,7 +48,9 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "unetplusplus": smp.UnetPlusPlus,
     "deeplabv3plus": smp.DeepLabV3Plus,
 }
-ATTENTIONS: tuple[str | None, ...] = (None, "cam", "scse")
+ATTENTIONS: tuple[str | None, ...] = (None, "cam", "cam-2sigmoid", "scse")
+# The channel attention modules: attention name -> the gate scale of ChannelAttention.
+CAM_GATE_SCALES = {"cam": 1.0, "cam-2sigmoid": 2.0}
 # Architectures whose decoder blocks have the attention1/attention2 slots that CAM and scse use.
 ARCHITECTURES_WITH_DECODER_ATTENTION = ("unet", "unetplusplus")
 # smp's default Unet / Unet++ decoder widths for depth 5; a shallower encoder takes the first ones.
@@ -112,7 +118,7 @@ class ModelSpec:
     """Everything needed to rebuild a network (weights aside). Validated on construction.
 
     ``arch``: a key of :data:`ARCHITECTURES`. ``encoder``: an smp encoder name.
-    ``attention``: ``None``, ``"cam"`` or ``"scse"`` (not with deeplabv3plus).
+    ``attention``: one of :data:`ATTENTIONS` (not with deeplabv3plus).
     ``encoder_depth``: 3 to 5. ``decoder_channels``: ``None`` = smp default
     ((256, 128, 64, 32, 16) cut to ``encoder_depth`` entries for Unet / Unet++; 256 for
     DeepLabV3+, where a one-element tuple sets it).
@@ -226,20 +232,26 @@ class ChannelAttention(nn.Module):
     ``(N, C, H, W) -> (N, C, H, W)``: global average pooling gives one value per channel, two
     fully connected layers with a ReLU between (``C -> hidden -> C``) and a sigmoid give a gate
     in (0, 1) per channel, and each channel of the input is multiplied by its gate.
+    ``gate_scale`` multiplies the gates: 2 gives gates in (0, 2) that start near 1.
 
     ``hidden = max(min_hidden, channels // reduction)``, never more than ``channels``: with the
     reduction of 16 a 16-channel block would otherwise squeeze to a single unit (and a narrower
     one to zero), so narrow layers keep at least ``min_hidden`` (4) units.
     """
 
-    def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 4) -> None:
+    def __init__(
+        self, channels: int, reduction: int = 16, min_hidden: int = 4, gate_scale: float = 1.0
+    ) -> None:
         super().__init__()
         if channels < 1 or reduction < 1 or min_hidden < 1:
             raise DracInputError(
                 f"ChannelAttention needs channels, reduction, min_hidden >= 1; got {channels}, "
                 f"{reduction}, {min_hidden}"
             )
+        if not gate_scale > 0:
+            raise DracInputError(f"ChannelAttention gate_scale must be > 0; got {gate_scale}")
         self.channels = channels
+        self.gate_scale = float(gate_scale)
         self.hidden = min(channels, max(min_hidden, channels // reduction))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc1 = nn.Linear(channels, self.hidden)
@@ -248,7 +260,7 @@ class ChannelAttention(nn.Module):
         self.sigmoid = nn.Sigmoid()
 
     def gates(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C, H, W)`` -> ``(N, C)`` gates in (0, 1)."""
+        """``(N, C, H, W)`` -> ``(N, C)`` gates in (0, ``gate_scale``)."""
         if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
             # torch's CPU mean over (H, W) of a bf16 tensor converts the whole map to float32
             # first (about 20 ms for 64 x 512 x 512, 28 % of a bf16 Unet++ forward);
@@ -256,13 +268,14 @@ class ChannelAttention(nn.Module):
             squeezed = F.avg_pool2d(x, x.shape[-2:]).flatten(1)
         else:
             squeezed = self.pool(x).flatten(1)
-        return self.sigmoid(self.fc2(self.relu(self.fc1(squeezed))))
+        gates = self.sigmoid(self.fc2(self.relu(self.fc1(squeezed))))
+        return gates * self.gate_scale if self.gate_scale != 1.0 else gates
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gates(x)[:, :, None, None]
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, hidden={self.hidden}"
+        return f"channels={self.channels}, hidden={self.hidden}, gate_scale={self.gate_scale:g}"
 
 
 def _decoder_blocks_with_skip(model: nn.Module, arch: str) -> list[tuple[str, nn.Module, bool]]:
@@ -285,7 +298,9 @@ def _decoder_blocks_with_skip(model: nn.Module, arch: str) -> list[tuple[str, nn
     raise DracInputError(f"{arch} has no decoder attention slots")
 
 
-def insert_channel_attention(model: nn.Module, arch: str, reduction: int = 16) -> list[str]:
+def insert_channel_attention(
+    model: nn.Module, arch: str, reduction: int = 16, gate_scale: float = 1.0
+) -> list[str]:
     """Put a :class:`ChannelAttention` into the decoder attention slots of an smp Unet / Unet++
     built with ``decoder_attention_type=None``; returns the names of the filled slots.
 
@@ -298,9 +313,13 @@ def insert_channel_attention(model: nn.Module, arch: str, reduction: int = 16) -
     filled = []
     for name, block, has_skip in _decoder_blocks_with_skip(model, arch):
         if has_skip:
-            block.attention1 = ChannelAttention(block.conv1[0].in_channels, reduction)
+            block.attention1 = ChannelAttention(
+                block.conv1[0].in_channels, reduction, gate_scale=gate_scale
+            )
             filled.append(f"decoder.{name}.attention1")
-        block.attention2 = ChannelAttention(block.conv2[0].out_channels, reduction)
+        block.attention2 = ChannelAttention(
+            block.conv2[0].out_channels, reduction, gate_scale=gate_scale
+        )
         filled.append(f"decoder.{name}.attention2")
     return filled
 
@@ -330,8 +349,8 @@ def build_network(spec: ModelSpec) -> nn.Module:
         model = ARCHITECTURES[spec.arch](**kwargs)
     except (ValueError, KeyError) as exc:
         raise DracInputError(f"smp cannot build {spec.to_dict()}: {exc}") from exc
-    if spec.attention == "cam":
-        insert_channel_attention(model, spec.arch)
+    if spec.attention in CAM_GATE_SCALES:
+        insert_channel_attention(model, spec.arch, gate_scale=CAM_GATE_SCALES[spec.attention])
     return model
 
 

@@ -1,5 +1,6 @@
 """Training configuration: default recipes, layered overrides, early errors."""
 
+import dataclasses
 import json
 
 import pytest
@@ -38,7 +39,9 @@ def test_method_recipes_match_the_method(task):
 def test_best_recipes_keep_the_cards_architectures(task):
     best, method = load_config(task), load_config(task, recipe="method")
     assert DEFAULT_RECIPE == "best"
-    assert best.model == method.model
+    # The same network; best's CAM gates start near 1 (2 * sigmoid) instead of 0.5.
+    cam_scaled = {"cam": "cam-2sigmoid", None: None}[method.model.attention]
+    assert best.model == dataclasses.replace(method.model, attention=cam_scaled)
     assert (best.loss.name, best.scheduler) == ("dice", "cosine")
     assert (best.crop_size, best.foreground_fraction) == (512, 0.5)
     assert best.input_size == method.input_size == 1024
@@ -87,7 +90,7 @@ fold = 2
     )
     cfg = load_config("irma", path)
     assert cfg.epochs == 3
-    assert cfg.model == ModelSpec("unetplusplus", "resnet18", "cam", 5, None)
+    assert cfg.model == ModelSpec("unetplusplus", "resnet18", "cam-2sigmoid", 5, None)
     assert cfg.augment.hflip_p == 0.0 and cfg.augment.rotate_p == 0.5
     assert (cfg.val.folds, cfg.val.fold) == (5, 2)
     assert cfg.lr == 1e-4  # untouched keys keep the recipe's value

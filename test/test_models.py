@@ -26,6 +26,7 @@ COMBOS = [
     ("unet", "scse"),
     ("unetplusplus", None),
     ("unetplusplus", "cam"),
+    ("unetplusplus", "cam-2sigmoid"),
     ("unetplusplus", "scse"),
     ("deeplabv3plus", None),
 ]
@@ -133,6 +134,27 @@ def test_cam_fills_both_slots_of_every_decoder_block_and_each_runs_once(arch):
     assert calls.get(unused_slots[0], 0) == 0
 
 
+def test_cam_2sigmoid_gates_start_near_one_with_the_cam_state_dict():
+    torch.manual_seed(0)
+    cam = build_network(tiny_spec("unetplusplus", "cam"))
+    scaled = build_network(tiny_spec("unetplusplus", "cam-2sigmoid"))
+    assert cam.state_dict().keys() == scaled.state_dict().keys()
+    scaled.load_state_dict(cam.state_dict())  # a bundle's weights fit either
+    for name, module in scaled.named_modules():
+        if isinstance(module, ChannelAttention):
+            published = cam.get_submodule(name)
+            assert (module.gate_scale, published.gate_scale) == (2.0, 1.0)
+            feats = torch.randn(3, module.channels, 8, 8)
+            with torch.no_grad():
+                g, g_pub = module.gates(feats), published.gates(feats)
+            torch.testing.assert_close(g, 2 * g_pub)
+            # At random initialisation the published gates sit near 0.5, these near 1.
+            assert abs(g_pub.mean().item() - 0.5) < 0.15 and abs(g.mean().item() - 1.0) < 0.3
+            assert ((g > 0) & (g < 2)).all()
+    with pytest.raises(DracInputError, match="gate_scale"):
+        ChannelAttention(8, gate_scale=0.0)
+
+
 def test_cam_leaves_smp_untouched():
     build_network(tiny_spec("unetplusplus", "cam"))
     plain = smp.UnetPlusPlus("resnet18", encoder_weights=None, in_channels=1, classes=1)
@@ -212,7 +234,7 @@ def test_forward_and_one_training_step(arch, attention):
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert "segmentation_head.0.weight" in changed
     assert any(n.startswith("encoder.") for n in changed)
-    if attention == "cam":
+    if attention in ("cam", "cam-2sigmoid"):
         # Every CAM learns: its output bias always gets a gradient (hidden ReLU units of a
         # narrow CAM may be inactive on a 2-image batch, so fc1 can legitimately stay put).
         cams = [n for n, m in model.named_modules() if isinstance(m, ChannelAttention)]

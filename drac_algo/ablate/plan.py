@@ -11,8 +11,14 @@ from drac_algo.config import RECIPES_DIR
 
 # The quickstart's budget, over either recipe family: every trained row gets the same one.
 BUDGET = RECIPES_DIR / "quickstart.toml"
-# A smoke-test budget: tiny images, 2 epochs (``--quick``; CI runs it, no score is meaningful).
+# A smoke-test budget: tiny images, 2 epochs and the container fixture's tiny network (timm's
+# LCNet-0.35 encoder, 4 stages, 16-channel decoder: ~0.25 M parameters instead of ~25 M, so the
+# smoke run writes megabytes, not ~4 GB of checkpoints). ``--quick``; CI runs it, no score is
+# meaningful.
 QUICK = {
+    "model__encoder": "tu-lcnet_035",
+    "model__encoder_depth": 4,
+    "model__decoder_channels": (16, 16, 16, 16),
     "input_size": 64,
     "crop_size": 32,
     "epochs": 2,
@@ -55,6 +61,12 @@ TRAINED = (
     Variant("plain baseline", "baseline", note="drac_algo/baseline.py, the reference row"),
     Variant("method recipe", "method", note="the published method at this budget"),
     Variant("best recipe", "best", note="the default"),
+    Variant(
+        "best, published CAM gates",
+        "best",
+        {t: {"model__attention": "cam"} for t in ATTENTION_TASKS},
+        "the method's sigmoid gates (start at 0.5) instead of 2 * sigmoid, IRMA and NA",
+    ),
     Variant(
         "best, no attention",
         "best",
