@@ -38,6 +38,7 @@ from albumentations.augmentations.crops.transforms import BaseCrop
 
 from drac_algo.errors import DracInputError
 from drac_algo.models import Normalization
+from drac_algo.tta import TRANSFORMS
 
 REFERENCE_SIZE = 1024  # the DRAC image size, at which AugmentConfig's elastic values are given
 
@@ -292,3 +293,29 @@ def apply_transform(
         raise DracInputError(f"mask shape {mask.shape} differs from image shape {image.shape}")
     out = transform(image=image, mask=mask.astype(np.uint8, copy=False))
     return to_tensors(out["image"], out["mask"])
+
+
+def invariant_views(cfg: AugmentConfig) -> tuple[str, ...]:
+    """The test-time views (:data:`drac_algo.tta.TRANSFORMS` names) a network trained with ``cfg``
+    has seen: identity; ``hflip`` when horizontal flips are on; the 90-degree rotations only
+    when the random rotation reaches 90 degrees (``rot180`` 180 degrees); the views composed of
+    a flip and a rotation (``vflip`` = hflip + rot180, the transposes = hflip + rot90) only when
+    both parts are covered. The method's augmentation (flips, +-45 degree rotations) gives
+    identity and hflip: a UW-OCTA scan has an orientation (left and right eyes mirror each other;
+    vertical flips and quarter turns never occur), and views the network never saw pull the
+    ensemble down instead of up."""
+    flip = cfg.hflip_p > 0
+    rotates = cfg.rotate_p > 0
+    quarter = rotates and cfg.rotate_limit >= 90
+    half = rotates and cfg.rotate_limit >= 180
+    seen = {
+        "identity": True,
+        "hflip": flip,
+        "vflip": flip and half,
+        "rot90": quarter,
+        "rot180": half,
+        "rot270": quarter,
+        "transpose": flip and quarter,
+        "antitranspose": flip and quarter,
+    }
+    return tuple(name for name in TRANSFORMS if seen[name])

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from drac_algo.bundle import TTA_NAMES, Bundle, ClassEntry, MemberSpec, save_bundle
+from drac_algo.augment import invariant_views
+from drac_algo.bundle import Bundle, ClassEntry, MemberSpec, save_bundle
 from drac_algo.classes import LESION_CLASSES
 from drac_algo.config import TrainConfig
 from drac_algo.errors import DracInputError
@@ -69,7 +70,7 @@ def export_bundle(run_dir: str | Path, out: str | Path | None = None) -> Path:
                     model=cfg.model,
                     input_size=cfg.input_size,
                     normalization=cfg.normalization,
-                    tta=TTA_NAMES,
+                    tta=invariant_views(cfg.augment),
                     fold=summary["fold"],
                     seed=summary["seed"],
                     val_dice=summary["val_dice"],

@@ -14,11 +14,13 @@ from drac_algo.augment import (
     AugmentConfig,
     LesionCrop,
     apply_transform,
+    invariant_views,
     to_tensors,
     train_transform,
 )
 from drac_algo.errors import DracInputError
 from drac_algo.models import Normalization
+from drac_algo.tta import TRANSFORMS
 
 NORM = Normalization(mean=0.5, std=0.25)
 
@@ -237,3 +239,21 @@ def test_lesion_crop_without_lesion_is_random_and_inside():
         _crop_params(LesionCrop(80, 16), image, np.zeros_like(image))
     with pytest.raises(DracInputError, match="probability"):
         LesionCrop(16, 16, foreground_p=1.5)
+
+
+@pytest.mark.parametrize(
+    ("changes", "views"),
+    [
+        ({}, ("identity", "hflip")),  # the method's: flips and +-45 degrees
+        ({"hflip_p": 0.0}, ("identity",)),
+        (
+            {"rotate_limit": 90.0},
+            ("identity", "hflip", "rot90", "rot270", "transpose", "antitranspose"),
+        ),
+        ({"rotate_limit": 180.0}, tuple(TRANSFORMS)),
+        ({"rotate_limit": 180.0, "hflip_p": 0.0}, ("identity", "rot90", "rot180", "rot270")),
+        ({"rotate_limit": 180.0, "rotate_p": 0.0}, ("identity", "hflip")),
+    ],
+)
+def test_invariant_views_follow_the_training_augmentation(changes, views):
+    assert invariant_views(AugmentConfig(**changes)) == views
