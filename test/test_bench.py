@@ -26,6 +26,7 @@ from drac_algo.tta import TTA_SETS
 HAS_TTACH = importlib.util.find_spec("ttach") is not None
 
 
+@pytest.mark.slow
 def test_quick_run_writes_the_report(tmp_path):
     out = tmp_path / "bench.json"
     # One thread: a smoke test on a shared machine, where OpenMP threads that wait on each other

@@ -214,6 +214,7 @@ def test_unrecognised_folder_lists_its_children(tmp_path, gt_root):
     assert "neither a submission folder" in result.stderr and "holds: masks/" in result.stderr
 
 
+@pytest.mark.slow
 def test_module_entry_point(tmp_path):
     stacks = _stacks(GT)
     write_submission(tmp_path / "gt", stacks)

@@ -516,6 +516,7 @@ def test_a_visible_but_unusable_gpu_is_loud_and_can_be_required(bundle, tmp_path
     )
 
 
+@pytest.mark.slow
 def test_python_dash_m_process_runs_a_job_with_a_tif(bundle, tmp_path):
     job = write_job(tmp_path / "input", image_name="upload.tif")
     out = tmp_path / "output"
@@ -572,6 +573,7 @@ def test_a_killed_runs_partial_outputs_are_removed_by_the_next_run(bundle, tmp_p
     assert any("half-written" in w for w in warnings)
 
 
+@pytest.mark.slow
 def test_python_process_py_fails_cleanly_on_an_empty_folder(tmp_path):
     empty = tmp_path / "empty"
     (empty / "sub").mkdir(parents=True)

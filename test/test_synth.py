@@ -200,6 +200,7 @@ def many_cases():
     return [generate_case(np.random.default_rng([11, i]), 256) for i in range(40)]
 
 
+@pytest.mark.slow
 def test_lesion_statistics_match_the_reference(many_cases):
     """Area fractions and presence rates near the DRAC training set / organisers' masks."""
     fraction = {k: np.array([m[k].mean() for _, m in many_cases]) for k in (1, 2, 3)}

@@ -171,6 +171,7 @@ def test_auto_amp_on_the_cpu_follows_native_bf16(monkeypatch, native, expected):
 # --- starting weights and epochs ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_init_from_loads_a_checkpoint_or_a_bare_state_dict(tmp_path):
     cfg = tiny_config()
     source = build_model(cfg.model)
@@ -229,6 +230,7 @@ def _plan(cfg, samples, run_dir):
     return plan_members(cfg, samples, run_dir)[0]
 
 
+@pytest.mark.slow
 def test_tiny_training_run_writes_every_member_file(irma_samples, tmp_path):
     cfg = tiny_config(epochs=2)
     plan = _plan(cfg, irma_samples, tmp_path)
@@ -247,6 +249,7 @@ def test_tiny_training_run_writes_every_member_file(irma_samples, tmp_path):
     assert not list(folder.glob("*.partial*"))
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(irma_samples, tmp_path):
     cfg = tiny_config(epochs=3)
     ctx = init_distributed("cpu")
@@ -293,6 +296,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
+@pytest.mark.slow
 def test_bundle_export_round_trip(irma_samples, tmp_path):
     cfg = tiny_config(epochs=1, postprocess__min_component_px=3)
     plan = _plan(cfg, irma_samples, tmp_path)
@@ -336,6 +340,7 @@ def run_train(*args, env=None, timeout=600):
     )
 
 
+@pytest.mark.slow
 def test_bad_config_fails_before_training(phantom, tmp_path):
     out = tmp_path / "run"
     proc = run_train("--data", str(phantom), "--out", str(out), "--encoder", "resnet-9000")
@@ -350,6 +355,7 @@ def test_bad_config_fails_before_training(phantom, tmp_path):
     assert "unknown key(s) 'epochz'" in proc.stderr and "epochs" in proc.stderr
 
 
+@pytest.mark.slow
 def test_missing_data_is_a_clear_error(tmp_path):
     proc = run_train("--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"))
     assert proc.returncode == 2
@@ -427,6 +433,7 @@ def test_deep_supervision_weights_and_outputs():
         tiny_config("nv", deep_supervision=True)
 
 
+@pytest.mark.slow
 def test_deep_supervision_run_keeps_plain_weights_for_the_bundle(irma_samples, tmp_path):
     cfg = tiny_config(epochs=1, deep_supervision=True)
     plan = _plan(cfg, irma_samples, tmp_path)
