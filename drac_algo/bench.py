@@ -100,7 +100,8 @@ from torch import nn
 
 from drac_algo.cli import exits_on_bad_input, setup_logging
 from drac_algo.errors import DracInputError
-from drac_algo.hardware import native_bf16
+from drac_algo.hardware import CPU_FEATURES, cpu_features, native_bf16
+from drac_algo.onnx_backend import BACKENDS
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +179,17 @@ class BenchConfig:
                 )
         if self.warmup < 0:
             raise DracInputError(f"--warmup must be >= 0, found {self.warmup}")
-        bad = [p for p in self.engine_precisions if p not in PRECISIONS]
+        bad = [
+            p
+            for p in self.engine_precisions
+            if split_engine_token(p)[0] not in PRECISIONS
+            or split_engine_token(p)[1] not in BACKENDS
+        ]
         if bad or not self.engine_precisions:
             raise DracInputError(
                 f"unknown precision(s) {', '.join(bad) or '(none given)'} in "
-                f"{self.precision!r}; valid: {', '.join(PRECISIONS)}"
+                f"{self.precision!r}; valid: {', '.join(PRECISIONS)}, each optionally followed "
+                f"by :BACKEND ({', '.join(BACKENDS)})"
             )
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
@@ -200,7 +207,9 @@ class BenchConfig:
 
     @property
     def engine_precisions(self) -> tuple[str, ...]:
-        """``precision`` may list several (``"bf16,fp32"``): one engine row each."""
+        """``precision`` may list several (``"bf16,fp32"``): one engine row each. Each may name
+        the backend too (``"fp32:torch"``, ``"fp32:onnxruntime"``; default ``auto``, the
+        Predictor's rule)."""
         return tuple(dict.fromkeys(p.strip() for p in self.precision.split(",") if p.strip()))
 
     def rows(self) -> list[tuple[str, str, str | None]]:
@@ -225,6 +234,12 @@ class BenchConfig:
         if self.train_batch is not None:
             return self.train_batch
         return recipe_batch if self.device.startswith("cuda") else 1
+
+
+def split_engine_token(token: str) -> tuple[str, str]:
+    """``"fp32:onnxruntime"`` -> ``("fp32", "onnxruntime")``; ``"bf16"`` -> ``("bf16", "auto")``."""
+    precision, _, backend = token.partition(":")
+    return precision, backend or "auto"
 
 
 @dataclass(frozen=True)
@@ -718,8 +733,13 @@ def engine_runner(
     device: torch.device,
     precision: str | None = None,
 ) -> Runner:
-    """:class:`drac_algo.inference.Predictor` over the same networks and class settings."""
+    """:class:`drac_algo.inference.Predictor` over the same networks and class settings, run by
+    the backend that ``precision`` (``PRECISION[:BACKEND]``) resolves to: ONNX Runtime runs
+    each network's ONNX export, made here (not timed)."""
     engine = load_engine(cfg.engine_module)
+    precision, choice = engine_backend(precision or "auto", device)
+    if choice.name == "onnxruntime":
+        networks = onnx_networks(plan, networks)
     classes = [
         engine.ClassEnsemble(
             index=entry.index,
@@ -744,16 +764,48 @@ def engine_runner(
     predictor = engine.Predictor(
         classes,
         device=device,
-        precision=precision or "auto",
+        precision=precision,
         tta=cfg.tta,
         max_views_per_batch=cfg.views_per_batch,
+        backend=choice,
     )
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)  # the Predictor sets the machine's; --threads wins
 
     def run(image: np.ndarray) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
         prediction = predictor.predict(image)
         return prediction.probabilities, prediction.masks
 
     return run
+
+
+def engine_backend(token: str, device: torch.device) -> tuple[str, Any]:
+    """The engine's precision and :class:`drac_algo.onnx_backend.BackendChoice` for a row's
+    ``PRECISION[:BACKEND]`` token, as :meth:`drac_algo.inference.Predictor.from_bundle` decides
+    (the bench exports every network, so none lacks an ONNX file)."""
+    from drac_algo.inference import resolve_precision
+    from drac_algo.onnx_backend import choose_backend
+
+    precision, backend = split_engine_token(token)
+    if backend == "onnxruntime" and precision == "auto":
+        precision = "fp32"
+    return precision, choose_backend(backend, device, resolve_precision(precision, device))
+
+
+def onnx_networks(plan: Sequence[ClassPlan], networks: dict[str, nn.Module]) -> dict[str, Any]:
+    """Each network exported to ONNX (traced at its member's input size) and loaded into an
+    ONNX Runtime session with torch's thread count; the files are gone once loaded."""
+    from drac_algo.onnx_backend import OnnxNetwork
+    from drac_algo.onnx_export import export_network
+
+    sides = {f"{e.index}/{i}": m.input_size for e in plan for i, m in enumerate(e.members)}
+    loaded = {}
+    with tempfile.TemporaryDirectory(prefix="drac-bench-onnx-") as tmp:
+        for key, network in networks.items():
+            path = Path(tmp) / f"{key.replace('/', '-')}.onnx"
+            export_network(network.float().eval(), path, sides[key])
+            loaded[key] = OnnxNetwork(path, threads=torch.get_num_threads())
+    return loaded
 
 
 RUNNERS: dict[str, Callable[..., Runner]] = {
@@ -771,13 +823,14 @@ def method_settings(
     from drac_algo.inference import resolve_views_per_batch
 
     if method == "engine":
-        precision = precision or "auto"
+        precision, choice = engine_backend(precision or "auto", device)
         return {
             "precision": precision,
             "autocast": autocast_name(precision, device),
+            "backend": choice.name,
             "views_per_batch": resolve_views_per_batch(cfg.views_per_batch, device),
         }
-    return {"precision": "fp32", "autocast": "fp32", "views_per_batch": 1}
+    return {"precision": "fp32", "autocast": "fp32", "backend": "torch", "views_per_batch": 1}
 
 
 # --------------------------------------------------------------------------------------------
@@ -854,11 +907,13 @@ class MethodSession:
             **{f"{i}/{c}": p for i, maps in enumerate(self.latest) for c, p in maps.items()},
         )
         median = statistics.median(seconds)
+        settings = method_settings(job.cfg, job.method, job.precision, self.device)
+        onnx = settings["backend"] == "onnxruntime"  # no torch convolution ran to probe
         return {
             "method": job.method,
-            **method_settings(job.cfg, job.method, job.precision, self.device),
-            "ran_dtype": self.layout.dtype,
-            "ran_layout": self.layout.layout,
+            **settings,
+            "ran_dtype": "fp32" if onnx else self.layout.dtype,
+            "ran_layout": "ORT" if onnx else self.layout.layout,
             "images": len(self.images),
             "warmup": job.cfg.warmup,
             "repeats": len(seconds),
@@ -1166,6 +1221,7 @@ def machine_facts(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "native_bf16": native_bf16(device),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_features": cpu_features(),
     }
     if device.type == "cuda":
         facts["gpu"] = torch.cuda.get_device_name(device)
@@ -1236,7 +1292,7 @@ def _run_bench(cfg: BenchConfig, progress: Callable[[str], None]) -> dict[str, A
                     "gflop_per_view": per_view / 1e9,
                 }
             )
-    autocasts = {autocast_name(p, device) for p in cfg.engine_precisions}
+    autocasts = {autocast_name(engine_backend(p, device)[0], device) for p in cfg.engine_precisions}
     side = cfg.matmul_side or (8192 if device.type == "cuda" else 2048)
     progress(f"compute peak (matmul {side} x {side}, 3 x 3 convolution)")
     train_amp = dtype_name(train_autocast(cfg.train_task, True, device))
@@ -1481,9 +1537,10 @@ def format_report(report: dict[str, Any]) -> str:
         groups[label] = groups.get(label, 0) + 1
     models = ", ".join(f"{n} x {label}" if n > 1 else label for label, n in groups.items())
     image_shapes = ", ".join(f"{h} x {w}" for h, w in report["images"]["shapes"])
+    features = ", ".join(machine.get("cpu_features") or ["none of " + "/".join(CPU_FEATURES)])
     lines.append(
         f"device {machine['device']} ({where}, {machine['torch_threads']} threads), "
-        f"torch {machine['torch']}"
+        f"torch {machine['torch']}; CPU instruction sets: {features}"
     )
     lines.append(
         f"weights: {report['weights']}"
@@ -1514,9 +1571,13 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append("")
     rows = []
     busy = []
+    not_timed = []
     for name, r in report["methods"].items():
         if "images_per_second" not in r:
-            rows.append([name, r.get("skipped") or r.get("error", "?"), *[""] * 10])
+            # Below the table, first line only: a worker's error carries its traceback (the
+            # JSON keeps it whole).
+            why = (r.get("skipped") or r.get("error") or "?").splitlines()[0]
+            not_timed.append(f"{name}: not timed: {why}")
             continue
         peak_bytes, working = _memory_columns(r["memory"])
         frac = r.get("fraction_of_peak")
@@ -1560,6 +1621,7 @@ def format_report(report: dict[str, Any]) -> str:
             rows,
         )
     )
+    lines.extend(not_timed)
     default = report["default_ensemble"]
     timed = {n: r for n, r in report["methods"].items() if "images_per_second" in r}
     if timed:
@@ -1752,7 +1814,8 @@ def _parse_channels(ctx: click.Context, param: click.Parameter, value: str | Non
     show_default=True,
     help="The engine's precision: auto, fp32, bf16 or fp16 (auto: the Predictor's: bf16 where "
     "native, else fp16 on CUDA and fp32 on the CPU). A comma-separated list adds one engine "
-    "row per precision (e.g. bf16,fp32).",
+    "row per precision (e.g. bf16,fp32). PRECISION:BACKEND picks the backend (torch, "
+    "onnxruntime; default auto, the Predictor's rule), e.g. auto,fp32:onnxruntime,fp32:torch.",
 )
 @click.option(
     "--views-per-batch",

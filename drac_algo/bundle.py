@@ -4,6 +4,8 @@ Layout (the folder is e.g. ``/opt/ml/model``)::
 
     manifest.json          format, version, classes with their decision settings and members
     <member file>.pt       one torch state dict per ensemble member (``torch.save``)
+    <member>.onnx          optional: the member's ONNX export, for the CPU backend
+                           (:mod:`drac_algo.onnx_backend`, :mod:`drac_algo.onnx_export`)
 
 Manifest (``format: "drac-algo-bundle"``, ``version: 1``)::
 
@@ -15,7 +17,11 @@ Manifest (``format: "drac-algo-bundle"``, ``version: 1``)::
                                     "model": {ModelSpec.to_dict()}, "input_size": 1024,
                                     "normalization": {"mean": 0.5, "std": 0.25},
                                     "tta": ["identity", "hflip"], "fold": 0, "seed": 0,
-                                    "val_dice": 0.61}]}}}
+                                    "val_dice": 0.61,
+                                    "onnx": {"file": "irma_f0_s0.onnx", "sha256": "<hex>",
+                                             "opset": 17}}]}}}
+
+``onnx`` may be missing or null (a bundle without ONNX files runs on torch everywhere).
 
 A bundle holds one to three classes; what to do about a missing class is inference's call.
 Each member's probabilities are computed on the image resized to ``input_size`` and normalised
@@ -60,8 +66,22 @@ TTA_NAMES = (
     "antitranspose",
 )
 _MEMBER_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.pt$")
+_ONNX_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.onnx$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 # Prefixes that torch.compile and DataParallel put in front of every state dict key.
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+@dataclass(frozen=True)
+class OnnxFile:
+    """A member's ONNX export in the bundle folder (float32 in, logits out, dynamic n/H/W)."""
+
+    file: str
+    sha256: str
+    opset: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "sha256": self.sha256, "opset": self.opset}
 
 
 @dataclass(frozen=True)
@@ -77,6 +97,7 @@ class MemberSpec:
     seed: int = 0
     val_dice: float | None = None
     sha256: str = ""  # filled in by save_bundle
+    onnx: OnnxFile | None = None  # added by drac_algo.onnx_export
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +110,7 @@ class MemberSpec:
             "fold": self.fold,
             "seed": self.seed,
             "val_dice": self.val_dice,
+            "onnx": None if self.onnx is None else self.onnx.to_dict(),
         }
 
 
@@ -151,9 +173,15 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_keys(data: Mapping[str, Any], valid: list[str], where: str, problems: list[str]) -> bool:
+def _check_keys(
+    data: Mapping[str, Any],
+    valid: list[str],
+    where: str,
+    problems: list[str],
+    optional: tuple[str, ...] = (),
+) -> bool:
     keys = set(data)
-    missing = [k for k in valid if k not in keys]
+    missing = [k for k in valid if k not in keys and k not in optional]
     unknown = sorted(keys - set(valid))
     if missing:
         problems.append(f"{where}: missing {', '.join(missing)}")
@@ -167,7 +195,7 @@ def _parse_member(data: Any, where: str, problems: list[str]) -> MemberSpec | No
         problems.append(f"{where}: expected an object, got {data!r}")
         return None
     valid = [f.name for f in dataclasses.fields(MemberSpec)]
-    if not _check_keys(data, valid, where, problems):
+    if not _check_keys(data, valid, where, problems, optional=("onnx",)):
         return None
     before = len(problems)
     model = norm = None
@@ -182,8 +210,9 @@ def _parse_member(data: Any, where: str, problems: list[str]) -> MemberSpec | No
     file = data["file"]
     if not isinstance(file, str) or not _MEMBER_FILE.match(file):
         problems.append(f"{where}: file must be a plain name ending in .pt; got {file!r}")
-    if not isinstance(data["sha256"], str) or not re.fullmatch(r"[0-9a-f]{64}", data["sha256"]):
+    if not isinstance(data["sha256"], str) or not _SHA256.fullmatch(data["sha256"]):
         problems.append(f"{where}: sha256 must be 64 lowercase hex digits")
+    onnx = _parse_onnx(data.get("onnx"), f"{where} onnx", problems)
     size = data["input_size"]
     multiple = input_multiple(model) if model is not None else 1
     if not _is_int(size) or size < 1 or size % multiple:
@@ -213,7 +242,25 @@ def _parse_member(data: Any, where: str, problems: list[str]) -> MemberSpec | No
         fold=data["fold"],
         seed=data["seed"],
         val_dice=data["val_dice"],
+        onnx=onnx,
     )
+
+
+def _parse_onnx(data: Any, where: str, problems: list[str]) -> OnnxFile | None:
+    if data is None:
+        return None
+    if not isinstance(data, Mapping):
+        problems.append(f"{where}: expected an object or null, got {data!r}")
+        return None
+    if not _check_keys(data, ["file", "sha256", "opset"], where, problems):
+        return None
+    if not isinstance(data["file"], str) or not _ONNX_FILE.match(data["file"]):
+        problems.append(f"{where}: file must be a plain name ending in .onnx; got {data['file']!r}")
+    if not isinstance(data["sha256"], str) or not _SHA256.fullmatch(data["sha256"]):
+        problems.append(f"{where}: sha256 must be 64 lowercase hex digits")
+    if not _is_int(data["opset"]) or data["opset"] < 1:
+        problems.append(f"{where}: opset must be a positive integer; got {data['opset']!r}")
+    return OnnxFile(data["file"], data["sha256"], data["opset"])
 
 
 def _parse_class(key: str, data: Any, problems: list[str]) -> ClassEntry | None:
@@ -281,7 +328,8 @@ def bundle_from_dict(data: Any, where: str = "manifest") -> Bundle:
             parsed = _parse_class(str(key), entry, problems)
             if parsed is not None:
                 classes[parsed.index] = parsed
-    files = [m.file for _, m in Bundle(classes).members()]
+    files = [f for _, m in Bundle(classes).members() for f in (m.file, m.onnx and m.onnx.file)]
+    files = [f for f in files if f]
     duplicates = sorted({f for f in files if files.count(f) > 1})
     if duplicates:
         problems.append(f"member files used more than once: {', '.join(duplicates)}")
@@ -318,11 +366,15 @@ def load_bundle(folder: str | Path) -> Bundle:
     bundle = bundle_from_dict(data, str(manifest))
     problems = []
     for index, member in bundle.members():
-        path = folder / member.file
-        if not path.is_file():
-            problems.append(f"class {index}: member file {member.file} missing")
-        elif sha256_file(path) != member.sha256:
-            problems.append(f"class {index}: member file {member.file} fails its sha256 check")
+        files = [(member.file, member.sha256)]
+        if member.onnx is not None:
+            files.append((member.onnx.file, member.onnx.sha256))
+        for name, sha256 in files:
+            path = folder / name
+            if not path.is_file():
+                problems.append(f"class {index}: member file {name} missing")
+            elif sha256_file(path) != sha256:
+                problems.append(f"class {index}: member file {name} fails its sha256 check")
     if problems:
         raise DracInputError(
             f"model bundle {folder} is incomplete:\n  - " + "\n  - ".join(problems)
@@ -355,7 +407,8 @@ def save_bundle(
     ``state_dicts`` maps each member's ``file`` to its model's ``state_dict()`` (prefixes
     added by ``torch.compile`` / DataParallel are removed). Each state dict is checked against
     its member's spec before anything is written. Returns the bundle as written: checksums,
-    ``created`` and ``drac_algo_version`` filled in. An existing ``folder`` is replaced only if
+    ``created`` and ``drac_algo_version`` filled in, no ONNX files
+    (:func:`drac_algo.onnx_export.add_onnx` adds them). An existing ``folder`` is replaced only if
     it is empty or holds a bundle manifest, so a wrong path cannot wipe unrelated files.
     """
     folder = Path(folder)
@@ -414,7 +467,10 @@ def save_bundle(
             classes={
                 index: dataclasses.replace(
                     entry,
-                    members=[dataclasses.replace(m, sha256=written[m.file]) for m in entry.members],
+                    members=[
+                        dataclasses.replace(m, sha256=written[m.file], onnx=None)
+                        for m in entry.members
+                    ],
                 )
                 for index, entry in bundle.classes.items()
             },

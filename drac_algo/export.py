@@ -1,8 +1,10 @@
 """Turn the members of a training run into the model bundle that inference loads.
 
 Reads ``RUN_DIR/<task>/<member>/{member.json,best.pt}`` for every member that finished and
-writes ``RUN_DIR/model/`` (see :mod:`drac_algo.bundle`). A class's decision threshold is the
-median of its members' tuned thresholds; post-processing settings come from the task's config.
+writes ``RUN_DIR/model/`` (see :mod:`drac_algo.bundle`) with each member's verified ONNX export
+for the CPU backend (:mod:`drac_algo.onnx_export`; on failure a warning, and the bundle runs on
+torch). A class's decision threshold is the median of its members' tuned thresholds;
+post-processing settings come from the task's config.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from drac_algo.bundle import Bundle, ClassEntry, MemberSpec, save_bundle
 from drac_algo.classes import LESION_CLASSES
 from drac_algo.config import TrainConfig
 from drac_algo.errors import DracInputError
+from drac_algo.onnx_backend import ADD_ONNX_COMMAND
+from drac_algo.onnx_export import add_onnx
 from drac_algo.training import MEMBER_SUMMARY
 
 log = logging.getLogger(__name__)
@@ -93,5 +97,15 @@ def export_bundle(run_dir: str | Path, out: str | Path | None = None) -> Path:
             classes[lesion.index].threshold,
         )
     save_bundle(Bundle(classes), out, states)
+    try:
+        add_onnx(out)
+    except DracInputError as exc:
+        # The bundle is complete without them: torch runs it everywhere, only slower on CPUs.
+        log.warning(
+            "bundle written without ONNX files (%s); CPU inference runs on torch. "
+            "Add them later with: %s",
+            exc,
+            ADD_ONNX_COMMAND.replace("BUNDLE", str(out)),
+        )
     log.info("bundle written to %s", out)
     return out

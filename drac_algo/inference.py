@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from drac_algo.errors import DracInputError
-from drac_algo.hardware import native_bf16
+from drac_algo.hardware import cpu_threads, native_bf16
+from drac_algo.onnx_backend import BackendChoice, OnnxNetwork, choose_backend
 from drac_algo.postprocess import postprocess_mask, threshold_probability
 from drac_algo.preprocess import Geometry, from_network_output, to_network_input
 from drac_algo.tta import TTATransform, select_transforms
@@ -431,6 +432,7 @@ class Predictor:
         tta: str | Sequence[str] = "d4",
         max_views_per_batch: int | None = None,
         source: str | Path | None = None,
+        backend: BackendChoice | None = None,
     ) -> None:
         if not classes:
             raise DracInputError("Predictor: no classes given")
@@ -444,6 +446,12 @@ class Predictor:
         self.tta = tta
         self.requested_views_per_batch = max_views_per_batch
         self.source = None if source is None else str(source)
+        self.backend = backend or BackendChoice("torch", "networks given as callables")
+        # Intra-op threads within the container's CPU quota (ONNX Runtime sessions get the same
+        # number when they are created): torch's default is every core of the host.
+        self.threads = cpu_threads() if self.device.type == "cpu" else None
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
         self.ensembles: dict[int, ClassEnsemble] = {
             c.index: c for c in sorted(classes, key=lambda c: c.index)
         }
@@ -476,10 +484,12 @@ class Predictor:
         tta: str | Sequence[str] = "d4",
         max_views_per_batch: int | None = None,
         classes: Iterable[int] | None = None,
+        backend: str = "auto",
     ) -> "Predictor":
         """Build every member of the bundle in ``folder`` (see :mod:`drac_algo.bundle`) once,
         with the thresholds, clean-up and TTA validity stored there. ``classes`` limits the run
-        to some class indices."""
+        to some class indices. ``backend`` runs the networks (:func:`drac_algo.onnx_backend.
+        choose_backend`): ``"onnxruntime"`` with ``precision="auto"`` means float32."""
         from drac_algo.bundle import build_member, load_bundle
 
         bundle = load_bundle(folder)
@@ -489,12 +499,26 @@ class Predictor:
             raise DracInputError(
                 f"{folder}: classes {missing} requested, the bundle holds {sorted(bundle.classes)}"
             )
+        resolved = resolve_device(device)
+        if backend == "onnxruntime" and precision == "auto":
+            precision = "fp32"
+        without_onnx = [m.file for i in wanted for m in bundle.classes[i].members if not m.onnx]
+        choice = choose_backend(
+            backend, resolved, resolve_precision(precision, resolved), without_onnx
+        )
+        threads = cpu_threads()
+
+        def network(spec: Any) -> Network:
+            if choice.name == "onnxruntime":
+                return OnnxNetwork(Path(folder) / spec.onnx.file, threads)
+            return build_member(folder, spec, map_location="cpu")
+
         ensembles = []
         for index in wanted:
             entry = bundle.classes[index]
             members = tuple(
                 Member(
-                    network=build_member(folder, spec, map_location="cpu"),
+                    network=network(spec),
                     input_size=spec.input_size,
                     mean=spec.normalization.mean,
                     std=spec.normalization.std,
@@ -520,6 +544,7 @@ class Predictor:
             tta=tta,
             max_views_per_batch=max_views_per_batch,
             source=folder,
+            backend=choice,
         )
 
     @property
@@ -589,6 +614,9 @@ class Predictor:
             "autocast": precision_name(self.dtype),
             "tta": self.tta if isinstance(self.tta, str) else list(self.tta),
             "max_views_per_batch": self.requested_views_per_batch,
+            "backend": self.backend.name,
+            "backend_reason": self.backend.reason,
+            "threads": self.threads,
             "bundle": self.source,
             "classes": {
                 str(index): {

@@ -90,6 +90,7 @@ class RunConfig:
     device: str = "auto"
     batch_size: int | None = None
     precision: str = "auto"
+    backend: str = "auto"
     input_slug: str | None = None
     output_specs: tuple[str, ...] = ()
     require_gpu: bool | None = None
@@ -173,6 +174,7 @@ def load_predictor(config: RunConfig) -> tuple[Predictor, dict[str, Any], float]
         precision=config.precision,
         tta=config.tta,
         max_views_per_batch=config.batch_size,
+        backend=config.backend,
     )
     seconds = time.perf_counter() - start
     raw = (Path(config.model_dir) / MANIFEST).read_bytes()
@@ -426,7 +428,8 @@ def run(config: RunConfig) -> dict[str, Any]:
     ran = predictor.settings()
     mixed = ran["autocast"] != "fp32"
     log.info(
-        "model bundle %s (id %s) loaded in %.1f s: classes %s on %s, %s, %d view(s) per batch",
+        "model bundle %s (id %s) loaded in %.1f s: classes %s on %s, %s, %d view(s) per batch, "
+        "%s backend (%s)%s",
         config.model_dir,
         bundle_info["id"],
         load_seconds,
@@ -434,6 +437,9 @@ def run(config: RunConfig) -> dict[str, Any]:
         predictor.device,
         f"{ran['autocast']} autocast (--precision fp32 for float32)" if mixed else "fp32",
         ran["max_views_per_batch"],
+        ran["backend"],
+        ran["backend_reason"],
+        f", {ran['threads']} thread(s)" if ran["threads"] else "",
     )
     if gpu.visible and predictor.device.type != "cuda":
         run_state.warn(
@@ -483,6 +489,8 @@ def run(config: RunConfig) -> dict[str, Any]:
             "gpu": gpu.to_json(),
             "device": str(predictor.device),
             "autocast": settings["autocast"],
+            "backend": settings["backend"],
+            "threads": settings["threads"],
             "views_per_batch": settings["max_views_per_batch"],
             "bundle_id": bundle_info["id"],
             "stages": stages,

@@ -5,7 +5,8 @@ as ``python process.py`` from a checkout, or as ``drac-process`` once installed.
     python -m process                       # in the container: /input -> /output, /opt/ml/model
     python process.py --input IMAGES_DIR --output OUT_DIR --model-dir BUNDLE_DIR \\
         [--tta d4|flips|none] [--device auto|cuda|cpu] [--batch-size N] \\
-        [--precision auto|fp32|bf16|fp16] [--input-slug SLUG] \\
+        [--precision auto|fp32|bf16|fp16] [--backend auto|torch|onnxruntime] \\
+        [--input-slug SLUG] \\
         [--output-slug CLASS=SLUG[:RELATIVE_PATH] ...] [--require-gpu]
 
 With ``INPUT/inputs.json`` present this is a Grand Challenge job (one image; one
@@ -28,6 +29,7 @@ from drac_algo.cli import exits_on_bad_input, setup_logging
 from drac_algo.errors import DracInputError
 from drac_algo.gpu import GpuUnavailableError
 from drac_algo.inference import PRECISIONS
+from drac_algo.onnx_backend import BACKENDS
 from drac_algo.pipeline import RunConfig, run
 from drac_algo.tta import TTA_SETS
 
@@ -90,6 +92,14 @@ _PATH = click.Path(path_type=Path, file_okay=True, dir_okay=True)
     "with AVX512-BF16/AMX), else fp16 on CUDA and fp32 on the CPU.",
 )
 @click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="auto",
+    show_default=True,
+    help="What runs the networks: auto = ONNX Runtime where the engine runs float32 on the CPU "
+    "and the bundle has ONNX files, else torch; onnxruntime (CPU, float32 only); torch.",
+)
+@click.option(
     "--input-slug",
     default=None,
     help="Image socket to read when inputs.json holds several (env DRAC_INPUT_SOCKET).",
@@ -126,6 +136,7 @@ def main(
     device: str,
     batch_size: int | None,
     precision: str,
+    backend: str,
     input_slug: str | None,
     output_specs: tuple[str, ...],
     require_gpu: bool | None,
@@ -142,6 +153,7 @@ def main(
         device=device,
         batch_size=batch_size,
         precision=precision,
+        backend=backend,
         input_slug=input_slug,
         output_specs=output_specs,
         require_gpu=require_gpu,

@@ -17,6 +17,7 @@ from drac_algo.bench import (
     default_ensemble,
     main,
     plan_ensemble,
+    split_engine_token,
     ttach_transforms,
 )
 from drac_algo.config import load_config
@@ -88,6 +89,35 @@ def test_quick_run_writes_the_report(tmp_path):
         naive["drac_test_set_seconds"] * scale
     )
     assert "engine" in result.output and "training step" in result.output
+
+
+@pytest.mark.slow
+def test_backend_rows_and_the_cpu_features(tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "bench.json"
+    args = ["--quick", "--threads", "1", "--no-train", "--methods", "naive,engine"]
+    args += ["--precision", "fp32:onnxruntime,fp32:torch", "--json", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    report = json.loads(out.read_text())
+    assert list(report["methods"]) == ["naive", "engine", "engine-fp32:torch"]
+    ort, torch_row = report["methods"]["engine"], report["methods"]["engine-fp32:torch"]
+    assert (ort["backend"], ort["ran_dtype"], ort["ran_layout"]) == ("onnxruntime", "fp32", "ORT")
+    assert (torch_row["backend"], torch_row["ran_dtype"]) == ("torch", "fp32")
+    assert report["methods"]["naive"]["backend"] == "torch"
+    # float32 both ways: the same probabilities up to summation order.
+    assert report["agreement"]["engine"]["max_abs_probability_difference"] < 1e-4
+    assert isinstance(report["machine"]["cpu_features"], list)
+    assert "CPU instruction sets: " in result.output
+
+
+def test_engine_rows_may_name_a_backend():
+    assert split_engine_token("bf16") == ("bf16", "auto")
+    assert split_engine_token("fp32:onnxruntime") == ("fp32", "onnxruntime")
+    cfg = BenchConfig(precision="auto,fp32:onnxruntime")
+    assert [r[0] for r in cfg.rows()] == ["naive", "ttach", "engine", "engine-fp32:onnxruntime"]
+    with pytest.raises(DracInputError, match=r"unknown precision\(s\) fp32:tensorrt"):
+        BenchConfig(precision="fp32:tensorrt")
 
 
 def test_bad_method_is_a_clear_error():

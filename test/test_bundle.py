@@ -126,7 +126,9 @@ def test_manifest_layout(saved):
         "fold",
         "seed",
         "val_dice",
+        "onnx",
     }
+    assert member["onnx"] is None  # save_bundle writes weights only; onnx_export adds them
     assert member["model"] == CAM_SPEC.to_dict()
     assert member["normalization"] == {"mean": 0.4, "std": 0.2}
     assert member["val_dice"] == pytest.approx(0.6)

@@ -16,7 +16,7 @@ from drac_algo import process_cli
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = {
     "drac-train", "drac-export", "drac-process", "drac-evaluate", "drac-synth",
-    "drac-quickstart", "drac-ablate", "drac-bench", "drac-submission",
+    "drac-quickstart", "drac-ablate", "drac-bench", "drac-submission", "drac-onnx-export",
 }  # fmt: skip
 
 

@@ -675,3 +675,32 @@ def test_cuda_on_a_machine_without_it(bundle, tmp_path):
         invoke("--input", images, "--output", out, "--model-dir", bundle, "--device", "cuda"),
         "CUDA is not available",
     )
+
+
+def test_backend_flag_is_recorded_and_onnxruntime_needs_onnx_files(bundle, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from drac_algo.onnx_export import add_onnx
+
+    images = tmp_path / "images"
+    write_png(images / "001.png", gray(1))
+    args = ("--input", images, "--model-dir", bundle, "--tta", "none", "--precision", "fp32")
+    failed(
+        invoke(*args, "--output", tmp_path / "o1", "--backend", "onnxruntime"),
+        "--backend onnxruntime cannot run: no ONNX file for irma.pt",
+        "python -m drac_algo.onnx_export BUNDLE",
+    )
+    assert not (tmp_path / "o1" / "results.json").exists()
+    outputs = {}
+    with_onnx = tmp_path / "model"
+    shutil.copytree(bundle, with_onnx)
+    add_onnx(with_onnx)
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / backend
+        ok(invoke(*args[:3], with_onnx, *args[4:], "--output", out, "--backend", backend))
+        results = json.loads((out / "results.json").read_text())
+        assert results["settings"]["backend"] == backend
+        assert results["diagnostics"]["backend"] == backend
+        assert results["diagnostics"]["threads"] >= 1
+        outputs[backend] = read_submission(out)
+    for a, b in zip(outputs["torch"], outputs["onnxruntime"], strict=True):
+        assert np.array_equal(a, b)

@@ -1,0 +1,60 @@
+"""CPU facts: instruction-set features, the cgroup CPU quota and the intra-op thread count."""
+
+import os
+
+import pytest
+
+from drac_algo import hardware
+from drac_algo.hardware import cgroup_cpu_limit, cpu_features, cpu_threads
+
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+flags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_bf16 amx_tile
+processor\t: 1
+"""
+
+
+def test_cpu_features_names_those_that_decide_speed(tmp_path):
+    (tmp_path / "cpuinfo").write_text(CPUINFO)
+    assert cpu_features(tmp_path / "cpuinfo") == ["avx2", "avx512f", "avx512_bf16"]
+    (tmp_path / "avx2").write_text("flags\t: sse2 avx avx2 fma\n")
+    assert cpu_features(tmp_path / "avx2") == ["avx2"]
+    assert cpu_features(tmp_path / "missing") == []
+
+
+@pytest.mark.parametrize(
+    ("files", "limit"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2.0),
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "400000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 4.0),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_cgroup_cpu_limit_reads_v2_and_v1(tmp_path, files, limit):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_limit(tmp_path) == limit
+
+
+def test_cpu_threads_is_the_affinity_capped_by_the_quota(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert cpu_threads(tmp_path) == 64  # no quota
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cpu_threads(tmp_path) == 2  # 1.5 CPUs: rounded up
+    (tmp_path / "cpu.max").write_text("10000 100000\n")
+    assert cpu_threads(tmp_path) == 1  # a tenth of a CPU: still one thread
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    (tmp_path / "cpu.max").write_text("800000 100000\n")
+    assert cpu_threads(tmp_path) == 1  # pinned to one core
+
+
+@pytest.mark.parametrize(("value", "threads"), [("3", 3), ("0", 1), ("many", 1), ("", 1)])
+def test_omp_num_threads_wins_when_it_is_a_positive_integer(tmp_path, monkeypatch, value, threads):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    assert hardware.cpu_threads(tmp_path) == threads

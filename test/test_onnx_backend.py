@@ -1,0 +1,227 @@
+"""The ONNX Runtime CPU backend: export into the bundle, checksum, backend choice and fallback,
+and the engine giving torch's answer through it."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from drac_algo import onnx_backend, onnx_export
+from drac_algo.bundle import MANIFEST, build_member, load_bundle
+from drac_algo.errors import DracInputError
+from drac_algo.inference import Predictor
+from drac_algo.onnx_backend import OnnxNetwork, choose_backend
+from drac_algo.onnx_export import OnnxExportError, add_onnx
+
+pytest.importorskip("onnxruntime")  # a requirement; the skip keeps the reason readable
+
+FIXTURE_BUNDLE = Path(__file__).parent / "container" / "model"
+CPU = torch.device("cpu")
+
+
+def copy_without_onnx(folder):
+    """The container test's trained bundle (tiny LCNet networks) as a bundle trained before the
+    ONNX backend existed: weights and manifest only."""
+    folder.mkdir(parents=True)
+    for path in FIXTURE_BUNDLE.glob("*.pt"):
+        shutil.copy(path, folder / path.name)
+    manifest = json.loads((FIXTURE_BUNDLE / MANIFEST).read_text())
+    for entry in manifest["classes"].values():
+        for member in entry["members"]:
+            del member["onnx"]
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return folder
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    return copy_without_onnx(tmp_path / "model")
+
+
+@pytest.fixture(scope="module")
+def onnx_bundle(tmp_path_factory):
+    folder = copy_without_onnx(tmp_path_factory.mktemp("onnx") / "model")
+    add_onnx(folder)
+    return folder
+
+
+def phantom_image(shape=(96, 112), seed=0):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, size=(shape[0] // 8 + 1, shape[1] // 8 + 1), dtype=np.uint8)
+    return np.kron(base, np.ones((8, 8), dtype=np.uint8))[: shape[0], : shape[1]]
+
+
+# --- export ---------------------------------------------------------------------------------
+
+
+def test_add_onnx_writes_verified_files_with_checksums(onnx_bundle):
+    bundle = load_bundle(onnx_bundle)  # checks every file's sha256, the ONNX ones included
+    for _, member in bundle.members():
+        assert member.onnx is not None
+        assert member.onnx.file == Path(member.file).with_suffix(".onnx").name
+        assert member.onnx.opset == onnx_export.OPSET
+        assert (onnx_bundle / member.onnx.file).is_file()
+    assert not list(onnx_bundle.glob(".*partial"))
+
+
+@pytest.mark.parametrize("side", [64, 96, 160])
+def test_exported_member_reproduces_the_torch_member(onnx_bundle, side):
+    """Probabilities within 1e-4 at the traced side and at others (dynamic H, W and batch)."""
+    for _, member in load_bundle(onnx_bundle).members():
+        network = build_member(onnx_bundle, member)
+        x = torch.randn(3, 1, side, side, generator=torch.Generator().manual_seed(side))
+        with torch.inference_mode():
+            expected = torch.sigmoid(network(x))
+        found = torch.sigmoid(OnnxNetwork(onnx_bundle / member.onnx.file, threads=1)(x))
+        assert found.shape == expected.shape
+        assert float((found - expected).abs().max()) < 1e-4
+
+
+def test_engine_gives_the_same_masks_on_both_backends(onnx_bundle):
+    image = phantom_image()
+    runs = {
+        backend: Predictor.from_bundle(
+            onnx_bundle, device="cpu", precision="fp32", tta="d4", backend=backend
+        )
+        for backend in ("torch", "onnxruntime")
+    }
+    assert {b: p.backend.name for b, p in runs.items()} == {
+        "torch": "torch",
+        "onnxruntime": "onnxruntime",
+    }
+    torch_run, ort_run = (runs[b].predict(image) for b in ("torch", "onnxruntime"))
+    for index in torch_run.probabilities:
+        difference = np.abs(torch_run.probabilities[index] - ort_run.probabilities[index])
+        assert difference.max() < 1e-4
+        assert np.array_equal(torch_run.masks[index], ort_run.masks[index])
+    assert runs["onnxruntime"].settings()["backend"] == "onnxruntime"
+
+
+def test_a_corrupt_onnx_file_fails_its_checksum(onnx_bundle, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(onnx_bundle, folder)
+    path = folder / "nv_fold0-seed0.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DracInputError, match=r"nv_fold0-seed0\.onnx fails its sha256 check"):
+        load_bundle(folder)
+    path.unlink()
+    with pytest.raises(DracInputError, match=r"member file nv_fold0-seed0\.onnx missing"):
+        load_bundle(folder)
+
+
+def test_bad_onnx_entries_are_named(onnx_bundle, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(onnx_bundle, folder)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    members = [m for c in manifest["classes"].values() for m in c["members"]]
+    members[0]["onnx"]["file"] = "../elsewhere.onnx"
+    members[1]["onnx"] = {"file": "x.onnx", "sha256": "abc", "opset": 0}
+    members[2]["onnx"] = "yes"
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(DracInputError) as caught:
+        load_bundle(folder)
+    message = str(caught.value)
+    assert "file must be a plain name ending in .onnx; got '../elsewhere.onnx'" in message
+    assert "sha256 must be 64 lowercase hex digits" in message
+    assert "opset must be a positive integer; got 0" in message
+    assert "onnx: expected an object or null, got 'yes'" in message
+
+
+def test_a_failed_export_leaves_the_bundle_as_it_was(bundle, monkeypatch):
+    """The second member fails: the first one's verified export is not kept either."""
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    real_export, calls = torch.onnx.export, []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            return real_export(*args, **kwargs)
+        raise RuntimeError("Unsupported: ONNX export of operator foo")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(OnnxExportError, match="ONNX export failed: Unsupported"):
+        add_onnx(bundle)
+    assert len(calls) == 2
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+
+
+def test_an_export_that_differs_from_torch_is_not_kept(bundle, monkeypatch):
+    before = sorted(p.name for p in bundle.iterdir())
+    original = OnnxNetwork.__call__
+    monkeypatch.setattr(OnnxNetwork, "__call__", lambda self, x: original(self, x) + 0.5)
+    with pytest.raises(OnnxExportError, match="differ from torch's by"):
+        add_onnx(bundle)
+    assert sorted(p.name for p in bundle.iterdir()) == before
+    assert all(m.onnx is None for _, m in load_bundle(bundle).members())
+
+
+def test_the_command_adds_onnx_and_skips_members_that_have_it(bundle):
+    result = CliRunner().invoke(onnx_export.main, [str(bundle)])
+    assert result.exit_code == 0, result.output
+    assert "irma_fold0-seed0.pt -> irma_fold0-seed0.onnx" in result.output
+    stamp = (bundle / "irma_fold0-seed0.onnx").stat().st_mtime_ns
+    assert CliRunner().invoke(onnx_export.main, [str(bundle)]).exit_code == 0
+    assert (bundle / "irma_fold0-seed0.onnx").stat().st_mtime_ns == stamp
+    missing = CliRunner().invoke(onnx_export.main, [str(bundle / "nothing")])
+    assert missing.exit_code == 2 and "no model bundle" in missing.output
+
+
+# --- the backend choice ---------------------------------------------------------------------
+
+
+def test_auto_runs_float32_cpu_work_on_onnxruntime():
+    choice = choose_backend("auto", CPU, None)
+    assert choice.name == "onnxruntime"
+
+
+@pytest.mark.parametrize(
+    ("device", "autocast", "without", "reason"),
+    [
+        (torch.device("cuda", 0), None, (), "runs on the CPU here, the device is cuda:0"),
+        (CPU, torch.bfloat16, (), "resolved to bfloat16 autocast"),
+        (CPU, None, ("nv.pt",), "no ONNX file for nv.pt (add them with python -m"),
+    ],
+)
+def test_auto_falls_back_to_torch_and_says_why(device, autocast, without, reason):
+    choice = choose_backend("auto", device, autocast, without)
+    assert choice.name == "torch"
+    assert reason in choice.reason
+    with pytest.raises(DracInputError, match="--backend onnxruntime cannot run: "):
+        choose_backend("onnxruntime", device, autocast, without)
+
+
+def test_a_missing_runtime_falls_back_or_fails_when_asked_for(monkeypatch, onnx_bundle):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
+    assert "onnxruntime is not installed" in onnx_backend.runtime_problem()
+    assert choose_backend("auto", CPU, None).name == "torch"
+    predictor = Predictor.from_bundle(onnx_bundle, device="cpu", precision="fp32")
+    assert predictor.backend.name == "torch"
+    assert "onnxruntime is not installed" in predictor.settings()["backend_reason"]
+    with pytest.raises(DracInputError, match="onnxruntime is not installed"):
+        Predictor.from_bundle(onnx_bundle, device="cpu", backend="onnxruntime")
+
+
+def test_unknown_backend_and_torch_on_request():
+    with pytest.raises(DracInputError, match="unknown backend 'tensorrt'; valid: auto, torch"):
+        choose_backend("tensorrt", CPU, None)
+    assert choose_backend("torch", CPU, None).name == "torch"
+
+
+def test_onnxruntime_with_auto_precision_means_float32(onnx_bundle):
+    predictor = Predictor.from_bundle(onnx_bundle, device="cpu", backend="onnxruntime")
+    assert predictor.dtype is None and predictor.backend.name == "onnxruntime"
+    with pytest.raises(DracInputError, match="resolved to bfloat16 autocast"):
+        Predictor.from_bundle(onnx_bundle, device="cpu", precision="bf16", backend="onnxruntime")
+
+
+def test_a_bundle_without_onnx_runs_on_torch(bundle):
+    predictor = Predictor.from_bundle(bundle, device="cpu", precision="fp32")
+    assert predictor.backend.name == "torch"
+    assert "no ONNX file for irma_fold0-seed0.pt" in predictor.backend.reason
