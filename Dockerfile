@@ -49,7 +49,7 @@ WORKDIR /opt/app
 # The venv belongs to root: the algorithm can read and run it but never change it.
 # The optional pip-cert secret (build.sh passes $PIP_CERT) lets pip trust a TLS-intercepting
 # proxy during the build without the certificate ending up in the image.
-COPY requirements.txt /opt/app/requirements.txt
+COPY requirements-inference.txt /opt/app/requirements-inference.txt
 ARG PIP_OFFLINE
 RUN --mount=type=bind,from=wheels,target=/wheels \
     --mount=type=secret,id=pip-cert \
@@ -57,7 +57,7 @@ RUN --mount=type=bind,from=wheels,target=/wheels \
     && if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
     && if [ "$PIP_OFFLINE" = 1 ]; then set -- --no-index --find-links /wheels; else set --; fi \
     && /opt/venv/bin/pip install --no-cache-dir --no-color --disable-pip-version-check "$@" \
-        --requirement /opt/app/requirements.txt
+        --requirement /opt/app/requirements-inference.txt
 
 COPY --from=model-src / /opt/ml/model/
 COPY drac_algo/ /opt/app/drac_algo/

@@ -80,7 +80,7 @@ except DracInputError as exc:
 fi
 docker info >/dev/null 2>&1 \
     || die "no docker engine answers 'docker info' (start one with: sudo .ci/docker-setup.sh)"
-for f in Dockerfile requirements.txt process.py drac_algo/__init__.py; do
+for f in Dockerfile requirements-inference.txt process.py drac_algo/__init__.py; do
     [[ -e $ROOT/$f ]] || die "$ROOT/$f is missing; the image needs it"
 done
 
@@ -135,20 +135,20 @@ if [[ $offline -eq 1 ]]; then
     for glibc in $(seq 36 -1 17); do platform_args+=(--platform "manylinux_2_${glibc}_x86_64"); done
     platform_args+=(--platform manylinux2014_x86_64)
     stamp=$({
-        cat "$ROOT/requirements.txt"
+        cat "$ROOT/requirements-inference.txt"
         echo "${platform_args[*]}"
     } | sha256sum | cut -d' ' -f1)
     if [[ -f $ROOT/wheels/.requirements.sha256 && $(<"$ROOT/wheels/.requirements.sha256") == "$stamp" ]]; then
-        log "wheels/ matches requirements.txt ($(du -sh "$ROOT/wheels" | cut -f1)); kept"
+        log "wheels/ matches requirements-inference.txt ($(du -sh "$ROOT/wheels" | cut -f1)); kept"
     else
-        log "pip download -r requirements.txt -> wheels/"
+        log "pip download -r requirements-inference.txt -> wheels/"
         t0=$SECONDS
         tmp=$(mktemp -d "$ROOT/.wheels.tmp.XXXXXX")
         staged+=("$tmp")
         [[ -n $python ]] || die "no Python here to run pip download (set PYTHON)"
         "$python" -m pip download --disable-pip-version-check --no-color \
             --progress-bar off \
-            "${platform_args[@]}" --requirement "$ROOT/requirements.txt" --dest "$tmp" \
+            "${platform_args[@]}" --requirement "$ROOT/requirements-inference.txt" --dest "$tmp" \
             || die "pip download failed"
         echo "$stamp" >"$tmp/.requirements.sha256"
         rm -rf "$ROOT/wheels"

@@ -161,7 +161,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/drac-algo-test.XXXXXX")
 
 # sha256 of every file the image gets from this checkout (see .dockerignore), as "sum  path"
 # lines in C order; run on the host or, with the same command, inside the image at /opt/app.
-list_code='LC_ALL=C find drac_algo process.py requirements.txt -type f ! -name "*.pyc" \
+list_code='LC_ALL=C find drac_algo process.py requirements-inference.txt -type f ! -name "*.pyc" \
     ! -path "*/__pycache__/*" -print0 | LC_ALL=C sort -z | xargs -0 sha256sum'
 
 if [[ $build == auto ]] && ! docker image inspect "$tag" >/dev/null 2>&1; then
@@ -177,7 +177,12 @@ fi
 docker image inspect "$tag" >/dev/null 2>&1 || die "no image $tag (build it with ./build.sh)"
 image_code=$(docker run --rm --network none --entrypoint sh "$tag" -c "cd /opt/app && $list_code") \
     || die "could not list the code inside image $tag"
-host_code=$(cd "$ROOT" && sh -c "$list_code") || die "could not list the code of $ROOT"
+# The checkout's side without what .dockerignore keeps out of drac_algo/ (its drac_algo/ lines).
+not_in_image=$(sed -n 's|^\(drac_algo/[^#[:space:]]*\)[[:space:]]*$|\1|p' "$ROOT/.dockerignore")
+host_code=$(cd "$ROOT" && sh -c "$list_code" | awk -v skip="$not_in_image" '
+    BEGIN { n = split(skip, gone, "\n") }
+    { for (i = 1; i <= n; i++) if ($2 == gone[i] || index($2, gone[i] "/") == 1) next; print }
+') || die "could not list the code of $ROOT"
 if [[ $image_code != "$host_code" ]]; then
     stale=$(diff <(echo "$image_code") <(echo "$host_code") | awk '/^[<>]/ { print $3 }' \
         | sort -u | head -n 10 | sed 's/^/    /' || true)

@@ -8,6 +8,8 @@ and the benchmark ask the same questions here, so they cannot disagree about a m
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import os
 from pathlib import Path
@@ -92,3 +94,16 @@ def cpu_threads(root: str | Path = "/sys/fs/cgroup") -> int:
     if limit is not None:
         cpus = min(cpus, math.ceil(limit))
     return max(1, cpus)
+
+
+def release_freed_memory() -> bool:
+    """Give the heap memory that has been freed back to the OS (glibc's ``malloc_trim``);
+    ``False`` where the C library has none. Loading a bundle parses every member file and frees
+    the copies, which glibc keeps: 0.44 GB of the 2.0 GB that ONNX Runtime's 15 sessions of the
+    default ensemble take, and peak memory is what decides whether a job fits."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError, TypeError):
+        return False

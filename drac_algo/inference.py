@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from drac_algo.errors import DracInputError
-from drac_algo.hardware import cpu_threads, native_bf16
+from drac_algo.hardware import cpu_threads, native_bf16, release_freed_memory
 from drac_algo.onnx_backend import BackendChoice, OnnxNetwork, choose_backend
 from drac_algo.postprocess import postprocess_mask, threshold_probability
 from drac_algo.preprocess import Geometry, from_network_output, to_network_input
@@ -537,6 +537,7 @@ class Predictor:
                     key=entry.key,
                 )
             )
+        release_freed_memory()  # the parsed member files
         return cls(
             ensembles,
             device=device,

@@ -58,3 +58,23 @@ def test_omp_num_threads_wins_when_it_is_a_positive_integer(tmp_path, monkeypatc
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", value)
     assert hardware.cpu_threads(tmp_path) == threads
+
+
+def test_release_freed_memory_calls_malloc_trim_and_tolerates_its_absence(monkeypatch):
+    calls = []
+
+    class Libc:
+        def malloc_trim(self, pad):
+            calls.append(pad)
+            return 1
+
+    monkeypatch.setattr(hardware.ctypes, "CDLL", lambda name: Libc())
+    assert hardware.release_freed_memory() is True and calls == [0]
+
+    def no_libc(name):
+        raise OSError("not found")
+
+    monkeypatch.setattr(hardware.ctypes, "CDLL", no_libc)
+    assert hardware.release_freed_memory() is False
+    monkeypatch.setattr(hardware.ctypes, "CDLL", lambda name: object())  # musl: no malloc_trim
+    assert hardware.release_freed_memory() is False

@@ -2,6 +2,7 @@
 requirements.txt's pins, and every console command points at an importable click command."""
 
 import importlib
+import json
 import subprocess
 import sys
 import zipfile
@@ -68,3 +69,60 @@ def test_wheel_holds_the_packages_recipes_pins_and_commands(tmp_path):
 
 def test_process_py_is_the_installed_command():
     assert process.main is process_cli.main
+
+
+# Installed by requirements.txt, not by the image (requirements-inference.txt).
+TRAINING_ONLY = {"albumentations", "matplotlib", "onnx"}
+
+
+def _pins(name: str) -> list[str]:
+    return [
+        line.strip()
+        for line in (REPO / name).read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+
+def test_the_image_requirements_are_a_subset_with_the_same_pins():
+    full, image = _pins("requirements.txt"), _pins("requirements-inference.txt")
+    assert set(image) <= set(full), set(image) - set(full)
+    left_out = {line.split("==")[0] for line in set(full) - set(image)}
+    assert left_out == TRAINING_ONLY
+
+
+_RUN_WITHOUT_TRAINING_PACKAGES = """
+import json, sys
+for name in {blocked!r}:
+    sys.modules[name] = None  # any import of it now fails
+from drac_algo.process_cli import main
+for args in {runs!r}:
+    main(args, standalone_mode=False)
+print(json.dumps(sorted(m for m in sys.modules if m.startswith("drac_algo"))))
+"""
+
+
+@pytest.mark.slow
+def test_inference_imports_nothing_the_image_leaves_out(tmp_path):
+    """process.py, in both modes, with the training-only packages unimportable; none of the
+    drac_algo modules it imports may be one that .dockerignore keeps out of the image."""
+    fixtures = REPO / "test" / "container"
+    runs = [
+        ["--input", str(fixtures / "inputs" / mode), "--output", str(tmp_path / mode),
+         "--model-dir", str(fixtures / "model"), "--precision", "fp32", "--tta", "none"]
+        for mode in ("batch", "gc-job")
+    ]  # fmt: skip
+    code = _RUN_WITHOUT_TRAINING_PACKAGES.format(blocked=sorted(TRAINING_ONLY), runs=runs)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    imported = json.loads(done.stdout.strip().splitlines()[-1])
+    excluded = [
+        line.strip().removesuffix(".py").replace("/", ".")
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.startswith("drac_algo/")
+    ]
+    assert "drac_algo.bench" in excluded and "drac_algo.training" in excluded
+    leaked = [m for m in imported if any(m == e or m.startswith(e + ".") for e in excluded)]
+    assert not leaked, f"process.py imports modules the image leaves out: {leaked}"
+    assert "drac_algo.onnx_backend" in imported and "drac_algo.pipeline" in imported

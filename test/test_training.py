@@ -312,6 +312,9 @@ def test_bundle_export_round_trip(irma_samples, tmp_path):
     # The method's augmentation (hflip, +-45 degree rotations): only identity and hflip.
     assert member.tta == ("identity", "hflip")
 
+    # Each member's ONNX export rides along, checked by load_bundle like the weights.
+    assert member.onnx is not None and (bundle_dir / member.onnx.file).is_file()
+
     rebuilt = build_member(bundle_dir, member)
     original = torch.load(plan.folder / "best.pt", weights_only=True)["model"]
     reference = build_member(bundle_dir, member)
@@ -319,6 +322,23 @@ def test_bundle_export_round_trip(irma_samples, tmp_path):
     x = torch.randn(2, 1, 64, 64)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), reference(x))
+
+
+@pytest.mark.slow
+def test_a_failed_onnx_export_still_writes_the_bundle(irma_samples, tmp_path, monkeypatch, caplog):
+    cfg = tiny_config(epochs=1)
+    train_member(cfg, irma_samples, _plan(cfg, irma_samples, tmp_path), init_distributed("cpu"))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Unsupported: ONNX export of operator foo")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    bundle_dir = export_bundle(tmp_path)
+    (member,) = load_bundle(bundle_dir).classes[1].members
+    assert member.onnx is None
+    assert not list(bundle_dir.glob("*.onnx")) and not list(bundle_dir.glob(".*"))
+    assert "bundle written without ONNX files" in caplog.text
+    assert f"python -m drac_algo.onnx_export {bundle_dir}" in caplog.text
 
 
 def test_export_without_members_names_what_it_expected(tmp_path):

@@ -9,7 +9,8 @@ Each step runs the project's own command (printed before it runs), on the CPU, s
 
 1. ``python -m drac_algo.synth WORK/data --n-train 24 --n-test 3 --size 128 --seed 0``
 2. ``python -m train --data WORK/data --out WORK/run --config test/container/bundle.toml
-   --device cpu`` -> ``model/`` (manifest.json + one state dict per class, about 2.7 MB)
+   --device cpu`` -> ``model/`` (manifest.json + one state dict per class, about 2.7 MB, and
+   each one's verified ONNX export, 1.7 MB)
 3. ``inputs/batch/``: the three phantom test images (``003.png 605.png 1324.png``: integer
    names, one of 4 digits). ``inputs/gc-job/``: one more phantom image (``python -m
    drac_algo.synth WORK/gc --n-train 0 --n-test 1 --size 256 --seed 1``) cut to 224 x 256
