@@ -784,11 +784,10 @@ def engine_backend(token: str, device: torch.device) -> tuple[str, Any]:
     ``PRECISION[:BACKEND]`` token, as :meth:`drac_algo.inference.Predictor.from_bundle` decides
     (the bench exports every network, so none lacks an ONNX file)."""
     from drac_algo.inference import resolve_precision
-    from drac_algo.onnx_backend import choose_backend
+    from drac_algo.onnx_backend import backend_precision, choose_backend
 
     precision, backend = split_engine_token(token)
-    if backend == "onnxruntime" and precision == "auto":
-        precision = "fp32"
+    precision = backend_precision(backend, precision)
     return precision, choose_backend(backend, device, resolve_precision(precision, device))
 
 

@@ -39,7 +39,12 @@ import torch
 
 from drac_algo.errors import DracInputError
 from drac_algo.hardware import cpu_threads, native_bf16, release_freed_memory
-from drac_algo.onnx_backend import BackendChoice, OnnxNetwork, choose_backend
+from drac_algo.onnx_backend import (
+    BackendChoice,
+    OnnxNetwork,
+    backend_precision,
+    choose_backend,
+)
 from drac_algo.postprocess import postprocess_mask, threshold_probability
 from drac_algo.preprocess import Geometry, from_network_output, to_network_input
 from drac_algo.tta import TTATransform, select_transforms
@@ -500,13 +505,12 @@ class Predictor:
                 f"{folder}: classes {missing} requested, the bundle holds {sorted(bundle.classes)}"
             )
         resolved = resolve_device(device)
-        if backend == "onnxruntime" and precision == "auto":
-            precision = "fp32"
+        precision = backend_precision(backend, precision)
         without_onnx = [m.file for i in wanted for m in bundle.classes[i].members if not m.onnx]
         choice = choose_backend(
             backend, resolved, resolve_precision(precision, resolved), without_onnx
         )
-        threads = cpu_threads()
+        threads = cpu_threads()  # the Predictor sets torch's to the same count
 
         def network(spec: Any) -> Network:
             if choice.name == "onnxruntime":

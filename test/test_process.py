@@ -683,9 +683,11 @@ def test_backend_flag_is_recorded_and_onnxruntime_needs_onnx_files(bundle, tmp_p
 
     images = tmp_path / "images"
     write_png(images / "001.png", gray(1))
-    args = ("--input", images, "--model-dir", bundle, "--tta", "none", "--precision", "fp32")
+    args = ("--input", images, "--tta", "none", "--precision", "fp32")
     failed(
-        invoke(*args, "--output", tmp_path / "o1", "--backend", "onnxruntime"),
+        invoke(
+            *args, "--model-dir", bundle, "--output", tmp_path / "o1", "--backend", "onnxruntime"
+        ),
         "--backend onnxruntime cannot run: no ONNX file for irma.pt",
         "python -m drac_algo.onnx_export BUNDLE",
     )
@@ -696,7 +698,7 @@ def test_backend_flag_is_recorded_and_onnxruntime_needs_onnx_files(bundle, tmp_p
     add_onnx(with_onnx)
     for backend in ("torch", "onnxruntime"):
         out = tmp_path / backend
-        ok(invoke(*args[:3], with_onnx, *args[4:], "--output", out, "--backend", backend))
+        ok(invoke(*args, "--model-dir", with_onnx, "--output", out, "--backend", backend))
         results = json.loads((out / "results.json").read_text())
         assert results["settings"]["backend"] == backend
         assert results["diagnostics"]["backend"] == backend
