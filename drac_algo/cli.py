@@ -6,19 +6,35 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from drac_algo.errors import DracInputError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         datefmt="%H:%M:%S",
         stream=sys.stderr,
         force=True,
     )
+
+
+def add_log_file(path: Path) -> logging.Handler:
+    """Also write every log record the console shows to ``path`` (appended, with the date in each
+    timestamp, since a run folder outlives the day it ran). Returns the handler, for a caller
+    that wants to detach it again (``logging.getLogger().removeHandler``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger()
+    handler.setLevel(root.level)
+    root.addHandler(handler)
+    return handler
 
 
 class Terminated(BaseException):
