@@ -18,6 +18,7 @@ from drac_algo.bundle import (
 )
 from drac_algo.errors import DracInputError
 from drac_algo.models import ModelSpec, Normalization, build_network
+from drac_algo.tta import TTA_SETS, get_transform
 
 # A tiny timm encoder at depth 3 keeps these models at about 0.2 million parameters.
 CAM_SPEC = ModelSpec("unetplusplus", "tu-lcnet_035", "cam", 3, (32, 16, 16))
@@ -231,8 +232,17 @@ def test_save_strips_compile_prefixes_and_refuses_foreign_folders(tmp_path):
     assert (other / "keep.txt").read_text() == "precious"
 
 
-def test_tta_names_are_the_d4_group():
-    assert len(set(TTA_NAMES)) == 8 and TTA_NAMES[0] == "identity"
+def test_tta_names_are_the_engines_d4_group():
+    # The manifest's vocabulary must be the engine's: every name resolves to a transform whose
+    # inverse undoes it, and the eight give eight different images of an asymmetric one.
+    assert set(TTA_NAMES) == set(TTA_SETS["d4"]) and TTA_NAMES[0] == "identity"
+    x = torch.arange(12.0).reshape(1, 1, 3, 4)
+    views = []
+    for name in TTA_NAMES:
+        t = get_transform(name)
+        views.append(t.forward(x))
+        assert torch.equal(t.inverse(t.forward(x)), x), name
+    assert len({tuple(v.flatten().tolist()) + tuple(v.shape) for v in views}) == 8
 
 
 def test_save_refuses_a_manifest_load_would_refuse(tmp_path):

@@ -151,7 +151,10 @@ def test_output_matches_the_input_size(shape, input_size):
     image = random_image(*shape)
     out = predict_probability([Member(asymmetric, input_size, MEAN, STD)], image, tta="d4")
     assert out.shape == shape and out.dtype == np.float32
-    assert out.min() >= 0.0 and out.max() <= 1.0
+    # Geometry kept, not just the shape: the map follows the image (no transposed or shifted
+    # copy), so it correlates with the independent full-resolution probability of the image.
+    reference = sigmoid(normalised(image))
+    assert np.corrcoef(out.ravel(), reference.ravel())[0, 1] > 0.5
 
 
 def test_resizing_keeps_a_constant_image_constant():
@@ -455,7 +458,7 @@ def test_every_architecture_runs_on_sizes_that_are_not_multiples_of_32(arch):
     image = random_image(37, 53)
     out = predict_probability([Member(network, 40)], image, tta="flips", max_views_per_batch=2)
     assert out.shape == (37, 53) and out.dtype == np.float32
-    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert np.isfinite(out).all() and out.std() > 0  # a real map, not NaN from bad padding
 
 
 def test_predictor_from_bundle(tmp_path):

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import zipfile
 from pathlib import Path
@@ -10,6 +11,7 @@ from click.testing import CliRunner
 
 from drac_algo.errors import DracInputError
 from drac_algo.submission import (
+    NiftiHeader,
     main,
     read_header,
     read_submission,
@@ -23,6 +25,9 @@ EXAMPLE = (
     / "reference"
     / "drac2022_task1_submission_example"
 )
+# The example's headers and per-slice lesion counts, recorded from those files (which stay
+# outside the repository, as shared/reference/README.md asks), so every clone checks the writer.
+RECORDED = Path(__file__).parent / "fixtures" / "organisers_example.json"
 # Header keys whose value depends on the stack's size, not on how it was written.
 SIZE_KEYS = {"dim[1]", "dim[2]", "dim[3]"}
 
@@ -30,6 +35,13 @@ SIZE_KEYS = {"dim[1]", "dim[2]", "dim[3]"}
 def _stacks(n=4, h=6, w=5):
     rng = np.random.default_rng(0)
     return {i: (rng.random((n, h, w)) < 0.3).astype(np.uint8) for i in (1, 2, 3)}
+
+
+def _recorded_header(name: str) -> NiftiHeader:
+    entry = json.loads(RECORDED.read_text())["files"][name]
+    fields = {f.name for f in dataclasses.fields(NiftiHeader)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.items() if k in fields}
+    return NiftiHeader(**values)
 
 
 def _example_or_skip() -> Path:
@@ -140,8 +152,14 @@ def test_zip_command_checks_the_stacks_against_the_case_list(tmp_path):
     assert done.exit_code == 2 and "pass --images" in done.stderr
 
 
+@pytest.mark.parametrize("name", ["1.nii.gz", "2.nii.gz", "3.nii.gz"])
+def test_recorded_headers_are_the_organisers_files(name):
+    # Local check (the files live in ../shared/reference): the recorded fixture is their truth.
+    assert _recorded_header(name) == read_header(_example_or_skip() / name)
+
+
 def test_header_matches_the_organisers_example(tmp_path):
-    example = read_header(_example_or_skip() / "1.nii.gz")
+    example = _recorded_header("1.nii.gz")
     ours = read_header(write_submission(tmp_path, _stacks(n=3, h=8, w=7))[0])
     assert example.size == (1024, 1024, 65) and ours.size == (7, 8, 3)  # both (W, H, N)
     assert ours.spacing == example.spacing
@@ -164,3 +182,8 @@ def test_reader_reads_the_organisers_example():
         assert stack.shape == (65, 1024, 1024) and stack.dtype == np.uint8
         lesion_slices[index] = int((stack.reshape(65, -1).max(axis=1) > 0).sum())
     assert lesion_slices == {1: 24, 2: 62, 3: 22}  # as counted in shared/reference/README.md
+    recorded = json.loads(RECORDED.read_text())["files"]
+    assert {i: recorded[f"{i}.nii.gz"]["lesion_slices"] for i in (1, 2, 3)} == lesion_slices
+    assert {i: int(stacks[i].sum()) for i in (1, 2, 3)} == {
+        i: recorded[f"{i}.nii.gz"]["positive_pixels"] for i in (1, 2, 3)
+    }

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from drac_algo import data
 from drac_algo.classes import LESION_CLASSES
 from drac_algo.errors import DracInputError
 from drac_algo.synth import case_ids, generate_case, preview_grid, write_dataset
@@ -81,7 +82,6 @@ def test_exact_layout(small_dataset):
 
 
 def test_dataset_is_read_by_the_project_reader(small_dataset):
-    data = pytest.importorskip("drac_algo.data")
     layout = data.find_layout(small_dataset)
     train = data.list_cases(layout, "train")
     test = data.list_cases(layout, "test")
