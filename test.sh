@@ -177,8 +177,10 @@ fi
 docker image inspect "$tag" >/dev/null 2>&1 || die "no image $tag (build it with ./build.sh)"
 image_code=$(docker run --rm --network none --entrypoint sh "$tag" -c "cd /opt/app && $list_code") \
     || die "could not list the code inside image $tag"
-# The checkout's side without what .dockerignore keeps out of drac_algo/ (its drac_algo/ lines).
-not_in_image=$(sed -n 's|^\(drac_algo/[^#[:space:]]*\)[[:space:]]*$|\1|p' "$ROOT/.dockerignore")
+# The checkout's side without what .dockerignore keeps out of drac_algo/ (its drac_algo/ lines;
+# a folder's trailing slash dropped, since a folder matches as ENTRY/ below).
+not_in_image=$(sed -n 's|^\(drac_algo/[^#[:space:]]*[^/#[:space:]]\)/*[[:space:]]*$|\1|p' \
+    "$ROOT/.dockerignore")
 host_code=$(cd "$ROOT" && sh -c "$list_code" | awk -v skip="$not_in_image" '
     BEGIN { n = split(skip, gone, "\n") }
     { for (i = 1; i <= n; i++) if ($2 == gone[i] || index($2, gone[i] "/") == 1) next; print }

@@ -252,7 +252,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as JSON-ready plain data (tuples become lists)."""
-        return _plain(self)
+        return plain(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> TrainConfig:
@@ -264,13 +264,17 @@ class TrainConfig:
             raise DracInputError(f"{source}: {exc}") from exc
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """``value`` as JSON/TOML-ready data: dataclasses as dicts of their fields, tuples and lists
+    as lists, mappings as dicts, paths as strings, recursively; anything else unchanged."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
     return value
 
 

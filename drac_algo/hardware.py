@@ -1,9 +1,9 @@
 """What the compute device runs natively: the facts behind every ``auto`` precision and
 backend choice, and how many CPU threads this process may use.
 
-Training (:func:`drac_algo.training.amp_dtype`), inference
-(:func:`drac_algo.inference.resolve_precision`, :func:`drac_algo.onnx_backend.choose_backend`)
-and the benchmark ask the same questions here, so they cannot disagree about a machine.
+The precision policy (:mod:`drac_algo.precision`: inference's and training's ``auto``), the
+backend choice (:func:`drac_algo.onnx_backend.choose_backend`) and the benchmark ask the same
+questions here, so they cannot disagree about a machine.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ Per class and image (shapes for an input image (H, W) uint8):
    lists as valid) go through the network channels-last (oneDNN and cuDNN both run NHWC
    convolutions natively), in batches of at most ``max_views_per_batch`` (default
    :func:`default_views_per_batch`: 8 on CUDA, 1 on the CPU), under the autocast of
-   :func:`resolve_precision`; each view's logits (n, 1, S, S) are mapped back with that
-   transform's inverse, then passed through a sigmoid.
+   :func:`drac_algo.precision.resolve_precision`; each view's logits (n, 1, S, S) are mapped
+   back with that transform's inverse, then passed through a sigmoid.
 3. The ensemble averages *probabilities*, not logits: the mean of the sigmoid over views gives a
    member map, which :func:`drac_algo.preprocess.from_network_output` takes back to (H, W); the
    mean over the class's members gives the class probability map (H, W)
@@ -25,7 +25,6 @@ device/precision set-up, prefetching of the next image and out-of-memory handlin
 images), then the image runs on the CPU; each step is logged as a warning.
 """
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 
 from drac_algo.errors import DracInputError
-from drac_algo.hardware import cpu_threads, native_bf16, release_freed_memory
+from drac_algo.hardware import cpu_threads, release_freed_memory
 from drac_algo.onnx_backend import (
     BackendChoice,
     OnnxNetwork,
@@ -46,13 +45,12 @@ from drac_algo.onnx_backend import (
     choose_backend,
 )
 from drac_algo.postprocess import postprocess_mask, threshold_probability
+from drac_algo.precision import autocast, precision_name, resolve_precision
 from drac_algo.preprocess import Geometry, from_network_output, to_network_input
 from drac_algo.tta import TTATransform, select_transforms
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 Network = Callable[[torch.Tensor], torch.Tensor]
 
@@ -142,30 +140,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device``; ``None`` means plain float32.
-
-    ``"auto"``: bf16 where the device computes it natively (:func:`drac_algo.hardware.
-    native_bf16`: Ampere and newer GPUs; CPUs with AVX512-BF16 or AMX), else fp16 on CUDA (the
-    T4) and fp32 on the CPU. bf16 on such a CPU runs the D4 ensemble 2.1x faster than fp32 at
-    1024 x 1024 (``python -m drac_algo.bench``, 2-core AMD EPYC), its masks agreeing with
-    float32's on 99.96 % of the pixels for a trained resnet34 bundle; only pixels at a class
-    threshold flip. ``"bf16"`` and ``"fp16"`` are honoured everywhere (explicit opt-in;
-    emulated where not native); ``"bf16"`` on a CUDA device without bf16 support raises
-    :class:`DracInputError`.
-    """
-    if precision not in PRECISIONS:
-        raise DracInputError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    is_cuda = device.type == "cuda"
-    if precision == "auto":
-        if native_bf16(device):
-            return torch.bfloat16
-        return torch.float16 if is_cuda else None
-    if precision == "bf16" and is_cuda and not torch.cuda.is_bf16_supported():
-        raise DracInputError(f"precision 'bf16' requested but {device} does not support it")
-    return _DTYPES[precision]
-
-
 def default_views_per_batch(device: torch.device) -> int:
     """8 on CUDA (all D4 views in one batch); 1 on the CPU, where a batch of views is slower
     per view (bigger working set than the caches) and multiplies the working memory by the
@@ -179,17 +153,6 @@ def resolve_views_per_batch(requested: int | None, device: torch.device) -> int:
     if views < 1:
         raise DracInputError(f"max_views_per_batch must be >= 1, found {views}")
     return views
-
-
-def precision_name(dtype: torch.dtype | None) -> str:
-    """The :data:`PRECISIONS` name of an autocast dtype (``None`` = ``"fp32"``)."""
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _release_memory(device: torch.device) -> None:
@@ -234,7 +197,7 @@ def forward_views(
         raise DracInputError("forward_views: no TTA transforms given")
     device = x.device
     total: torch.Tensor | None = None
-    with torch.inference_mode(), _autocast(device, dtype):
+    with torch.inference_mode(), autocast(device, dtype):
         for start in range(0, len(transforms), max_views_per_batch):
             group = transforms[start : start + max_views_per_batch]
             batch = torch.cat([t.forward(x) for t in group])

@@ -28,9 +28,9 @@ import click
 from drac_algo.cli import exits_on_bad_input, setup_logging
 from drac_algo.errors import DracInputError
 from drac_algo.gpu import GpuUnavailableError
-from drac_algo.inference import PRECISIONS
 from drac_algo.onnx_backend import BACKENDS
 from drac_algo.pipeline import RunConfig, run
+from drac_algo.precision import PRECISIONS
 from drac_algo.tta import TTA_SETS
 
 INPUT_PATH = Path("/input")

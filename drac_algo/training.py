@@ -45,10 +45,10 @@ from drac_algo.deep_supervision import DeepSupervisionNet, supervised_loss
 from drac_algo.distributed import DistContext, all_gather_objects, barrier, broadcast_object
 from drac_algo.errors import DracInputError
 from drac_algo.fsutil import atomic_write_text
-from drac_algo.hardware import native_bf16
-from drac_algo.inference import Member, precision_name, predict_probability
+from drac_algo.inference import Member, predict_probability
 from drac_algo.losses import build_loss
 from drac_algo.models import build_model
+from drac_algo.precision import autocast, grad_scaler, precision_name, training_dtype
 from drac_algo.validation import best_threshold, challenge_dice, overlap_counts, probability_loss
 
 log = logging.getLogger(__name__)
@@ -87,18 +87,10 @@ class MemberResult:
 
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp = "auto"``: bf16 wherever the device computes it natively
-    (Ampere+ GPUs; CPUs with AVX512-BF16 or AMX, where a Unet++ training step runs about 3x
-    faster than in float32), else fp16 on CUDA (with a gradient scaler; the T4 emulates bf16
-    far slower) and float32 on other CPUs. ``amp = true`` forces bf16 on the CPU;
-    ``amp = false`` is float32 everywhere."""
-    if cfg.amp is False:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if native_bf16(device) else torch.float16
-    if cfg.amp is True:
-        return torch.bfloat16
-    return torch.bfloat16 if native_bf16(device) else None
+    """The autocast dtype for the recipe's ``amp`` on ``device``
+    (:func:`drac_algo.precision.training_dtype`: ``"auto"`` is bf16 where native, else fp16 on
+    CUDA and float32 on the CPU; ``true`` forces bf16 on the CPU; ``false`` is float32)."""
+    return training_dtype(cfg.amp, device)
 
 
 def _cosine(cfg: TrainConfig, epoch: int) -> float:
@@ -239,7 +231,7 @@ def train_one_epoch(
             else model.no_sync()
         )
         with sync:
-            with torch.autocast(ctx.device.type, dtype=dtype, enabled=dtype is not None):
+            with autocast(ctx.device, dtype):
                 logits = model(image)
                 loss = supervised_loss(loss_fn, logits, getattr(_unwrap(model), "aux", []), mask)
             scaled = loss / cfg.grad_accum_steps
@@ -349,7 +341,7 @@ def train_member(
     optimizer = make_optimizer(cfg, model.parameters())
     scheduler = make_scheduler(cfg, optimizer)
     dtype = amp_dtype(cfg, ctx.device)
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    scaler = grad_scaler(dtype)
     loss_fn = build_loss(cfg.loss.name, **cfg.loss.params)
 
     start_epoch, history, best = 0, [], {"dice": -math.inf, "epoch": -1}

@@ -3,23 +3,20 @@ the JSON report with every section filled in. No timing assertions (shared CI ma
 
 import importlib.util
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from drac_algo.bench import (
-    METHODS,
-    BenchConfig,
-    ClassPlan,
-    agreement,
-    count_flops,
-    default_ensemble,
-    main,
-    plan_ensemble,
-    split_engine_token,
-    ttach_transforms,
-)
+from drac_algo.bench.agreement import agreement
+from drac_algo.bench.cli import main
+from drac_algo.bench.config import METHODS, BenchConfig, split_engine_token
+from drac_algo.bench.plan import ClassPlan, plan_ensemble
+from drac_algo.bench.probes import count_flops
+from drac_algo.bench.runners import ttach_transforms
+from drac_algo.bench.targets import default_ensemble
 from drac_algo.config import load_config
 from drac_algo.errors import DracInputError
 from drac_algo.tta import TTA_SETS
@@ -118,6 +115,22 @@ def test_engine_rows_may_name_a_backend():
     assert [r[0] for r in cfg.rows()] == ["naive", "ttach", "engine", "engine-fp32:onnxruntime"]
     with pytest.raises(DracInputError, match=r"unknown precision\(s\) fp32:tensorrt"):
         BenchConfig(precision="fp32:tensorrt")
+
+
+@pytest.mark.slow
+def test_help_answers_without_importing_torch():
+    """The command's module imports click and torch-free modules only: --help (and an option
+    error) must not wait seconds for torch, smp and the engine."""
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from drac_algo.bench.cli import main\n"
+        "result = CliRunner().invoke(main, ['--help'])\n"
+        "print(result.exit_code, '--precision' in result.output, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["0", "True", "False"]
 
 
 def test_bad_method_is_a_clear_error():

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from drac_algo import inference
 from drac_algo.errors import DracInputError
 from drac_algo.hardware import native_bf16
 from drac_algo.inference import (
@@ -17,8 +16,8 @@ from drac_algo.inference import (
     Predictor,
     predict_probability,
     resolve_device,
-    resolve_precision,
 )
+from drac_algo.precision import resolve_precision
 
 MEAN, STD = 0.5, 0.25
 
@@ -213,7 +212,7 @@ def test_precision_option():
     ],
 )
 def test_auto_precision_follows_native_bf16(monkeypatch, device, native, expected):
-    monkeypatch.setattr(inference, "native_bf16", lambda _device: native)
+    monkeypatch.setattr("drac_algo.precision.native_bf16", lambda _device: native)
     assert resolve_precision("auto", torch.device(device)) is expected
 
 

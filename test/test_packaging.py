@@ -118,7 +118,7 @@ def test_inference_imports_nothing_the_image_leaves_out(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     imported = json.loads(done.stdout.strip().splitlines()[-1])
     excluded = [
-        line.strip().removesuffix(".py").replace("/", ".")
+        line.strip().rstrip("/").removesuffix(".py").replace("/", ".")
         for line in (REPO / ".dockerignore").read_text().splitlines()
         if line.startswith("drac_algo/")
     ]
@@ -126,3 +126,48 @@ def test_inference_imports_nothing_the_image_leaves_out(tmp_path):
     leaked = [m for m in imported if any(m == e or m.startswith(e + ".") for e in excluded)]
     assert not leaked, f"process.py imports modules the image leaves out: {leaked}"
     assert "drac_algo.onnx_backend" in imported and "drac_algo.pipeline" in imported
+
+
+def _image_exclusions() -> list[str]:
+    """The drac_algo/ lines of .dockerignore, as written."""
+    return [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.startswith("drac_algo/")
+    ]
+
+
+def test_every_path_the_image_leaves_out_is_in_the_checkout():
+    """A stale line (the benchmark's bench.py after it became a package) keeps nothing out."""
+    entries = _image_exclusions()
+    assert "drac_algo/bench/" in entries
+    missing = [e for e in entries if not (REPO / e).exists()]
+    assert not missing, f".dockerignore names paths the checkout lacks: {missing}"
+    assert (REPO / "drac_algo/bench").is_dir()
+
+
+@pytest.mark.slow
+def test_test_sh_leaves_the_excluded_folders_out_of_the_code_it_compares():
+    """test.sh's own lines (the code listing and its .dockerignore filter) run on this checkout:
+    no file of an excluded folder or module is left, every other drac_algo file is."""
+    script = (REPO / "test.sh").read_text()
+    start = script.index("list_code=")
+    listing = script[start : script.index("\n\n", start)]
+    start = script.index("not_in_image=")
+    end = script.index("') || die", start)
+    code = f'ROOT={str(REPO)!r}\n{listing}\n{script[start:end]}\')\nprintf "%s\\n" "$host_code"\n'
+    done = subprocess.run(["bash", "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    listed = {line.split()[1] for line in done.stdout.splitlines() if line.strip()}
+    entries = [e.rstrip("/") for e in _image_exclusions()]
+    code_files = {
+        p.relative_to(REPO).as_posix()
+        for p in (REPO / "drac_algo").rglob("*")
+        if p.is_file() and p.suffix != ".pyc" and "__pycache__" not in p.parts
+    }
+    excluded = {f for f in code_files if any(f == e or f.startswith(e + "/") for e in entries)}
+    assert {f for f in code_files if f.startswith("drac_algo/bench/")} <= excluded
+    assert "drac_algo/bench/cli.py" in excluded
+    assert not listed & excluded, sorted(listed & excluded)[:10]
+    assert code_files - excluded <= listed
+    assert {"process.py", "drac_algo/inference.py"} <= listed

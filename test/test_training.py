@@ -161,7 +161,7 @@ def test_schedule_and_optimizer_registries_match_the_config_names():
 
 @pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, None)])
 def test_auto_amp_on_the_cpu_follows_native_bf16(monkeypatch, native, expected):
-    monkeypatch.setattr(training, "native_bf16", lambda _device: native)
+    monkeypatch.setattr("drac_algo.precision.native_bf16", lambda _device: native)
     cpu = torch.device("cpu")
     assert amp_dtype(tiny_config(), cpu) is expected
     assert amp_dtype(tiny_config(amp=False), cpu) is None
