@@ -26,8 +26,10 @@ def native_bf16(device: torch.device) -> bool:
     CUDA: compute capability 8.0 or newer (A100, H100, ...). ``torch.cuda.is_bf16_supported()``
     also answers True on older GPUs such as the T4 (Grand Challenge's), where bf16 runs
     emulated, without tensor cores, and far slower than fp16: emulation does not count here.
-    CPU: oneDNN's bf16 kernels (AVX512-BF16 or AMX); without them bf16 is emulated and slower
-    than float32.
+    CPU: AVX512-BF16 or AMX-BF16 in ``/proc/cpuinfo``, and torch's oneDNN able to use bf16.
+    torch's own check (``_is_mkldnn_bf16_supported``) asks only for AVX-512 BW/VL/DQ, so it
+    answers True on Skylake-SP and Cascade Lake (the Grand Challenge T4 hosts' CPUs), where bf16
+    is emulated and slower than float32: the CPU flags decide wherever they can be read.
     """
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -36,11 +38,21 @@ def native_bf16(device: torch.device) -> bool:
             return True  # every ROCm GPU torch supports computes bf16
         return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
+        if not onednn_bf16():
             return False
+        features = cpu_features()
+        if not features:  # flags unreadable (not Linux): torch's answer is all there is
+            return True
+        return bool({"avx512_bf16", "amx_bf16"} & set(features))
     return False
+
+
+def onednn_bf16() -> bool:
+    """torch's answer: whether its oneDNN runs bf16 kernels on this CPU at all (natively or not)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def cpu_features(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:

@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import torch
 
 from drac_algo import hardware
 from drac_algo.hardware import cgroup_cpu_limit, cpu_features, cpu_threads
@@ -78,3 +79,20 @@ def test_release_freed_memory_calls_malloc_trim_and_tolerates_its_absence(monkey
     assert hardware.release_freed_memory() is False
     monkeypatch.setattr(hardware.ctypes, "CDLL", lambda name: object())  # musl: no malloc_trim
     assert hardware.release_freed_memory() is False
+
+
+@pytest.mark.parametrize(
+    ("onednn", "features", "expected"),
+    [
+        (True, ["avx2", "avx512f"], False),  # Skylake-SP / Cascade Lake: torch says yes, emulated
+        (True, ["avx2", "avx512f", "avx512_bf16"], True),  # Cooper Lake, Zen 4
+        (True, ["avx2", "avx512f", "avx512_bf16", "amx_bf16"], True),  # Sapphire Rapids
+        (False, ["avx2", "avx512f", "avx512_bf16"], False),  # torch cannot run bf16 kernels
+        (False, ["avx2"], False),
+        (True, [], True),  # flags unreadable: torch's answer
+    ],
+)
+def test_cpu_native_bf16_needs_the_bf16_instructions(monkeypatch, onednn, features, expected):
+    monkeypatch.setattr(hardware, "onednn_bf16", lambda: onednn)
+    monkeypatch.setattr(hardware, "cpu_features", lambda: features)
+    assert hardware.native_bf16(torch.device("cpu")) is expected

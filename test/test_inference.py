@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from drac_algo.errors import DracInputError
-from drac_algo.hardware import native_bf16
+from drac_algo.hardware import cpu_features, native_bf16, onednn_bf16
 from drac_algo.inference import (
     ClassEnsemble,
     Member,
@@ -216,8 +216,10 @@ def test_auto_precision_follows_native_bf16(monkeypatch, device, native, expecte
     assert resolve_precision("auto", torch.device(device)) is expected
 
 
-def test_native_bf16_on_this_machine_is_a_bool():
-    assert native_bf16(torch.device("cpu")) in (True, False)
+def test_native_bf16_on_this_machine_follows_its_cpu_flags():
+    flags = set(cpu_features())
+    expected = onednn_bf16() and (not flags or bool({"avx512_bf16", "amx_bf16"} & flags))
+    assert native_bf16(torch.device("cpu")) is expected
     assert native_bf16(torch.device("meta")) is False
     if not torch.cuda.is_available():
         assert native_bf16(torch.device("cuda")) is False
