@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from drac_algo.choices import PRECISIONS
 from drac_algo.errors import DracInputError
 from drac_algo.hardware import cpu_threads, native_bf16, release_freed_memory
 from drac_algo.onnx_backend import (
@@ -51,7 +52,6 @@ from drac_algo.tta import TTATransform, select_transforms
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 Network = Callable[[torch.Tensor], torch.Tensor]
