@@ -135,6 +135,9 @@ def run_quickstart(
     click.echo(f"\nScore on the phantom test set ({n_test} images):\n{scores.table()}")
 
 
+_SIDE = click.IntRange(min=16)  # the phantom generator's smallest image
+
+
 @click.command(cls=Command)
 @click.option(
     "--workdir",
@@ -143,12 +146,17 @@ def run_quickstart(
     show_default=True,
     help="Folder for the data, the run and the outputs (replaced on each run).",
 )
-@click.option("--n-train", type=int, default=48, show_default=True)
-@click.option("--n-test", type=int, default=12, show_default=True)
+@click.option("--n-train", type=click.IntRange(min=1), default=48, show_default=True)
+@click.option("--n-test", type=click.IntRange(min=1), default=12, show_default=True)
 @click.option(
-    "--image-size", "size", type=int, default=256, show_default=True, help="Phantom image side."
+    "--image-size",
+    "size",
+    type=_SIDE,
+    default=256,
+    show_default=True,
+    help="Phantom image side in pixels.",
 )
-@click.option("--size", "size", type=int, hidden=True)  # --image-size's old name
+@click.option("--size", "size", type=_SIDE, hidden=True)  # --image-size's old name
 @click.option("--epochs", type=int, help="Override the quickstart recipe's epochs.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(

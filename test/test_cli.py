@@ -27,7 +27,9 @@ from drac_algo import (
 )
 from drac_algo.ablate import __main__ as ablate_cli
 from drac_algo.cli import DEVICE_SPELLINGS, parse_device
+from drac_algo.distributed import init_distributed
 from drac_algo.errors import DracInputError
+from drac_algo.inference import resolve_device
 from drac_algo.provenance import version_line
 from drac_algo.synth import __main__ as synth_cli
 from train import cli as train_cli
@@ -99,6 +101,35 @@ def test_every_device_option_checks_the_spelling_the_same_way(name):
         f"error: Invalid value for '--device': expected {DEVICE_SPELLINGS}, found 'gpu'"
     )
     assert "-h' for help" in stderr
+
+
+def fake_gpus(monkeypatch, count: int) -> None:
+    """torch sees ``count`` CUDA devices (nothing here touches one)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def test_a_gpu_index_the_machine_lacks_is_refused(monkeypatch, tmp_path):
+    fake_gpus(monkeypatch, 1)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    expected = "--device cuda:3: expected a GPU index below 1 (the GPUs torch sees), found 3"
+    with pytest.raises(DracInputError) as raised:
+        init_distributed("cuda:3")
+    assert str(raised.value) == expected
+    with pytest.raises(DracInputError) as raised:
+        resolve_device("cuda:3")
+    assert str(raised.value) == expected
+    run = invoke(
+        train_cli.main, "--data", tmp_path, "--out", tmp_path / "run", "--device", "cuda:3"
+    )
+    assert rejected(run).strip().splitlines()[-1] == f"error: {expected}"
+
+
+def test_a_fixed_gpu_under_torchrun_is_refused(monkeypatch):
+    fake_gpus(monkeypatch, 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(DracInputError, match="under torchrun each process uses the GPU of its"):
+        init_distributed("cuda:1")
 
 
 # --- -h, --version, -v ---

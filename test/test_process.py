@@ -428,6 +428,18 @@ def test_grand_challenge_job_end_to_end(bundle, tmp_path):
     assert "mode: grand-challenge" in result.stderr
 
 
+def test_the_old_flag_spellings_still_run(bundle, tmp_path):
+    """--model-dir (now --bundle) and --batch-size (now --views-per-batch): hidden from --help,
+    kept for one release. The default /opt/ml/model does not exist here, so a run that
+    succeeds read the bundle given as --model-dir."""
+    job = write_job(tmp_path / "input")
+    out = tmp_path / "output"
+    ok(invoke("--input", job, "--output", out, "--model-dir", bundle, "--batch-size", "2",
+              "--tta", "flips"))  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["max_views_per_batch"] == 2
+
+
 def test_platform_json_in_the_model_folder_retargets_the_sockets(bundle, tmp_path, monkeypatch):
     model = tmp_path / "model"
     shutil.copytree(bundle, model)

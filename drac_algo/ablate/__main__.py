@@ -31,6 +31,9 @@ def _seeds(value: str) -> tuple[int, ...]:
     return seeds
 
 
+_SIDE = click.IntRange(min=16)  # the phantom generator's smallest image
+
+
 @click.command(cls=Command)
 @click.option(
     "--workdir",
@@ -46,12 +49,29 @@ def _seeds(value: str) -> tuple[int, ...]:
     help="A DRAC root with test ground truth (default: phantom data made in WORKDIR/data).",
 )
 @click.option("--seeds", default="0,1", show_default=True, help="Training seeds, comma-separated.")
-@click.option("--n-train", type=int, default=48, show_default=True, help="Phantom training images.")
-@click.option("--n-test", type=int, default=24, show_default=True, help="Phantom test images.")
 @click.option(
-    "--image-size", "size", type=int, default=256, show_default=True, help="Phantom image side."
+    "--n-train",
+    type=click.IntRange(min=1),
+    default=48,
+    show_default=True,
+    help="Phantom training images.",
 )
-@click.option("--size", "size", type=int, hidden=True)  # --image-size's old name
+@click.option(
+    "--n-test",
+    type=click.IntRange(min=1),
+    default=24,
+    show_default=True,
+    help="Phantom test images.",
+)
+@click.option(
+    "--image-size",
+    "size",
+    type=_SIDE,
+    default=256,
+    show_default=True,
+    help="Phantom image side in pixels.",
+)
+@click.option("--size", "size", type=_SIDE, hidden=True)  # --image-size's old name
 @click.option("--data-seed", type=int, default=1, show_default=True, help="Phantom data seed.")
 @click.option(
     "--quick",
