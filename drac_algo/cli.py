@@ -163,9 +163,9 @@ def _as_usage_error(exc: click.UsageError) -> click.UsageError:
     return UsageError(exc.format_message(), exc.ctx)
 
 
-class Command(click.Command):
-    """A command with the shared context settings (``-h``, 100 columns) whose usage errors read
-    ``error: ...``."""
+class _SharedSettings:
+    """For a click command class: the shared context settings (``-h``, 100 columns) and usage
+    errors that read ``error: ...``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["context_settings"] = {**CONTEXT_SETTINGS, **(kwargs.get("context_settings") or {})}
@@ -178,20 +178,15 @@ class Command(click.Command):
             raise _as_usage_error(exc) from None
 
 
-class Group(click.Group):
-    """:class:`Command`'s settings for a command with subcommands (made with ``cls=Command``)."""
+class Command(_SharedSettings, click.Command):
+    """A command with the shared settings: ``@click.command(cls=Command)``."""
+
+
+class Group(_SharedSettings, click.Group):
+    """A command with subcommands and the shared settings (``@click.group(cls=Group)``); its
+    subcommands are :class:`Command` s, and an unknown one is ``error: No such command``."""
 
     command_class = Command
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["context_settings"] = {**CONTEXT_SETTINGS, **(kwargs.get("context_settings") or {})}
-        super().__init__(*args, **kwargs)
-
-    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
-        try:
-            return super().make_context(*args, **kwargs)
-        except click.UsageError as exc:
-            raise _as_usage_error(exc) from None
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
         try:
