@@ -1,7 +1,9 @@
-"""Shared command-line plumbing: logging set-up, the bad-input exit path and SIGTERM."""
+"""Shared command-line plumbing: logging set-up, the bad-input exit path, SIGTERM, and the
+options and click classes every command shares (``-h``, ``--version``, ``-v``, ``--device``)."""
 
 import functools
 import logging
+import re
 import signal
 import sys
 import threading
@@ -9,7 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import click
+
 from drac_algo.errors import DracInputError
+from drac_algo.provenance import version_line
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -76,3 +81,115 @@ def exits_on_bad_input(func: Callable[..., Any]) -> Callable[..., Any]:
                 signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+# --- The options every command shares (issue 12): one spelling, one meaning, one check. ---
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+DEVICE_SPELLINGS = "auto, cpu, cuda or cuda:N (N a GPU index, e.g. cuda:0)"
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def parse_device(value: str) -> str:
+    """``value`` checked and normalised (trimmed, lower case): "auto", "cpu", "cuda" or
+    "cuda:N". Says nothing about whether that device exists: the command that uses it checks
+    that, once torch is imported. Raises :class:`DracInputError` for any other spelling."""
+    device = value.strip().lower()
+    if not _DEVICE.fullmatch(device):
+        raise DracInputError(f"--device: expected {DEVICE_SPELLINGS}, found {value!r}")
+    return device
+
+
+class DeviceType(click.ParamType):
+    """``--device`` of every command, checked by :func:`parse_device` while parsing."""
+
+    name = "device"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "auto|cpu|cuda|cuda:N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return parse_device(str(value))
+        except DracInputError as exc:
+            self.fail(str(exc).removeprefix("--device: "), param, ctx)
+
+
+DEVICE = DeviceType()
+
+
+def device_option(help: str = "auto = CUDA when available, else the CPU.") -> Callable:
+    return click.option("--device", type=DEVICE, default="auto", show_default=True, help=help)
+
+
+def verbose_option(func: Callable) -> Callable:
+    return click.option("-v", "--verbose", is_flag=True, help="Debug logging.")(func)
+
+
+def version_option(program: str) -> Callable:
+    """``--version``: print :func:`provenance.version_line` (which imports torch, for its CUDA
+    build, only when the option is used) and exit."""
+
+    def show(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value and not ctx.resilient_parsing:
+            click.echo(version_line(program))
+            ctx.exit()
+
+    return click.option(
+        "--version",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=show,
+        help="Show the version (and torch's, with its CUDA build) and exit.",
+    )
+
+
+class UsageError(click.UsageError):
+    """A command-line mistake click found (unknown option, bad value, missing argument), shown
+    as ``error: ...`` like every other bad input; exit status 2."""
+
+    def show(self, file: Any = None) -> None:
+        echo = functools.partial(click.echo, file=file, err=file is None)
+        if self.ctx is not None:
+            hint = f"Try '{self.ctx.command_path} -h' for help."
+            echo(f"{self.ctx.get_usage()}\n{hint}\n", color=self.ctx.color)
+        echo(f"error: {self.format_message()}")
+
+
+def _as_usage_error(exc: click.UsageError) -> click.UsageError:
+    if isinstance(exc, (UsageError, click.exceptions.NoArgsIsHelpError)):
+        return exc
+    return UsageError(exc.format_message(), exc.ctx)
+
+
+class _SharedSettings:
+    """For a click command class: the shared context settings (``-h``, 100 columns) and usage
+    errors that read ``error: ...``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["context_settings"] = {**CONTEXT_SETTINGS, **(kwargs.get("context_settings") or {})}
+        super().__init__(*args, **kwargs)
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            raise _as_usage_error(exc) from None
+
+
+class Command(_SharedSettings, click.Command):
+    """A command with the shared settings: ``@click.command(cls=Command)``."""
+
+
+class Group(_SharedSettings, click.Group):
+    """A command with subcommands and the shared settings (``@click.group(cls=Group)``); its
+    subcommands are :class:`Command` s, and an unknown one is ``error: No such command``."""
+
+    command_class = Command
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            raise _as_usage_error(exc) from None

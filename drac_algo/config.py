@@ -35,16 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from drac_algo.augment import AugmentConfig
+from drac_algo.choices import DEFAULT_RECIPE, RECIPE_FAMILIES
 from drac_algo.classes import BY_KEY, LesionClass, lesion_class
 from drac_algo.errors import DracInputError
 from drac_algo.losses import build_loss
 from drac_algo.models import ModelSpec, Normalization, input_multiple
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
-RECIPE_FAMILIES = ("method", "best")
-# The family that won the ablation (python -m drac_algo.ablate; README "Segmentation quality").
+# RECIPE_FAMILIES and DEFAULT_RECIPE (the family that won the ablation: python -m
+# drac_algo.ablate; README "Segmentation quality") live in drac_algo.choices for --help.
 PER_TASK = "per_task"  # overrides-file table of per-task sub-tables
-DEFAULT_RECIPE = "best"
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("multistep", "cosine", "cosine_steps", "constant")
 

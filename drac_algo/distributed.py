@@ -11,6 +11,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from drac_algo.cli import parse_device
+from drac_algo.errors import DracInputError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -31,19 +34,37 @@ class DistContext:
 def init_distributed(device: str = "auto") -> DistContext:
     """Start the process group when launched by ``torchrun`` and pick this process's device.
 
-    ``device``: "auto" (CUDA if available), "cuda" or "cpu".
+    ``device``: "auto" (CUDA if available), "cpu", "cuda" (under ``torchrun``, the GPU of
+    ``LOCAL_RANK``) or "cuda:N" (GPU N; one process only). A device that does not exist here
+    raises :class:`DracInputError`.
     """
-    if device not in ("auto", "cuda", "cpu"):
-        raise ValueError(f"device must be auto, cuda or cpu, got {device!r}")
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    device = parse_device(device)
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+        raise DracInputError(
+            f"--device {device}: expected a CUDA device, found none (torch "
+            f"{torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); pass "
+            "--device cpu or auto"
+        )
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
+        index = local_rank
+        if device.startswith("cuda:"):
+            index = int(device.removeprefix("cuda:"))
+            if world_size > 1:
+                raise DracInputError(
+                    f"--device {device}: under torchrun each process uses the GPU of its "
+                    "LOCAL_RANK; expected --device cuda or auto, found a fixed GPU"
+                )
+        if index >= torch.cuda.device_count():
+            raise DracInputError(
+                f"--device {device}: expected a GPU index below {torch.cuda.device_count()} "
+                f"(the GPUs torch sees), found {index}"
+            )
+        torch.cuda.set_device(index)
+        dev = torch.device("cuda", index)
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():

@@ -33,7 +33,13 @@ import click
 import numpy as np
 
 from drac_algo.classes import BY_INDEX
-from drac_algo.cli import exits_on_bad_input, setup_logging
+from drac_algo.cli import (
+    Command,
+    exits_on_bad_input,
+    setup_logging,
+    verbose_option,
+    version_option,
+)
 from drac_algo.data import (
     class_folders,
     describe_folder,
@@ -238,7 +244,7 @@ def plot_cases(path: Path, rows: list[dict], title: str) -> None:
     plt.close(fig)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--gt", "gt", required=True, type=click.Path(path_type=Path), help="Ground truth.")
 @click.option("--pred", "pred", required=True, type=click.Path(path_type=Path), help="Prediction.")
 @click.option(
@@ -268,7 +274,8 @@ def plot_cases(path: Path, rows: list[dict], title: str) -> None:
     default=None,
     help="Write a PNG of each class's per-case Dice (box and points).",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@verbose_option
+@version_option("drac-evaluate")
 @exits_on_bad_input
 def main(
     gt: Path,

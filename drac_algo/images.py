@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import cv2
 import numpy as np
 import SimpleITK as sitk
 
@@ -34,6 +34,14 @@ class LoadedImage:
     origin: tuple[float, float]
     direction: tuple[float, ...]
     converted: str | None = None
+
+
+def _opencv() -> Any:
+    """The cv2 module, imported on first use: the evaluation and submission commands import this
+    module, and their ``--help`` should not wait for OpenCV."""
+    import cv2  # heavy (OpenCV); see the docstring
+
+    return cv2
 
 
 def _check_suffix(path: Path) -> None:
@@ -75,6 +83,7 @@ def _read_opencv(path: Path, itk_detail: str) -> tuple[np.ndarray, tuple, tuple,
     OpenCV returns None for truncated or corrupt files, so those still fail here."""
     arr = None
     if path.suffix.lower() in (".png", ".tif", ".tiff"):
+        cv2 = _opencv()
         arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise DracInputError(f"{path}: unreadable or truncated image file ({itk_detail})")
@@ -101,6 +110,7 @@ def _to_one_channel(arr: np.ndarray, path: Path) -> tuple[np.ndarray, str | None
         gray = arr[..., 0]
         notes.append("RGB converted to grayscale (identical channels)")
     else:
+        cv2 = _opencv()
         gray = cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_RGB2GRAY)
         notes.append("RGB converted to grayscale (luminance)")
     return gray, "; ".join(notes)
@@ -219,6 +229,7 @@ def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
     if not isinstance(array, np.ndarray) or array.dtype != np.uint8:
         found = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
         raise DracInputError(f"{path}: write_png needs a uint8 array, got {found}")
+    cv2 = _opencv()
     if array.ndim == 3 and array.shape[2] == 3:
         array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)  # OpenCV stores BGR order
     elif array.ndim != 2:

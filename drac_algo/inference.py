@@ -124,7 +124,7 @@ class CasePrediction:
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` = the first CUDA device when available, else the CPU. Asking for CUDA on a
-    machine without it raises :class:`DracInputError`."""
+    machine without it, or a GPU index it does not have, raises :class:`DracInputError`."""
     if isinstance(device, str) and device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -137,6 +137,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if resolved.index is None:
             # Parameters report "cuda:0", never "cuda": compare like with like.
             resolved = torch.device("cuda", torch.cuda.current_device())
+        elif resolved.index >= torch.cuda.device_count():
+            raise DracInputError(
+                f"--device {device}: expected a GPU index below {torch.cuda.device_count()} "
+                f"(the GPUs torch sees), found {resolved.index}"
+            )
     return resolved
 
 

@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from drac_algo.choices import BACKENDS
 from drac_algo.errors import DracInputError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnxruntime")
 # How to add the ONNX files to a bundle that has none (trained before this backend existed).
 ADD_ONNX_COMMAND = "python -m drac_algo.onnx_export BUNDLE"
 

@@ -30,19 +30,25 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
-import torch
-from torch import nn
 
-from drac_algo.bundle import MANIFEST, Bundle, MemberSpec, OnnxFile, build_member, load_bundle
-from drac_algo.bundle import sha256_file as _sha256
-from drac_algo.cli import exits_on_bad_input, setup_logging
+from drac_algo.cli import (
+    Command,
+    exits_on_bad_input,
+    setup_logging,
+    verbose_option,
+    version_option,
+)
 from drac_algo.errors import DracInputError
 from drac_algo.fsutil import atomic_write_text
-from drac_algo.models import input_multiple
-from drac_algo.onnx_backend import OnnxNetwork, runtime_problem
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from drac_algo.bundle import Bundle, MemberSpec, OnnxFile
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,8 @@ def onnx_name(member: MemberSpec) -> str:
 def export_network(network: nn.Module, path: Path, side: int) -> None:
     """Write ``network`` (eval mode, CPU, float32) to ``path`` as ONNX traced on a (1, 1, side,
     side) input, with dynamic batch and image sides."""
+    import torch  # heavy: kept out of the module import so that --help needs no torch
+
     dummy = torch.zeros(1, 1, side, side)
     with warnings.catch_warnings():
         # The deprecation notice of the TorchScript exporter (see the module docstring) and the
@@ -83,6 +91,10 @@ def export_network(network: nn.Module, path: Path, side: int) -> None:
 def verify_export(network: nn.Module, path: Path, side: int, seed: int = 0) -> float:
     """Largest probability difference between ONNX Runtime and torch on a random (2, 1, side,
     side) batch; raises :class:`OnnxExportError` above :data:`VERIFY_ATOL`."""
+    import torch  # heavy: kept out of the module import so that --help needs no torch
+
+    from drac_algo.onnx_backend import OnnxNetwork  # imports torch
+
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 1, side, side, generator=generator)
     with torch.inference_mode():
@@ -100,6 +112,11 @@ def verify_export(network: nn.Module, path: Path, side: int, seed: int = 0) -> f
 def export_member(folder: Path, member: MemberSpec, path: Path) -> OnnxFile:
     """Export one member of the bundle in ``folder`` to ``path``, verified; the entry names the
     member's final file, ``<name>.onnx``."""
+    # Import torch and smp: kept out of the module import so that --help needs neither.
+    from drac_algo.bundle import OnnxFile, build_member
+    from drac_algo.bundle import sha256_file as _sha256
+    from drac_algo.models import input_multiple
+
     network = build_member(folder, member).float().eval()
     multiple = input_multiple(member.model)
     try:
@@ -121,6 +138,10 @@ def add_onnx(folder: str | Path, force: bool = False) -> Bundle:
 
     All exports are written under hidden temporary names and verified first; only then are they
     renamed and the manifest rewritten (atomically), so a failure leaves the bundle as it was."""
+    # Import torch: kept out of the module import so that --help needs no torch.
+    from drac_algo.bundle import MANIFEST, load_bundle
+    from drac_algo.onnx_backend import runtime_problem
+
     folder = Path(folder)
     bundle = load_bundle(folder)
     problem = runtime_problem()
@@ -149,13 +170,15 @@ def add_onnx(folder: str | Path, force: bool = False) -> Bundle:
     return updated
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command)
 @click.argument("bundle", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--force", is_flag=True, help="Re-export members that already have an ONNX file.")
+@verbose_option
+@version_option("drac-onnx-export")
 @exits_on_bad_input
-def main(bundle: Path, force: bool) -> None:
+def main(bundle: Path, force: bool, verbose: bool) -> None:
     """Add each member's ONNX export (for the CPU backend) to the model bundle BUNDLE."""
-    setup_logging()
+    setup_logging(verbose)
     updated = add_onnx(bundle, force=force)
     for _, member in updated.members():
         click.echo(f"{member.file} -> {member.onnx.file}")

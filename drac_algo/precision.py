@@ -17,10 +17,10 @@ import contextlib
 
 import torch
 
+from drac_algo.choices import PRECISIONS
 from drac_algo.errors import DracInputError
 from drac_algo.hardware import native_bf16
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Autocast dtype of each explicit name; None = float32, no autocast.
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
     "fp32": None,

@@ -3,8 +3,8 @@ neovascularisation) on UW-OCTA images. Run as the container's entry point ``pyth
 as ``python process.py`` from a checkout, or as ``drac-process`` once installed.
 
     python -m process                       # in the container: /input -> /output, /opt/ml/model
-    python process.py --input IMAGES_DIR --output OUT_DIR --model-dir BUNDLE_DIR \\
-        [--tta d4|flips|none] [--device auto|cuda|cpu] [--batch-size N] \\
+    python process.py --input IMAGES_DIR --output OUT_DIR --bundle BUNDLE_DIR \\
+        [--tta d4|flips|none] [--device auto|cpu|cuda|cuda:N] [--views-per-batch N] \\
         [--precision auto|fp32|bf16|fp16] [--backend auto|torch|onnxruntime] \\
         [--input-slug SLUG] \\
         [--output-slug CLASS=SLUG[:RELATIVE_PATH] ...] [--require-gpu]
@@ -18,6 +18,9 @@ and ``--require-gpu`` can also come from the environment or the model folder's
 
 Exit status: 0 on success, 2 for bad input (message on stderr), 1 when an output cannot be
 written or the GPU is required but unusable.
+
+The spellings of earlier releases still work for one release, hidden from ``--help``:
+``--model-dir`` (now ``--bundle``) and ``--batch-size`` (now ``--views-per-batch``).
 """
 
 import sys
@@ -25,13 +28,16 @@ from pathlib import Path
 
 import click
 
-from drac_algo.cli import exits_on_bad_input, setup_logging
+from drac_algo.choices import BACKENDS, PRECISIONS, TTA_CHOICES
+from drac_algo.cli import (
+    Command,
+    device_option,
+    exits_on_bad_input,
+    setup_logging,
+    verbose_option,
+    version_option,
+)
 from drac_algo.errors import DracInputError
-from drac_algo.gpu import GpuUnavailableError
-from drac_algo.onnx_backend import BACKENDS
-from drac_algo.pipeline import RunConfig, run
-from drac_algo.precision import PRECISIONS
-from drac_algo.tta import TTA_SETS
 
 INPUT_PATH = Path("/input")
 OUTPUT_PATH = Path("/output")
@@ -40,7 +46,7 @@ MODEL_PATH = Path("/opt/ml/model")  # where Grand Challenge extracts the model t
 _PATH = click.Path(path_type=Path, file_okay=True, dir_okay=True)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command)
 @click.option(
     "--input",
     "input_dir",
@@ -58,30 +64,29 @@ _PATH = click.Path(path_type=Path, file_okay=True, dir_okay=True)
     help="Output folder (created if missing).",
 )
 @click.option(
-    "--model-dir",
+    "--bundle",
     type=_PATH,
     default=MODEL_PATH,
     show_default=True,
     help="Model bundle folder holding manifest.json and the member weights.",
 )
+@click.option("--model-dir", "bundle", type=_PATH, hidden=True)  # --bundle's old name
 @click.option(
     "--tta",
-    type=click.Choice(list(TTA_SETS)),
+    type=click.Choice(TTA_CHOICES),
     default="d4",
     show_default=True,
     help="Test-time augmentation: d4 = 8 flips/rotations, flips = 4, none = 1.",
 )
+@device_option()
 @click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    help="auto (CUDA when available), cuda, cuda:N or cpu.",
-)
-@click.option(
-    "--batch-size",
+    "--views-per-batch",
     type=click.IntRange(min=1),
     default=None,
     help="At most this many TTA views per forward pass.  [default: 8 on CUDA, 1 on the CPU]",
+)
+@click.option(  # --views-per-batch's old name
+    "--batch-size", "views_per_batch", type=click.IntRange(min=1), hidden=True
 )
 @click.option(
     "--precision",
@@ -126,15 +131,16 @@ _PATH = click.Path(path_type=Path, file_okay=True, dir_okay=True)
     "Without it, images that cannot form the stacks (mixed sizes) end the run with exit "
     "status 2 once the masks and overlays are written.",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@verbose_option
+@version_option("drac-process")
 @exits_on_bad_input
 def main(
     input_dir: Path,
     output_dir: Path,
-    model_dir: Path,
+    bundle: Path,
     tta: str,
     device: str,
-    batch_size: int | None,
+    views_per_batch: int | None,
     precision: str,
     backend: str,
     input_slug: str | None,
@@ -145,13 +151,17 @@ def main(
 ) -> None:
     """Segment DRAC2022 Task 1 lesions in one Grand Challenge job or a folder of images."""
     setup_logging(verbose)
+    # Imported here: the pipeline pulls in torch (seconds), not needed to print --help.
+    from drac_algo.gpu import GpuUnavailableError
+    from drac_algo.pipeline import RunConfig, run
+
     config = RunConfig(
         input_dir=input_dir,
         output_dir=output_dir,
-        model_dir=model_dir,
+        model_dir=bundle,
         tta=tta,
         device=device,
-        batch_size=batch_size,
+        batch_size=views_per_batch,
         precision=precision,
         backend=backend,
         input_slug=input_slug,

@@ -23,19 +23,25 @@ from pathlib import Path
 import click
 import numpy as np
 
-from drac_algo.cli import exits_on_bad_input, setup_logging
-from drac_algo.config import DEFAULT_RECIPE, RECIPE_FAMILIES, RECIPES_DIR, load_config
-from drac_algo.data import find_layout, list_images, load_mask_stacks
-from drac_algo.distributed import init_distributed
-from drac_algo.evaluate import evaluate_paths
-from drac_algo.metrics import score
+from drac_algo.choices import DEFAULT_RECIPE, RECIPE_FAMILIES
+from drac_algo.cli import (
+    Command,
+    exits_on_bad_input,
+    setup_logging,
+    verbose_option,
+    version_option,
+)
 
 log = logging.getLogger("quickstart")
-QUICKSTART_RECIPE = RECIPES_DIR / "quickstart.toml"
+QUICKSTART_RECIPE = Path(__file__).parent / "recipes" / "quickstart.toml"
 
 
 def baseline_scores(data_root: Path) -> dict[str, float]:
     """Mean challenge Dice of the trivial predictions on the test split: all zeros, all ones."""
+    # Imported here: reading the masks pulls in OpenCV, not needed to print --help.
+    from drac_algo.data import find_layout, list_images, load_mask_stacks
+    from drac_algo.metrics import score
+
     layout = find_layout(data_root)
     images = list_images(layout.test_images)
     gt = load_mask_stacks(layout.test_masks, images)
@@ -53,6 +59,12 @@ def run_quickstart(
     seed: int,
     recipe: str = DEFAULT_RECIPE,
 ) -> None:
+    # Imported here: each step pulls in torch, smp, albumentations or OpenCV, not needed to
+    # print --help.
+    from drac_algo.config import load_config
+    from drac_algo.data import find_layout
+    from drac_algo.distributed import init_distributed
+    from drac_algo.evaluate import evaluate_paths
     from drac_algo.experiment import run_training, summary_table
     from drac_algo.pipeline import RunConfig, run
     from drac_algo.synth import write_dataset
@@ -64,7 +76,7 @@ def run_quickstart(
     t0 = time.perf_counter()
     click.echo(
         f"\n== 1/4 phantom data: python -m drac_algo.synth {data} --n-train {n_train} "
-        f"--n-test {n_test} --size {size} --seed {seed}"
+        f"--n-test {n_test} --image-size {size} --seed {seed}"
     )
     write_dataset(data, n_train, n_test, size, seed, overwrite=True)
     timings["phantom data"] = time.perf_counter() - t0
@@ -88,7 +100,7 @@ def run_quickstart(
     test_images = find_layout(data).test_images
     click.echo(
         f"\n== 3/4 inference: python process.py --input '{test_images}' --output {output} "
-        f"--model-dir {summary.bundle} --tta d4 --device cpu"
+        f"--bundle {summary.bundle} --tta d4 --device cpu"
     )
     if output.exists():
         shutil.rmtree(output)
@@ -123,7 +135,10 @@ def run_quickstart(
     click.echo(f"\nScore on the phantom test set ({n_test} images):\n{scores.table()}")
 
 
-@click.command()
+_SIDE = click.IntRange(min=16)  # the phantom generator's smallest image
+
+
+@click.command(cls=Command)
 @click.option(
     "--workdir",
     type=click.Path(path_type=Path, file_okay=False),
@@ -131,9 +146,17 @@ def run_quickstart(
     show_default=True,
     help="Folder for the data, the run and the outputs (replaced on each run).",
 )
-@click.option("--n-train", type=int, default=48, show_default=True)
-@click.option("--n-test", type=int, default=12, show_default=True)
-@click.option("--size", type=int, default=256, show_default=True)
+@click.option("--n-train", type=click.IntRange(min=1), default=48, show_default=True)
+@click.option("--n-test", type=click.IntRange(min=1), default=12, show_default=True)
+@click.option(
+    "--image-size",
+    "size",
+    type=_SIDE,
+    default=256,
+    show_default=True,
+    help="Phantom image side in pixels.",
+)
+@click.option("--size", "size", type=_SIDE, hidden=True)  # --image-size's old name
 @click.option("--epochs", type=int, help="Override the quickstart recipe's epochs.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
@@ -143,6 +166,8 @@ def run_quickstart(
     show_default=True,
     help="Recipe family to train (see python -m train --help).",
 )
+@verbose_option
+@version_option("drac-quickstart")
 @exits_on_bad_input
 def main(
     workdir: Path,
@@ -152,9 +177,10 @@ def main(
     epochs: int | None,
     seed: int,
     recipe: str,
+    verbose: bool,
 ) -> None:
     """Generate phantom data, train a small bundle, run the container's job and score it."""
-    setup_logging()
+    setup_logging(verbose)
     run_quickstart(workdir, n_train, n_test, size, epochs, seed, recipe)
 
 

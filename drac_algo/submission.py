@@ -31,7 +31,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from drac_algo.classes import LESION_CLASSES
-from drac_algo.cli import exits_on_bad_input, setup_logging
+from drac_algo.cli import (
+    Group,
+    exits_on_bad_input,
+    setup_logging,
+    verbose_option,
+    version_option,
+)
 from drac_algo.data import describe_folder, list_images
 from drac_algo.errors import DracInputError
 from drac_algo.fsutil import atomic_path
@@ -225,7 +231,8 @@ def case_list(folder: Path, images: Path | None) -> tuple[list[tuple[str, tuple[
     return cases, str(results)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group)
+@version_option("drac-submission")
 def main() -> None:
     """DRAC2022 Task 1 submission files (1.nii.gz 2.nii.gz 3.nii.gz)."""
 
@@ -241,10 +248,13 @@ def main() -> None:
     help="The test images the stacks were made from (the case list). Default: FOLDER's "
     "results.json.",
 )
+@verbose_option
 @exits_on_bad_input
-def zip_command(folder: Path, zip_path: Path, team: str, images: Path | None) -> None:
+def zip_command(
+    folder: Path, zip_path: Path, team: str, images: Path | None, verbose: bool
+) -> None:
     """Check FOLDER's stacks against the case list and pack them as TEAM_ZIP."""
-    setup_logging()
+    setup_logging(verbose)
     cases, source = case_list(folder, images)
     written = zip_submission(folder, zip_path, team, cases)
     click.echo(f"{written}: {team}/1.nii.gz 2.nii.gz 3.nii.gz, {len(cases)} cases ({source})")

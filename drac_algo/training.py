@@ -174,7 +174,11 @@ def _train_samples(cfg: TrainConfig, samples: Sequence[Sample], ids: set[int]) -
     chosen = [s for s in samples if s.case_id in ids and (s.positive or not cfg.positives_only)]
     if not chosen:
         what = "with this lesion " if cfg.positives_only else ""
-        raise ValueError(f"{cfg.task}: no training images {what}in this split")
+        raise DracInputError(
+            f"{cfg.task}: expected training images {what}in this split, found none among "
+            f"{len(samples)} images; use more data or fewer folds"
+            + (", or positives_only = false" if cfg.positives_only else "")
+        )
     return chosen
 
 
@@ -474,9 +478,9 @@ def train_member(
             on_epoch_end(epoch)
 
     if best["epoch"] < 0:
-        raise ValueError(
-            f"{plan.task}/{plan.name}: no validation image has this lesion, so no checkpoint "
-            "could be selected; use more data or fewer folds"
+        raise DracInputError(
+            f"{plan.task}/{plan.name}: expected validation images with this lesion to select "
+            "a checkpoint by, found none; use more data or fewer folds"
         )
     result = MemberResult(plan, best["epoch"], best["dice"], best["threshold"], best["tuned"])
     if ctx.is_main:

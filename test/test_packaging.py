@@ -108,7 +108,7 @@ def test_inference_imports_nothing_the_image_leaves_out(tmp_path):
     fixtures = REPO / "test" / "container"
     runs = [
         ["--input", str(fixtures / "inputs" / mode), "--output", str(tmp_path / mode),
-         "--model-dir", str(fixtures / "model"), "--precision", "fp32", "--tta", "none"]
+         "--bundle", str(fixtures / "model"), "--precision", "fp32", "--tta", "none"]
         for mode in ("batch", "gc-job")
     ]  # fmt: skip
     code = _RUN_WITHOUT_TRAINING_PACKAGES.format(blocked=sorted(TRAINING_ONLY), runs=runs)

@@ -181,7 +181,7 @@ def test_batch_folder_end_to_end(bundle, tmp_path):
     (images / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
 
-    result = ok(invoke("--input", images, "--output", out, "--model-dir", bundle, "--tta", "flips"))
+    result = ok(invoke("--input", images, "--output", out, "--bundle", bundle, "--tta", "flips"))
 
     names = ["086", "090", "1200"]  # integer order, whatever the suffix
     assert tree(out) == sorted(
@@ -267,7 +267,7 @@ def test_batch_rerun_replaces_the_previous_outputs(bundle, tmp_path):
     write_png(images / "086.png", gray(86))
     write_png(images / "090.png", gray(90))
     out = tmp_path / "out"
-    args = ("--output", out, "--model-dir", bundle, "--tta", "none")
+    args = ("--output", out, "--bundle", bundle, "--tta", "none")
     ok(invoke("--input", images, *args))
     (images / "090.png").unlink()
     ok(invoke("--input", images, *args))
@@ -282,7 +282,7 @@ def test_batch_refuses_to_replace_a_folder_it_did_not_write(bundle, tmp_path):
     out = tmp_path / "out"
     write_png(out / "masks" / "mine.png", gray(1))
     failed(
-        invoke("--input", images, "--output", out, "--model-dir", bundle),
+        invoke("--input", images, "--output", out, "--bundle", bundle),
         f"refusing to replace {out / 'masks'}",
     )
     assert tree(out) == ["masks/mine.png"]
@@ -292,7 +292,7 @@ def test_images_of_different_sizes_fail_without_the_stacks_unless_not_asked(bund
     images = tmp_path / "images"
     write_png(images / "086.png", gray(86))
     write_png(images / "090.png", gray(90, (SIZE, SIZE + 8)))
-    args = ("--input", images, "--model-dir", bundle, "--tta", "none")
+    args = ("--input", images, "--bundle", bundle, "--tta", "none")
     out = tmp_path / "out"
     result = failed(
         invoke(*args, "--output", out),
@@ -320,7 +320,7 @@ def test_a_bad_image_mid_batch_leaves_no_summary_and_no_partial_files(bundle, tm
     bad = write_png(images / "090.png", gray(90))
     bad.write_bytes(bad.read_bytes()[:100])  # truncated
     write_png(images / "1200.png", gray(1200))
-    args = ("--input", images, "--model-dir", bundle, "--tta", "none")
+    args = ("--input", images, "--bundle", bundle, "--tta", "none")
 
     fresh = tmp_path / "fresh"
     failed(invoke(*args, "--output", fresh), bad, "truncated")
@@ -331,7 +331,7 @@ def test_a_bad_image_mid_batch_leaves_no_summary_and_no_partial_files(bundle, tm
     previous = tmp_path / "previous"
     good = tmp_path / "good"
     write_png(good / "086.png", gray(86))
-    ok(invoke("--input", good, "--output", previous, "--model-dir", bundle, "--tta", "none"))
+    ok(invoke("--input", good, "--output", previous, "--bundle", bundle, "--tta", "none"))
     before = {name: (previous / name).read_bytes() for name in tree(previous)}
     failed(invoke(*args, "--output", previous), bad)
     assert {name: (previous / name).read_bytes() for name in tree(previous)} == before
@@ -349,7 +349,7 @@ def test_a_class_missing_from_the_bundle_is_skipped_and_reported(bundle_without_
     images = tmp_path / "images"
     write_png(images / "086.png", gray(86))
     out = tmp_path / "out"
-    args = ("--model-dir", bundle_without_nv, "--tta", "none")
+    args = ("--bundle", bundle_without_nv, "--tta", "none")
     result = ok(invoke("--input", images, "--output", out, *args))
     assert "has no class 3 (nv, Neovascularization): no output is written" in result.stderr
     assert tree(out) == sorted(
@@ -390,8 +390,8 @@ def test_grand_challenge_job_end_to_end(bundle, tmp_path):
     out = tmp_path / "output"
     result = ok(
         invoke(
-            "--input", job, "--output", out, "--model-dir", bundle,
-            "--tta", "d4", "--batch-size", "3", "--output-slug", "irma=my-irma",
+            "--input", job, "--output", out, "--bundle", bundle,
+            "--tta", "d4", "--views-per-batch", "3", "--output-slug", "irma=my-irma",
         )
     )  # fmt: skip
     slugs = {**SLUGS, 1: "my-irma"}
@@ -428,6 +428,18 @@ def test_grand_challenge_job_end_to_end(bundle, tmp_path):
     assert "mode: grand-challenge" in result.stderr
 
 
+def test_the_old_flag_spellings_still_run(bundle, tmp_path):
+    """--model-dir (now --bundle) and --batch-size (now --views-per-batch): hidden from --help,
+    kept for one release. The default /opt/ml/model does not exist here, so a run that
+    succeeds read the bundle given as --model-dir."""
+    job = write_job(tmp_path / "input")
+    out = tmp_path / "output"
+    ok(invoke("--input", job, "--output", out, "--model-dir", bundle, "--batch-size", "2",
+              "--tta", "flips"))  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["max_views_per_batch"] == 2
+
+
 def test_platform_json_in_the_model_folder_retargets_the_sockets(bundle, tmp_path, monkeypatch):
     model = tmp_path / "model"
     shutil.copytree(bundle, model)
@@ -444,7 +456,7 @@ def test_platform_json_in_the_model_folder_retargets_the_sockets(bundle, tmp_pat
     monkeypatch.setenv("DRAC_OUTPUT_SOCKETS", "na=env-na")
     job = write_job(tmp_path / "input")
     out = tmp_path / "output"
-    result = ok(invoke("--input", job, "--output", out, "--model-dir", model, "--tta", "none"))
+    result = ok(invoke("--input", job, "--output", out, "--bundle", model, "--tta", "none"))
     assert tree(out) == sorted(
         [
             "results.json",
@@ -467,7 +479,7 @@ def test_platform_json_in_the_model_folder_retargets_the_sockets(bundle, tmp_pat
 
     (model / "platform.json").write_text(json.dumps({"output_sockets": {"nv": "env-na"}}))
     failed(
-        invoke("--input", job, "--output", tmp_path / "o2", "--model-dir", model),
+        invoke("--input", job, "--output", tmp_path / "o2", "--bundle", model),
         "classes na (environment DRAC_OUTPUT_SOCKETS) and nv",
         "share the slug 'env-na'",
     )
@@ -489,7 +501,7 @@ def test_a_visible_but_unusable_gpu_is_loud_and_can_be_required(bundle, tmp_path
     monkeypatch.setattr("drac_algo.pipeline.gpu_status", lambda: UNUSABLE)
     job = write_job(tmp_path / "input")
     out = tmp_path / "output"
-    args = ("--input", job, "--model-dir", bundle, "--tta", "none", "--device", "auto")
+    args = ("--input", job, "--bundle", bundle, "--tta", "none", "--device", "auto")
     result = ok(invoke(*args, "--output", out))
     [line] = [x for x in result.stderr.splitlines() if "NVIDIA GPU visible" in x]
     assert "ERROR" in line and "too old (found version 12020)" in line
@@ -521,7 +533,7 @@ def test_python_dash_m_process_runs_a_job_with_a_tif(bundle, tmp_path):
     job = write_job(tmp_path / "input", image_name="upload.tif")
     out = tmp_path / "output"
     command = [sys.executable, "-m", "process", "--input", job, "--output", out]
-    command += ["--model-dir", bundle, "--tta", "none", "--device", "cpu"]
+    command += ["--bundle", bundle, "--tta", "none", "--device", "cpu"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert tree(out) == sorted(
@@ -540,7 +552,7 @@ def test_sigterm_mid_run_removes_partial_outputs_and_exits_143(bundle, tmp_path)
         write_png(images / f"{i:03d}.png", gray(i))
     out = tmp_path / "out"
     command = [sys.executable, "process.py", "--input", images, "--output", out]
-    command += ["--model-dir", bundle, "--tta", "d4", "--device", "cpu"]
+    command += ["--bundle", bundle, "--tta", "d4", "--device", "cpu"]
     proc = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     # Mid-run: the staged masks folder exists and holds some cases.
@@ -565,7 +577,7 @@ def test_a_killed_runs_partial_outputs_are_removed_by_the_next_run(bundle, tmp_p
     (out / ".1.nii.gz.x1.partial.nii.gz").write_bytes(b"x")
     (out / ".results.json.x2.partial.json").write_bytes(b"{")
     (out / ".mine.partial").write_text("not ours")  # another program's: left alone
-    result = ok(invoke("--input", images, "--output", out, "--model-dir", bundle, "--tta", "none"))
+    result = ok(invoke("--input", images, "--output", out, "--bundle", bundle, "--tta", "none"))
     assert "removed 4 half-written output(s) of an interrupted earlier run" in result.stderr
     assert not [p for p in out.iterdir() if ".partial" in p.name and p.name != ".mine.partial"]
     assert (out / ".mine.partial").is_file()
@@ -633,7 +645,7 @@ def test_unusable_job_image(bundle, tmp_path, problem):
         path.write_bytes(path.read_bytes()[:-200])
         expected = "unreadable or truncated"
     out = tmp_path / "out"
-    result = failed(invoke("--input", job, "--output", out, "--model-dir", bundle), expected)
+    result = failed(invoke("--input", job, "--output", out, "--bundle", bundle), expected)
     assert "5a3e-uuid.mha" in result.stderr
     assert tree(out) == []
 
@@ -642,12 +654,12 @@ def test_missing_or_incomplete_bundle(bundle, tmp_path):
     images = tmp_path / "images"
     write_png(images / "086.png", gray(86))
     args = ("--input", images, "--output", tmp_path / "out")
-    failed(invoke(*args, "--model-dir", tmp_path / "nowhere"), "no model bundle at")
+    failed(invoke(*args, "--bundle", tmp_path / "nowhere"), "no model bundle at")
     broken = tmp_path / "broken"
     shutil.copytree(bundle, broken)
     (broken / "na.pt").unlink()
     failed(
-        invoke(*args, "--model-dir", broken),
+        invoke(*args, "--bundle", broken),
         f"model bundle {broken} is incomplete",
         "class 2: member file na.pt missing",
     )
@@ -660,7 +672,7 @@ def test_output_folder_not_writable(bundle, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     failed(
-        invoke("--input", images, "--output", blocker / "out", "--model-dir", bundle),
+        invoke("--input", images, "--output", blocker / "out", "--bundle", bundle),
         f"output folder {blocker / 'out'} is not writable",
     )
 
@@ -672,7 +684,7 @@ def test_cuda_on_a_machine_without_it(bundle, tmp_path):
     write_png(images / "086.png", gray(86))
     out = tmp_path / "out"
     failed(
-        invoke("--input", images, "--output", out, "--model-dir", bundle, "--device", "cuda"),
+        invoke("--input", images, "--output", out, "--bundle", bundle, "--device", "cuda"),
         "CUDA is not available",
     )
 
@@ -685,9 +697,7 @@ def test_backend_flag_is_recorded_and_onnxruntime_needs_onnx_files(bundle, tmp_p
     write_png(images / "001.png", gray(1))
     args = ("--input", images, "--tta", "none", "--precision", "fp32")
     failed(
-        invoke(
-            *args, "--model-dir", bundle, "--output", tmp_path / "o1", "--backend", "onnxruntime"
-        ),
+        invoke(*args, "--bundle", bundle, "--output", tmp_path / "o1", "--backend", "onnxruntime"),
         "--backend onnxruntime cannot run: no ONNX file for irma.pt",
         "python -m drac_algo.onnx_export BUNDLE",
     )
@@ -698,7 +708,7 @@ def test_backend_flag_is_recorded_and_onnxruntime_needs_onnx_files(bundle, tmp_p
     add_onnx(with_onnx)
     for backend in ("torch", "onnxruntime"):
         out = tmp_path / backend
-        ok(invoke(*args, "--model-dir", with_onnx, "--output", out, "--backend", backend))
+        ok(invoke(*args, "--bundle", with_onnx, "--output", out, "--backend", backend))
         results = json.loads((out / "results.json").read_text())
         assert results["settings"]["backend"] == backend
         assert results["diagnostics"]["backend"] == backend

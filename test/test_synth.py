@@ -172,7 +172,7 @@ def test_rejects_bad_arguments(tmp_path, kwargs):
 
 def test_cli_writes_and_refuses_to_overwrite(tmp_path):
     out = tmp_path / "ds"
-    args = [str(out), "--n-train", "2", "--n-test", "1", "--size", "32", "--seed", "4"]
+    args = [str(out), "--n-train", "2", "--n-test", "1", "--image-size", "32", "--seed", "4"]
     result = CliRunner().invoke(main, [*args, "--no-preview"])
     assert result.exit_code == 0, result.output
     assert len(list((out / IMAGES / SPLITS["train"]).iterdir())) == 2

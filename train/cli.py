@@ -6,14 +6,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from drac_algo.choices import DEFAULT_RECIPE, RECIPE_FAMILIES
 from drac_algo.classes import LESION_CLASSES
-from drac_algo.cli import exits_on_bad_input, setup_logging
-from drac_algo.config import DEFAULT_RECIPE, RECIPE_FAMILIES, TrainConfig, load_config
-from drac_algo.distributed import init_distributed, shutdown
+from drac_algo.cli import (
+    Command,
+    device_option,
+    exits_on_bad_input,
+    setup_logging,
+    verbose_option,
+    version_option,
+)
 from drac_algo.errors import DracInputError
+
+if TYPE_CHECKING:
+    from drac_algo.config import TrainConfig
 
 log = logging.getLogger("train")
 TASKS = [c.key for c in LESION_CLASSES]
@@ -44,6 +54,9 @@ def resolve_configs(
     **overrides,
 ) -> list[TrainConfig]:
     """One resolved config per task, in class order."""
+    # Imported here: the config pulls in torch, smp and albumentations, not needed for --help.
+    from drac_algo.config import load_config
+
     chosen = [t for t in TASKS if t in tasks] if tasks else TASKS
     return [load_config(task, list(config_files), recipe, **overrides) for task in chosen]
 
@@ -62,7 +75,7 @@ def check_run_dir(out: Path, resume: bool) -> None:
         )
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=Command)
 @click.option(
     "--data",
     "data_root",
@@ -104,7 +117,7 @@ def check_run_dir(out: Path, resume: bool) -> None:
     help="Training crop side (multiple of 32, at most the image size), or 'none' for whole images.",
 )
 @click.option("--epochs", type=int, help="Epochs per member.")
-@click.option("--batch-size", type=int)
+@click.option("--batch-size", type=int, help="Images per optimiser step (per process).")
 @click.option("--grad-accum", type=int, help="Gradient accumulation steps.")
 @click.option("--folds", type=int, help="K of K-fold cross-validation; every fold is trained.")
 @click.option("--fold", type=int, help="Train only this fold (0-based) of the K folds.")
@@ -128,11 +141,13 @@ def check_run_dir(out: Path, resume: bool) -> None:
     help="Unet++ auxiliary decoder heads during training (the method's option).",
 )
 @click.option("--workers", type=int, help="Data-loading worker processes.")
-@click.option(
-    "--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True
+@device_option(
+    "auto = CUDA when available, else the CPU. Under torchrun each process uses the GPU of its "
+    "LOCAL_RANK (cuda:N is for one process)."
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
-@click.option("-v", "--verbose", is_flag=True)
+@verbose_option
+@version_option("drac-train")
 @exits_on_bad_input
 def main(
     data_root,
@@ -183,6 +198,9 @@ def main(
         deep_supervision=deep_supervision,
         num_workers=workers,
     )
+    # Imported here: torch's distributed package, not needed to print --help.
+    from drac_algo.distributed import init_distributed, shutdown
+
     ctx = init_distributed(device)
     try:
         if ctx.is_main:

@@ -1,25 +1,36 @@
-"""``python -m train.export RUN_DIR [--out DIR]``: rebuild the model bundle from the finished
-members of an existing training run."""
+"""``python -m train.export RUN_DIR [--bundle DIR]``: rebuild the model bundle from the finished
+members of an existing training run. ``--out``, this option's earlier name, still works for one
+release (hidden from ``--help``)."""
 
 from pathlib import Path
 
 import click
 
-from drac_algo.cli import exits_on_bad_input, setup_logging
-
-
-@click.command()
-@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.option(
-    "--out", type=click.Path(path_type=Path), help="Bundle folder (default RUN_DIR/model)."
+from drac_algo.cli import (
+    Command,
+    exits_on_bad_input,
+    setup_logging,
+    verbose_option,
+    version_option,
 )
+
+_BUNDLE = click.Path(path_type=Path, file_okay=False)
+
+
+@click.command(cls=Command)
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--bundle", type=_BUNDLE, help="Bundle folder to write (default RUN_DIR/model).")
+@click.option("--out", "bundle", type=_BUNDLE, hidden=True)  # --bundle's old name
+@verbose_option
+@version_option("drac-export")
 @exits_on_bad_input
-def main(run_dir: Path, out: Path | None) -> None:
+def main(run_dir: Path, bundle: Path | None, verbose: bool) -> None:
     """Write the model bundle of RUN_DIR's finished members."""
-    setup_logging()
+    setup_logging(verbose)
+    # Imported here: the export pulls in torch and the ONNX exporter, not needed for --help.
     from drac_algo.export import export_bundle
 
-    click.echo(export_bundle(run_dir, out))
+    click.echo(export_bundle(run_dir, bundle))
 
 
 if __name__ == "__main__":

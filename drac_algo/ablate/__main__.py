@@ -9,7 +9,13 @@ from pathlib import Path
 
 import click
 
-from drac_algo.cli import exits_on_bad_input, setup_logging
+from drac_algo.cli import (
+    Command,
+    exits_on_bad_input,
+    setup_logging,
+    verbose_option,
+    version_option,
+)
 from drac_algo.errors import DracInputError
 
 log = logging.getLogger("ablate")
@@ -25,7 +31,10 @@ def _seeds(value: str) -> tuple[int, ...]:
     return seeds
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+_SIDE = click.IntRange(min=16)  # the phantom generator's smallest image
+
+
+@click.command(cls=Command)
 @click.option(
     "--workdir",
     type=click.Path(path_type=Path, file_okay=False),
@@ -40,19 +49,43 @@ def _seeds(value: str) -> tuple[int, ...]:
     help="A DRAC root with test ground truth (default: phantom data made in WORKDIR/data).",
 )
 @click.option("--seeds", default="0,1", show_default=True, help="Training seeds, comma-separated.")
-@click.option("--n-train", type=int, default=48, show_default=True, help="Phantom training images.")
-@click.option("--n-test", type=int, default=24, show_default=True, help="Phantom test images.")
-@click.option("--size", type=int, default=256, show_default=True, help="Phantom image side.")
+@click.option(
+    "--n-train",
+    type=click.IntRange(min=1),
+    default=48,
+    show_default=True,
+    help="Phantom training images.",
+)
+@click.option(
+    "--n-test",
+    type=click.IntRange(min=1),
+    default=24,
+    show_default=True,
+    help="Phantom test images.",
+)
+@click.option(
+    "--image-size",
+    "size",
+    type=_SIDE,
+    default=256,
+    show_default=True,
+    help="Phantom image side in pixels.",
+)
+@click.option("--size", "size", type=_SIDE, hidden=True)  # --image-size's old name
 @click.option("--data-seed", type=int, default=1, show_default=True, help="Phantom data seed.")
 @click.option(
     "--quick",
     is_flag=True,
     help="Smoke test: 64 px phantom, 2 epochs, one seed (numbers mean nothing).",
 )
+@verbose_option
+@version_option("drac-ablate")
 @exits_on_bad_input
-def main(workdir, data, seeds, n_train, n_test, size, data_seed, quick):
+def main(workdir, data, seeds, n_train, n_test, size, data_seed, quick, verbose):
     """Train and score every ablation row; write ablation.md/.json/.png in WORKDIR."""
-    setup_logging()
+    setup_logging(verbose)
+    # Imported here: training and scoring pull in torch, smp and albumentations, not needed to
+    # print --help.
     from drac_algo.ablate.plan import DERIVED, TRAINED, variant
     from drac_algo.ablate.report import Row, write_report
     from drac_algo.ablate.run import Ablation

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from drac_algo.choices import BACKENDS, PRECISIONS
 from drac_algo.errors import DracInputError
-from drac_algo.onnx_backend import BACKENDS
-from drac_algo.precision import PRECISIONS
 
 METHODS = ("naive", "ttach", "engine")
 # What --quick changes: a tiny run that exercises every code path in seconds.
