@@ -194,8 +194,13 @@ EOF
     find "$root/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
     find "$root/usr/share/doc" -mindepth 1 -type d -empty -delete
     rm -rf "$root"/usr/share/{man,groff,info,lintian,locale}/*
-    chroot "$root" python3 -c 'import ensurepip, venv, sys; assert sys.version_info[:2] == (3, 11)' \
-        || die "the base root filesystem has no usable Python 3.11 with venv"
+    local python_version
+    python_version=$(chroot "$root" python3 --version 2>&1 || true)
+    [[ $python_version == "Python 3.11."* ]] \
+        && chroot "$root" python3 -m venv --help >/dev/null \
+        && chroot "$root" python3 -m ensurepip --version >/dev/null \
+        || die "the base root filesystem has no usable Python 3.11 with venv and ensurepip" \
+            "(python3 --version: ${python_version:-nothing})"
 
     log "docker import -> $BASE_TAG"
     tar --numeric-owner -C "$root" -c . | docker import \
