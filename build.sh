@@ -17,66 +17,33 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=scripts/common.sh
+source "$ROOT/scripts/common.sh" build
 tag=drac-algo
 base=
 offline=0
 bundle=
 
-python=${PYTHON:-$ROOT/.venv/bin/python}
-[[ -x $python ]] || python=$(command -v python3 || true)
-
-usage() { awk 'NR > 1 { if (!/^#/) exit; print }' "${BASH_SOURCE[0]}"; } # the header comment
-log() { echo "[build] $*"; }
-die() {
-    echo "[build] error: $*" >&2
-    exit 1
-}
+python=$(pick_python)
 
 while [[ $# -gt 0 ]]; do
-    case $1 in
-        --tag)
-            tag=${2:?--tag needs a value}
-            shift 2
-            ;;
-        --base)
-            base=${2:?--base needs a value}
-            shift 2
-            ;;
-        --offline)
-            offline=1
-            shift
-            ;;
-        --bundle)
-            bundle=${2:?--bundle needs a folder}
-            shift 2
-            ;;
-        -h | --help)
-            usage
-            exit 0
-            ;;
-        *)
-            usage >&2
-            die "unknown argument '$1'"
-            ;;
+    opt_next "$@"
+    case $OPT in
+        --tag) opt_value tag ;;
+        --base) opt_value base ;;
+        --offline) opt_flag && offline=1 ;;
+        --bundle) opt_value bundle "a folder" ;;
+        -h | --help) opt_flag && usage && exit 0 ;;
+        *) opt_unknown ;;
     esac
+    shift "$OPT_SHIFT"
 done
 
 if [[ -n $bundle ]]; then
-    [[ -d $bundle ]] || die "--bundle $bundle: no such folder (expected a model bundle folder" \
-        "holding manifest.json and its weight files)"
+    # Manifest, member files and checksums (python -m drac_algo.bundle check, where the host
+    # Python can run it); the staged copy below is made from the checked folder.
+    check_bundle_dir "$bundle"
     bundle=$(cd "$bundle" && pwd)
-    [[ -f $bundle/manifest.json ]] || die "--bundle $bundle: expected a model bundle folder" \
-        "holding manifest.json and its weight files; found there:" \
-        "$(find "$bundle" -mindepth 1 -maxdepth 1 -printf '%f ' | head -c 300)"
-    # Full check (member files, checksums) where an interpreter with drac_algo is at hand.
-    if [[ -n $python ]] && (cd "$ROOT" && "$python" -c 'import drac_algo.bundle' 2>/dev/null); then
-        (cd "$ROOT" && "$python" -c 'import sys; from drac_algo.bundle import load_bundle
-from drac_algo.errors import DracInputError
-try:
-    load_bundle(sys.argv[1])
-except DracInputError as exc:
-    sys.exit(f"[build] error: {exc}")' "$bundle") || exit 1
-    fi
 fi
 docker info >/dev/null 2>&1 \
     || die "no docker engine answers 'docker info' (start one with: sudo .ci/docker-setup.sh)"
@@ -109,14 +76,6 @@ pick_builder() {
 pick_builder
 log "builder: ${builder[*]}"
 
-# Cleanup of whatever this run stages inside the build context.
-staged=()
-cleanup() {
-    local p
-    for p in "${staged[@]}"; do rm -rf "$p"; done
-}
-trap cleanup EXIT
-
 build_args=(--build-arg "PIP_OFFLINE=$offline")
 if [[ -n ${PIP_CERT:-} ]]; then
     [[ -f $PIP_CERT ]] || die "PIP_CERT=$PIP_CERT is not a file"
@@ -144,7 +103,7 @@ if [[ $offline -eq 1 ]]; then
         log "pip download -r requirements-inference.txt -> wheels/"
         t0=$SECONDS
         tmp=$(mktemp -d "$ROOT/.wheels.tmp.XXXXXX")
-        staged+=("$tmp")
+        remove_on_exit "$tmp"
         [[ -n $python ]] || die "no Python here to run pip download (set PYTHON)"
         "$python" -m pip download --disable-pip-version-check --no-color \
             --progress-bar off \
@@ -163,7 +122,7 @@ if [[ -n $bundle ]]; then
     # the context. A copy, not hard links, because its modes are widened for the non-root user
     # (bundle folders are often 0700) and that must not touch the original.
     stage=$(mktemp -d "$ROOT/.bundle-build.XXXXXX")
-    staged+=("$stage")
+    remove_on_exit "$stage"
     cp -R "$bundle/." "$stage"
     chmod -R u+rwX,go+rX,go-w "$stage"
     build_args+=(--build-arg "BUNDLE=$(basename "$stage")")

@@ -19,10 +19,12 @@
 # half-written tarball behind.
 #
 # Environment: PYTHON (an interpreter that can import drac_algo, to check the bundle's files and
-# checksums; default .venv/bin/python).
+# checksums with `python -m drac_algo.bundle check`; default .venv/bin/python, else python3).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=scripts/common.sh
+source "$ROOT/scripts/common.sh" export
 tag=drac-algo
 bundle=
 platform=
@@ -30,108 +32,43 @@ out=dist
 do_image=1
 do_model=1
 
-usage() { awk 'NR > 1 { if (!/^#/) exit; print }' "${BASH_SOURCE[0]}"; } # the header comment
-log() { echo "[export] $*"; }
-die() {
-    echo "[export] error: $*" >&2
-    exit 1
-}
-
 while [[ $# -gt 0 ]]; do
-    case $1 in
-        --tag)
-            tag=${2:?--tag needs a value}
-            shift 2
-            ;;
-        --bundle)
-            bundle=${2:?--bundle needs a folder}
-            shift 2
-            ;;
-        --out)
-            out=${2:?--out needs a folder}
-            shift 2
-            ;;
-        --platform)
-            platform=${2:?--platform needs a file}
-            shift 2
-            ;;
-        --image-only)
-            do_model=0
-            shift
-            ;;
-        --model-only)
-            do_image=0
-            shift
-            ;;
-        -h | --help)
-            usage
-            exit 0
-            ;;
-        -*)
-            usage >&2
-            die "unknown option '$1'"
-            ;;
+    opt_next "$@"
+    case $OPT in
+        --tag) opt_value tag ;;
+        --bundle) opt_value bundle "a folder" ;;
+        --out) opt_value out "a folder" ;;
+        --platform) opt_value platform "a file" ;;
+        --image-only) opt_flag && do_model=0 ;;
+        --model-only) opt_flag && do_image=0 ;;
+        -h | --help) opt_flag && usage && exit 0 ;;
+        -*) opt_unknown ;;
         *)
-            [[ -z $bundle ]] || die "two bundle folders given: '$bundle' and '$1'"
+            [[ -z $bundle ]] || usage_error "two bundle folders given: '$bundle' and '$1'"
             bundle=$1
-            shift
             ;;
     esac
+    shift "$OPT_SHIFT"
 done
-((do_image + do_model > 0)) || die "--image-only and --model-only exclude each other"
-[[ -z $platform || $do_model -eq 1 ]] || die "--platform goes into model.tar.gz: not with --image-only"
+((do_image + do_model > 0)) || usage_error "--image-only and --model-only exclude each other"
+[[ -z $platform || $do_model -eq 1 ]] || usage_error "--platform goes into model.tar.gz: not with --image-only"
 [[ -z $platform || -f $platform ]] || die "--platform $platform: no such file"
+# Absolute: the bundle check runs from ROOT.
+[[ -z $platform ]] || platform=$(cd "$(dirname "$platform")" && pwd)/$(basename "$platform")
 bundle=${bundle:-$ROOT/runs/latest/model}
-
-# Temporary files of this run, removed on any exit; renamed away when complete.
-partial=()
-cleanup() {
-    local p
-    for p in "${partial[@]}"; do rm -f "$p"; done
-}
-trap cleanup EXIT
 
 human() { numfmt --to=iec --suffix=B "$(stat -c %s "$1")"; }
 
-# The platform.json that goes into the tarball (--platform, else the bundle's) must resolve.
-check_platform() {
-    local file=${platform:-$bundle/platform.json} dir
-    [[ -f $file ]] || return 0
-    dir=$(mktemp -d)
-    partial+=("$dir/platform.json")
-    cp "$file" "$dir/platform.json"
-    (cd "$ROOT" && "$1" -c 'import sys; from drac_algo.job_settings import resolve_job_settings
-from drac_algo.errors import DracInputError
-try:
-    print(resolve_job_settings(sys.argv[1], environ={}).to_json()["output_sockets"])
-except DracInputError as exc:
-    sys.exit(f"[export] error: {exc}".replace(sys.argv[1] + "/platform.json", sys.argv[2]))' \
-        "$dir" "$file" | sed 's/^/[export] platform.json: output sockets /') || {
-        rm -rf "$dir"
-        exit 1
-    }
-    rm -rf "$dir"
-}
-
+# Manifest, member files and checksums, and the platform.json that goes into the tarball
+# (--platform, else the bundle's own): python -m drac_algo.bundle check, via scripts/common.sh.
 check_bundle() {
     [[ -d $bundle ]] || die "no model bundle folder at $bundle; expected a folder holding" \
         "manifest.json and the member weight files it lists (pass --bundle DIR)"
     bundle=$(cd "$bundle" && pwd)
-    [[ -f $bundle/manifest.json ]] || die "$bundle holds no manifest.json; expected a model" \
-        "bundle (manifest.json + member weight files); found there:" \
-        "$(find "$bundle" -mindepth 1 -maxdepth 1 -printf '%f ' | head -c 300)"
-    local python=${PYTHON:-$ROOT/.venv/bin/python}
-    if [[ -x $python ]] && (cd "$ROOT" && "$python" -c 'import drac_algo.bundle' 2>/dev/null); then
-        (cd "$ROOT" && "$python" -c 'import sys; from drac_algo.bundle import load_bundle
-from drac_algo.errors import DracInputError
-try:
-    load_bundle(sys.argv[1])
-except DracInputError as exc:
-    sys.exit(f"[export] error: {exc}")' "$bundle") || exit 1
-        log "bundle $bundle: manifest, member files and checksums check out"
-        check_platform "$python"
+    if [[ -n $platform ]]; then
+        check_bundle_dir "$bundle" --platform "$platform"
     else
-        log "warning: no Python with drac_algo ($python); only manifest.json was checked"
+        check_bundle_dir "$bundle"
     fi
 }
 
@@ -168,7 +105,7 @@ if [[ $do_model -eq 1 ]]; then
     check_bundle
     target=$out/model.tar.gz
     tmp=$(mktemp "$out/.model.tar.gz.XXXXXX")
-    partial+=("$tmp")
+    remove_on_exit "$tmp" "$tmp.tar"
     log "tar -czf $target -C $bundle ."
     # Sorted names and root ownership: the tarball depends on the bundle only. Modes readable by
     # all: the container runs as a non-root user, and bundle folders are often made 0700
@@ -178,7 +115,6 @@ if [[ $do_model -eq 1 ]]; then
         # --platform replaces the bundle's own platform.json, if it has one.
         log "platform.json from $platform"
         tar "${tar_opts[@]}" -cf "$tmp.tar" -C "$bundle" --exclude=./platform.json .
-        partial+=("$tmp.tar")
         tar "${tar_opts[@]}" -rf "$tmp.tar" -C "$(dirname "$platform")" \
             --transform="s|.*|./platform.json|" "$(basename "$platform")"
         gzip -c "$tmp.tar" >"$tmp"
@@ -198,7 +134,7 @@ if [[ $do_image -eq 1 ]]; then
     check_image_space
     target=$out/drac-algo.tar.gz
     tmp=$(mktemp "$out/.image.tar.gz.XXXXXX")
-    partial+=("$tmp")
+    remove_on_exit "$tmp"
     zip=(gzip -c)
     command -v pigz >/dev/null && zip=(pigz -c)
     log "docker save $tag | ${zip[*]} > $target"

@@ -27,10 +27,13 @@
 # Environment: MEM_LIMIT (default 8g), RUN_TIMEOUT_S (per container run, default 600), PYTHON
 # (host interpreter with numpy and SimpleITK for compare.py; default .venv/bin/python, else
 # python3); PIP_CERT and PYTHON also reach ./build.sh.
-# Exit status: 0 when both runs succeed and match; 1 on any failure, each one named.
+# Exit status: 0 when both runs succeed and match; 1 on any failure, each one named; 2 for bad
+# arguments.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=scripts/common.sh
+source "$ROOT/scripts/common.sh" test
 FIXTURES=$ROOT/test/container
 MODES=(gc-job batch)
 RUNS=(gc-job batch gc-job-sockets) # <mode>[-sockets]: the -sockets runs use model.tar.gz + platform.json
@@ -44,75 +47,48 @@ gpus=auto
 keep=0
 process_args=(--precision fp32)
 
-usage() { awk 'NR > 1 { if (!/^#/) exit; print }' "${BASH_SOURCE[0]}"; } # the header comment
-log() { echo "[test] $*"; }
-die() {
-    echo "[test] error: $*" >&2
-    exit 1
-}
-
 while [[ $# -gt 0 ]]; do
-    case $1 in
-        --tag)
-            tag=${2:?--tag needs a value}
-            shift 2
-            ;;
-        --offline)
-            build_opts+=(--offline)
-            shift
-            ;;
+    opt_next "$@"
+    case $OPT in
+        --tag) opt_value tag ;;
+        --offline) opt_flag && build_opts+=(--offline) ;;
         --base)
-            build_opts+=(--base "${2:?--base needs a value}")
-            shift 2
+            opt_value base
+            build_opts+=(--base "$base")
             ;;
-        --build)
-            build=always
-            shift
-            ;;
-        --no-build)
-            build=never
-            shift
-            ;;
+        --build) opt_flag && build=always ;;
+        --no-build) opt_flag && build=never ;;
         --gpus)
-            gpus=${2:?--gpus needs auto, all or none}
-            [[ $gpus =~ ^(auto|all|none)$ ]] || die "--gpus $gpus: expected auto, all or none"
-            shift 2
+            opt_value gpus "auto, all or none"
+            [[ $gpus =~ ^(auto|all|none)$ ]] || usage_error "--gpus $gpus: expected auto, all or none"
             ;;
-        --keep)
-            keep=1
-            shift
-            ;;
-        -h | --help)
-            usage
-            exit 0
-            ;;
+        --keep) opt_flag && keep=1 ;;
+        -h | --help) opt_flag && usage && exit 0 ;;
         --)
             shift
             process_args+=("$@") # after ours: click takes the last --precision
             break
             ;;
-        *)
-            usage >&2
-            die "unknown argument '$1'"
-            ;;
+        *) opt_unknown ;;
     esac
+    shift "$OPT_SHIFT"
 done
 if [[ ${#build_opts[@]} -gt 0 ]]; then
-    [[ $build != never ]] || die "--no-build excludes the build options ${build_opts[*]}"
+    [[ $build != never ]] || usage_error "--no-build excludes the build options ${build_opts[*]}"
     build=always
 fi
 
 # ---------------------------------------------------------------------------------------------
 # Preflight: everything that can be checked before the (slow) build.
 
-python=${PYTHON:-$ROOT/.venv/bin/python}
-[[ -x $python ]] || python=$(command -v python3 || true)
+python=$(pick_python)
 [[ -n $python ]] || die "no Python for compare.py (set PYTHON to one with numpy and SimpleITK)"
-"$python" -c 'import numpy, SimpleITK' 2>/dev/null \
-    || die "$python cannot import numpy and SimpleITK, which compare.py needs (set PYTHON)"
 for f in compare.py model/manifest.json; do
     [[ -f $FIXTURES/$f ]] || die "$FIXTURES/$f is missing (see $FIXTURES/README.md)"
 done
+# compare.py imports numpy and SimpleITK before it reads its arguments.
+"$python" "$FIXTURES/compare.py" --help >/dev/null 2>&1 \
+    || die "$python cannot run compare.py, which needs numpy and SimpleITK (set PYTHON)"
 for mode in "${MODES[@]}"; do
     [[ -d $FIXTURES/inputs/$mode ]] || die "$FIXTURES/inputs/$mode is missing (see $FIXTURES/README.md)"
 done
@@ -134,7 +110,7 @@ work=
 containers=()
 output_dirs=()
 cleanup() {
-    local status=$? name dir
+    local name dir
     for name in "${containers[@]}"; do docker rm -f "$name" >/dev/null 2>&1 || true; done
     if [[ -n $work && -d $work ]]; then
         if [[ $keep -eq 1 ]]; then
@@ -149,11 +125,8 @@ cleanup() {
             fi
         fi
     fi
-    exit "$status"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+on_exit cleanup
 work=$(mktemp -d "${TMPDIR:-/tmp}/drac-algo-test.XXXXXX")
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@
 # python:3.11-slim-bookworm` cannot be pulled. debootstrap only needs the Debian mirror that apt
 # already uses, and `docker import` turns the root filesystem into an image.
 set -euo pipefail
+# shellcheck source=scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh" docker-setup
 
 DOCKERD_LOG=${DOCKERD_LOG:-/var/log/dockerd.log}
 DOCKERD_WAIT_S=${DOCKERD_WAIT_S:-60}
@@ -23,26 +25,17 @@ BASE_PACKAGES=python3,python3-venv,python3-pip,ca-certificates
 
 build_base=1
 rebuild_base=0
-for arg in "$@"; do
-    case $arg in
-        --no-base) build_base=0 ;;
-        --rebuild-base) rebuild_base=1 ;;
-        -h | --help)
-            sed -n '2,14p' "$0"
-            exit 0
-            ;;
-        *)
-            echo "docker-setup: unknown argument '$arg' (expected --no-base, --rebuild-base)" >&2
-            exit 2
-            ;;
+while [[ $# -gt 0 ]]; do
+    opt_next "$@"
+    case $OPT in
+        --no-base) opt_flag && build_base=0 ;;
+        --rebuild-base) opt_flag && rebuild_base=1 ;;
+        -h | --help) opt_flag && usage && exit 0 ;;
+        *) usage_error "unknown argument '$1' (expected --no-base, --rebuild-base)" ;;
     esac
+    shift "$OPT_SHIFT"
 done
 
-log() { echo "[docker-setup] $*"; }
-die() {
-    echo "[docker-setup] error: $*" >&2
-    exit 1
-}
 need_root() { [[ $(id -u) -eq 0 ]] || die "$1 needs root (run with sudo)"; }
 
 apt_install() {
@@ -167,8 +160,7 @@ build_base_image() {
 
     local root
     root=$(mktemp -d /var/tmp/drac-algo-rootfs.XXXXXX)
-    # --one-file-system: never follow a mount point left inside the root filesystem.
-    trap 'rm -rf --one-file-system "$root"; rm -f "$root.log"' EXIT
+    remove_on_exit "$root" "$root.log"
     # mktemp makes 0700; apt's unprivileged _apt user must be able to enter the new root.
     chmod 0755 "$root"
     debootstrap --variant=minbase --include="$BASE_PACKAGES" "$SUITE" "$root" "$mirror" \
@@ -202,8 +194,13 @@ EOF
     find "$root/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
     find "$root/usr/share/doc" -mindepth 1 -type d -empty -delete
     rm -rf "$root"/usr/share/{man,groff,info,lintian,locale}/*
-    chroot "$root" python3 -c 'import ensurepip, venv, sys; assert sys.version_info[:2] == (3, 11)' \
-        || die "the base root filesystem has no usable Python 3.11 with venv"
+    local python_version
+    python_version=$(chroot "$root" python3 --version 2>&1 || true)
+    [[ $python_version == "Python 3.11."* ]] \
+        && chroot "$root" python3 -m venv --help >/dev/null \
+        && chroot "$root" python3 -m ensurepip --version >/dev/null \
+        || die "the base root filesystem has no usable Python 3.11 with venv and ensurepip" \
+            "(python3 --version: ${python_version:-nothing})"
 
     log "docker import -> $BASE_TAG"
     tar --numeric-owner -C "$root" -c . | docker import \
@@ -213,7 +210,6 @@ EOF
         - "$BASE_TAG" >/dev/null || die "docker import failed"
     rm -rf --one-file-system "$root"
     rm -f "$root.log"
-    trap - EXIT
     log "base image $BASE_TAG: $(docker image inspect "$BASE_TAG" --format '{{.Size}}' \
         | awk '{printf "%.0f MB", $1 / 1e6}'); took $((SECONDS - t0))s"
 }

@@ -500,3 +500,11 @@ def build_member(
     model = build_network(member.model)
     _load_into(model, state, f"bundle member {path}")
     return model.to(map_location).eval()
+
+
+if __name__ == "__main__":
+    # `python -m drac_algo.bundle check DIR`: the command lives in drac_algo.bundle_check (this
+    # module defines the format), which imports this file again under its package name.
+    from drac_algo.bundle_check import main
+
+    main()

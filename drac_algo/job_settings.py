@@ -161,9 +161,12 @@ def _file_output_sockets(value: Any, where: str) -> dict[int, OutputSocket]:
     return sockets
 
 
-def read_platform_file(model_dir: str | os.PathLike) -> tuple[dict[str, Any], str] | None:
-    """``(settings, source name)`` from ``<model_dir>/platform.json``; None when absent."""
-    path = Path(model_dir) / PLATFORM_FILE
+def read_platform_file(
+    model_dir: str | os.PathLike, path: str | os.PathLike | None = None
+) -> tuple[dict[str, Any], str] | None:
+    """``(settings, source name)`` from ``path``, by default ``<model_dir>/platform.json``;
+    None when absent."""
+    path = Path(model_dir) / PLATFORM_FILE if path is None else Path(path)
     if not path.is_file():
         return None
     try:
@@ -217,12 +220,15 @@ def resolve_job_settings(
     output_specs: Iterable[str] = (),
     require_gpu: bool | None = None,
     environ: Mapping[str, str] | None = None,
+    platform_file: str | os.PathLike | None = None,
 ) -> JobSettings:
     """The settings from the command-line values given here (None / empty: not given), the
-    environment and ``<model_dir>/platform.json``, by the precedence in the module docstring."""
+    environment and ``<model_dir>/platform.json``, by the precedence in the module docstring.
+    ``platform_file`` is read instead of ``<model_dir>/platform.json`` (``./export.sh
+    --platform FILE`` puts FILE into the model tarball under that name)."""
     environ = os.environ if environ is None else environ
     layers: list[tuple[dict[str, Any], str]] = []  # lowest precedence first
-    from_file = read_platform_file(model_dir)
+    from_file = read_platform_file(model_dir, platform_file)
     if from_file is not None:
         layers.append(from_file)
     layers.extend(_environment_layer(environ))
