@@ -26,6 +26,7 @@ from drac_algo import (
     tta,
 )
 from drac_algo.ablate import __main__ as ablate_cli
+from drac_algo.bench import cli as bench_cli
 from drac_algo.cli import DEVICE_SPELLINGS, parse_device
 from drac_algo.distributed import init_distributed
 from drac_algo.errors import DracInputError
@@ -48,6 +49,7 @@ COMMANDS: dict[str, click.Command] = {
     "drac-submission": submission.main,
     "drac-ablate": ablate_cli.main,
     "drac-onnx-export": onnx_export.main,
+    "drac-bench": bench_cli.main,
 }
 LOGGING = set(COMMANDS) - {"drac-submission"}  # submission logs in its subcommand
 
@@ -94,7 +96,7 @@ def test_other_device_spellings_name_what_was_expected_and_found(spelling):
     assert str(raised.value) == f"--device: expected {DEVICE_SPELLINGS}, found {spelling!r}"
 
 
-@pytest.mark.parametrize("name", ["drac-process", "drac-train"])
+@pytest.mark.parametrize("name", ["drac-process", "drac-train", "drac-bench"])
 def test_every_device_option_checks_the_spelling_the_same_way(name):
     stderr = rejected(invoke(COMMANDS[name], "--device", "gpu"))
     assert stderr.strip().splitlines()[-1] == (
@@ -174,6 +176,7 @@ def parse(command: click.Command, *args: str) -> dict:
         ("drac-synth", "--size", "--image-size", "size", "64", 64),
         ("drac-quickstart", "--size", "--image-size", "size", "64", 64),
         ("drac-ablate", "--size", "--image-size", "size", "64", 64),
+        ("drac-bench", "--size", "--image-size", "size", "64", 64),
     ],
 )
 def test_old_spellings_still_parse_but_only_the_new_one_is_shown(
@@ -291,6 +294,7 @@ HELP_TARGETS = [
     ("run_module", "drac_algo.submission", ["zip"]),
     ("run_module", "drac_algo.ablate", []),
     ("run_module", "drac_algo.onnx_export", []),
+    ("run_module", "drac_algo.bench", []),
 ]
 
 

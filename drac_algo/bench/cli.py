@@ -12,7 +12,14 @@ from typing import Any
 
 import click
 
-from drac_algo.cli import exits_on_bad_input, setup_logging
+from drac_algo.cli import (
+    DEVICE,
+    Command,
+    exits_on_bad_input,
+    setup_logging,
+    verbose_option,
+    version_option,
+)
 from drac_algo.fsutil import atomic_write_text
 
 
@@ -33,13 +40,15 @@ def _parse_channels(ctx: click.Context, param: click.Parameter, value: str | Non
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option(
-    "--size",
-    type=int,
+    "--image-size",
+    "size",
+    type=click.IntRange(min=16),
     default=None,
     help="Image side (and random-weight input size).  [default: 1024; --quick: 64]",
 )
+@click.option("--size", "size", type=click.IntRange(min=16), hidden=True)  # the old name
 @click.option(
     "--bundle",
     type=click.Path(path_type=Path),
@@ -74,7 +83,13 @@ def _parse_channels(ctx: click.Context, param: click.Parameter, value: str | Non
     help="Override decoder widths, e.g. 32,32,16,16,16.",
 )
 @click.option("--tta", default="d4", show_default=True, help="TTA set: none, flips, d4.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option(
+    "--device",
+    type=DEVICE,
+    default="cpu",
+    show_default=True,
+    help="auto = CUDA when available; the CPU by default, the machine this is usually run on.",
+)
 @click.option(
     "--precision",
     default="auto",
@@ -118,7 +133,7 @@ def _parse_channels(ctx: click.Context, param: click.Parameter, value: str | Non
     "--train-task", default="irma", show_default=True, help="Whose network the training step uses."
 )
 @click.option(
-    "--train-size", type=int, default=None, help="Training input side.  [default: --size]"
+    "--train-size", type=int, default=None, help="Training input side.  [default: --image-size]"
 )
 @click.option(
     "--train-batch",
@@ -155,7 +170,8 @@ def _parse_channels(ctx: click.Context, param: click.Parameter, value: str | Non
     default=None,
     help="Also write the report as JSON.",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@verbose_option
+@version_option("drac-bench")
 @exits_on_bad_input
 def main(json_path: Path | None, verbose: bool, **options: Any) -> None:
     """Time naive, ttach and engine inference of the D4 TTA ensemble (and training steps)."""
