@@ -50,6 +50,7 @@ from drac_algo.classes import BY_INDEX
 from drac_algo.errors import DracInputError
 from drac_algo.fsutil import atomic_dir
 from drac_algo.models import ModelSpec, Normalization, build_network, input_multiple
+from drac_algo.provenance import environment
 
 FORMAT = "drac-algo-bundle"
 VERSION = 1
@@ -142,15 +143,21 @@ class Bundle:
     classes: dict[int, ClassEntry]
     created: str = ""
     drac_algo_version: str = ""
+    # What made it (optional; bundles before it have none): {"export": provenance.environment()
+    # when it was written, "training": the distinct environments its members were trained in}.
+    environment: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "format": FORMAT,
             "version": VERSION,
             "created": self.created,
             "drac_algo_version": self.drac_algo_version,
             "classes": {str(i): self.classes[i].to_dict() for i in sorted(self.classes)},
         }
+        if self.environment is not None:
+            data["environment"] = self.environment
+        return data
 
     def members(self) -> list[tuple[int, MemberSpec]]:
         """Every ``(class index, member)``, classes in index order."""
@@ -315,10 +322,14 @@ def bundle_from_dict(data: Any, where: str = "manifest") -> Bundle:
         problems.append(f"version must be {VERSION}; got {data.get('version')!r}")
     _check_keys(
         data,
-        ["format", "version", "created", "drac_algo_version", "classes"],
+        ["format", "version", "created", "drac_algo_version", "classes", "environment"],
         "manifest",
         problems,
+        optional=("environment",),
     )
+    environment = data.get("environment")
+    if environment is not None and not isinstance(environment, Mapping):
+        problems.append(f"environment must be an object; got {type(environment).__name__}")
     classes: dict[int, ClassEntry] = {}
     raw_classes = data.get("classes")
     if not isinstance(raw_classes, Mapping) or not raw_classes:
@@ -341,6 +352,7 @@ def bundle_from_dict(data: Any, where: str = "manifest") -> Bundle:
         classes=classes,
         created=str(data.get("created", "")),
         drac_algo_version=str(data.get("drac_algo_version", "")),
+        environment=None if environment is None else dict(environment),
     )
 
 
@@ -476,6 +488,7 @@ def save_bundle(
             },
             created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             drac_algo_version=drac_algo.__version__,
+            environment={**(bundle.environment or {}), "export": environment()},
         )
         (tmp / MANIFEST).write_text(json.dumps(final.to_dict(), indent=2) + "\n", encoding="utf-8")
     return final

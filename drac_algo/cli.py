@@ -1,20 +1,22 @@
 """Shared command-line plumbing: logging set-up, the bad-input exit path, SIGTERM, and the
 options and click classes every command shares (``-h``, ``--version``, ``-v``, ``--device``)."""
 
+import contextlib
 import functools
+import json
 import logging
 import re
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
 from drac_algo.errors import DracInputError
-from drac_algo.provenance import version_line
+from drac_algo.provenance import environment, version_line
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -40,6 +42,30 @@ def add_log_file(path: Path) -> logging.Handler:
     handler.setLevel(root.level)
     root.addHandler(handler)
     return handler
+
+
+@contextlib.contextmanager
+def run_log(path: Path, program: str) -> Iterator[None]:
+    """Mirror the log into ``path`` for the duration of a run (see :func:`add_log_file`). Two
+    lines go to the file only: first :func:`provenance.version_line` with the environment (too
+    long for the console, and written even when logging is not set up), and at the end, when the
+    run fails, the error that the console shows as ``error: ...`` (from
+    :func:`exits_on_bad_input`)."""
+    handler = add_log_file(path)
+    log = logging.getLogger(program)
+
+    def to_file(level: int, message: str) -> None:
+        handler.handle(log.makeRecord(log.name, level, __file__, 0, message, (), None))
+
+    to_file(logging.INFO, f"{version_line(program)}; {json.dumps(environment(), sort_keys=True)}")
+    try:
+        yield
+    except BaseException as exc:
+        to_file(logging.ERROR, f"error: {exc}" if str(exc) else f"error: {type(exc).__name__}")
+        raise
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
 
 class Terminated(BaseException):

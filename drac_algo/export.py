@@ -59,6 +59,7 @@ def export_bundle(run_dir: str | Path, out: str | Path | None = None) -> Path:
         )
     classes: dict[int, ClassEntry] = {}
     states: dict[str, dict[str, torch.Tensor]] = {}
+    trained_in: list[dict] = []  # the distinct environments the members were trained in
     for task, folders in members_by_task.items():
         members, thresholds = [], []
         for folder in folders:
@@ -68,6 +69,8 @@ def export_bundle(run_dir: str | Path, out: str | Path | None = None) -> Path:
             file = f"{task}_{folder.name}.pt"
             states[file] = best["model"]
             thresholds.append(float(summary["threshold"]))
+            if summary.get("environment") not in (None, *trained_in):
+                trained_in.append(summary["environment"])
             members.append(
                 MemberSpec(
                     file=file,
@@ -96,7 +99,7 @@ def export_bundle(run_dir: str | Path, out: str | Path | None = None) -> Path:
             len(members),
             classes[lesion.index].threshold,
         )
-    save_bundle(Bundle(classes), out, states)
+    save_bundle(Bundle(classes, environment={"training": trained_in}), out, states)
     try:
         add_onnx(out)
     except DracInputError as exc:

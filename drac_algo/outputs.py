@@ -37,6 +37,7 @@ from drac_algo.images import write_png
 from drac_algo.overlay import overlay
 
 RESULTS_FILE = "results.json"
+PROCESS_LOG = "process.log"  # the console's log lines of every run into this folder, appended
 RESULTS_FORMAT = "drac-algo-results"
 RESULTS_VERSION = 1
 MASKS_DIR = "masks"

@@ -41,6 +41,7 @@ from typing import Any
 import drac_algo
 from drac_algo.bundle import MANIFEST, bundle_from_dict
 from drac_algo.classes import BY_INDEX, LESION_CLASSES
+from drac_algo.cli import run_log
 from drac_algo.data import case_id, describe_folder, list_images
 from drac_algo.errors import DracInputError
 from drac_algo.fsutil import atomic_dir, remove_stale_partials
@@ -52,6 +53,7 @@ from drac_algo.job_settings import COMMAND_LINE, JobSettings, resolve_job_settin
 from drac_algo.outputs import (
     MASKS_DIR,
     OVERLAYS_DIR,
+    PROCESS_LOG,
     RESULTS_FILE,
     RESULTS_FORMAT,
     RESULTS_VERSION,
@@ -62,6 +64,7 @@ from drac_algo.outputs import (
     write_overlay_png,
     write_results,
 )
+from drac_algo.provenance import environment
 from drac_algo.submission import SUBMISSION_FILES, write_submission
 
 log = logging.getLogger(__name__)
@@ -402,6 +405,19 @@ def run(config: RunConfig) -> dict[str, Any]:
     )
     mode, images, slug = find_inputs(config, job)
     output_dir = check_output_dir(config.output_dir)
+    with run_log(output_dir / PROCESS_LOG, "drac-process"):
+        return _run_checked(config, job, mode, images, slug, output_dir, started)
+
+
+def _run_checked(
+    config: RunConfig,
+    job: JobSettings,
+    mode: str,
+    images: list[Path],
+    slug: str | None,
+    output_dir: Path,
+    started: float,
+) -> dict[str, Any]:
     if mode == BATCH:
         for folder in (MASKS_DIR, OVERLAYS_DIR):
             _check_replaceable(output_dir / folder)
@@ -464,6 +480,7 @@ def run(config: RunConfig) -> dict[str, Any]:
         bundle=bundle_info,
         requested_device=config.device,
         drac_algo_version=drac_algo.__version__,
+        environment=environment(),
         job=job.to_json(),
     )
     if mode == GRAND_CHALLENGE:

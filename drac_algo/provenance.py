@@ -40,14 +40,19 @@ def package_version(distribution: str) -> str | None:
 
 
 def torch_build() -> dict[str, str | None]:
-    """The CUDA and cuDNN versions torch was built with (``None`` for a CPU build or without
-    torch). Imports torch."""
+    """torch's full version (with its local build tag, e.g. ``2.10.0+cu128``, which the package
+    metadata drops) and the CUDA and cuDNN versions it was built with (``None`` for a CPU build
+    or without torch). Imports torch."""
     try:
         import torch  # heavy: only here, when a record or --version asks for it
     except ImportError:
-        return {"cuda": None, "cudnn": None}
+        return {"torch": None, "cuda": None, "cudnn": None}
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    return {"cuda": torch.version.cuda, "cudnn": None if cudnn is None else str(cudnn)}
+    return {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": None if cudnn is None else str(cudnn),
+    }
 
 
 def git_commit(repo: Path = REPO) -> str | None:
@@ -83,6 +88,7 @@ def environment() -> dict[str, Any]:
 
 def version_line(program: str = "drac-algo") -> str:
     """``--version``'s text: the project version, torch and the CUDA it was built for."""
-    torch_version = package_version("torch") or "not installed"
-    cuda = torch_build()["cuda"] or "none (CPU build)"
+    build = torch_build()
+    torch_version = build["torch"] or "not installed"
+    cuda = build["cuda"] or "none (CPU build)"
     return f"{program} {drac_algo.__version__} (torch {torch_version}, CUDA {cuda})"

@@ -49,6 +49,7 @@ from drac_algo.inference import Member, predict_probability
 from drac_algo.losses import build_loss
 from drac_algo.models import build_model
 from drac_algo.precision import autocast, grad_scaler, precision_name, training_dtype
+from drac_algo.provenance import environment
 from drac_algo.validation import best_threshold, challenge_dice, overlap_counts, probability_loss
 
 log = logging.getLogger(__name__)
@@ -501,5 +502,6 @@ def write_member_summary(cfg: TrainConfig, result: MemberResult) -> None:
         "train_cases": list(result.plan.train_ids),
         "val_cases": list(result.plan.val_ids),
         "config": cfg.to_dict(),
+        "environment": environment(),
     }
     atomic_write_text(result.plan.folder / MEMBER_SUMMARY, json.dumps(summary, indent=2) + "\n")

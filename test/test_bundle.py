@@ -13,6 +13,7 @@ from drac_algo.bundle import (
     ClassEntry,
     MemberSpec,
     build_member,
+    bundle_from_dict,
     load_bundle,
     save_bundle,
 )
@@ -252,3 +253,21 @@ def test_save_refuses_a_manifest_load_would_refuse(tmp_path):
     with pytest.raises(DracInputError, match="class 3: threshold must be in"):
         save_bundle(broken, tmp_path / "m", {f: n.state_dict() for f, n in nets.items()})
     assert not (tmp_path / "m").exists()
+
+
+def test_environment_is_optional_but_must_be_an_object(tmp_path):
+    bundle, nets = make_bundle()
+    folder = tmp_path / "b"
+    saved = save_bundle(bundle, folder, {f: n.state_dict() for f, n in nets.items()})
+    assert set(saved.environment) == {"export"} and saved.environment["export"]["torch"]
+    data = json.loads((folder / MANIFEST).read_text())
+    assert load_bundle(folder).environment == data["environment"]
+    for value, ok in ((None, True), ("torch 2.10", False)):
+        changed = {k: v for k, v in data.items() if k != "environment"}
+        if value is not None:
+            changed["environment"] = value
+        if ok:  # a bundle from before the key loads, without one
+            assert bundle_from_dict(changed).environment is None
+        else:
+            with pytest.raises(DracInputError, match="environment must be an object; got str"):
+                bundle_from_dict(changed)

@@ -141,8 +141,13 @@ def failed(result, *fragments):
 
 
 def tree(folder):
-    """Every file below ``folder`` (hidden ones included), relative, sorted."""
-    return sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file())
+    """Every file below ``folder`` (hidden ones included), relative, sorted; but the run log
+    ``process.log``, which every run appends to, failed ones too (its own tests check it)."""
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in Path(folder).rglob("*")
+        if p.is_file() and p.relative_to(folder).as_posix() != "process.log"
+    )
 
 
 def read_png_mask(path):
@@ -198,6 +203,10 @@ def test_batch_folder_end_to_end(bundle, tmp_path):
     )
     stacks = read_submission(out)
     results = json.loads((out / "results.json").read_text())
+    log_text = (out / "process.log").read_text()
+    assert "drac-process 0.1.0 (torch " in log_text and '"git_commit"' in log_text
+    assert "mode: batch; 3 image(s)" in log_text and "done: 3 image(s)" in log_text
+    assert results["settings"]["environment"]["torch"] == torch.__version__
     sources = [images / "086.tif", images / "090.png", images / "1200.png"]
     for slot, (name, source) in enumerate(zip(names, sources, strict=True)):
         pixels = load_image(source).pixels
@@ -325,7 +334,10 @@ def test_a_bad_image_mid_batch_leaves_no_summary_and_no_partial_files(bundle, tm
     fresh = tmp_path / "fresh"
     failed(invoke(*args, "--output", fresh), bad, "truncated")
     assert tree(fresh) == []
-    assert [p.name for p in fresh.iterdir()] == []  # no staging folders left either
+    # No staging folders left either; the log stays, and ends with what went wrong.
+    assert [p.name for p in fresh.iterdir()] == ["process.log"]
+    last = (fresh / "process.log").read_text().strip().splitlines()[-1]
+    assert " ERROR drac-process: error: " in last and "truncated" in last
 
     # Over a previous successful run: the output folder is left exactly as it was.
     previous = tmp_path / "previous"
@@ -341,6 +353,7 @@ def test_a_bad_image_mid_batch_leaves_no_summary_and_no_partial_files(bundle, tm
         "3.nii.gz",
         "masks",
         "overlays",
+        "process.log",
         "results.json",
     ]
 

@@ -314,6 +314,10 @@ def test_bundle_export_round_trip(irma_samples, tmp_path):
 
     # Each member's ONNX export rides along, checked by load_bundle like the weights.
     assert member.onnx is not None and (bundle_dir / member.onnx.file).is_file()
+    # What trained it and what wrote it: the member's environment, carried into the manifest.
+    trained = json.loads((plan.folder / "member.json").read_text())["environment"]
+    assert bundle.environment["training"] == [trained]
+    assert trained["torch"] == bundle.environment["export"]["torch"] == torch.__version__
 
     rebuilt = build_member(bundle_dir, member)
     original = torch.load(plan.folder / "best.pt", weights_only=True)["model"]
@@ -381,6 +385,9 @@ def test_missing_data_is_a_clear_error(tmp_path):
     assert proc.returncode == 2
     assert "nowhere" in proc.stderr
     assert "Traceback" not in proc.stderr
+    # The run's log keeps what went wrong, beside the versions that ran.
+    last = (tmp_path / "run" / "train.log").read_text().strip().splitlines()[-1]
+    assert "ERROR drac-train: error: " in last and "nowhere" in last
 
 
 @pytest.mark.slow
@@ -427,6 +434,10 @@ def test_ddp_with_two_gloo_processes(phantom, tmp_path):
     # One process writes: exactly one metrics row for the one epoch.
     rows = (out / "nv" / "fold0-seed0" / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 2
+    # One train.log, by the main process: versions first, then the console's lines.
+    log_lines = (out / "train.log").read_text().splitlines()
+    assert "drac-train 0.1.0 (torch" in log_lines[0] and '"cuda"' in log_lines[0]
+    assert any("bundle written to" in line for line in log_lines)
 
 
 # --- deep supervision -------------------------------------------------------------------------

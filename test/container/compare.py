@@ -20,6 +20,7 @@ What counts as a match:
   the precision and the finish time are not compared: they depend on where and how it ran.
 - ``overlays/<case>.png`` is not stored (it is large and derived from the masks): every case of
   a batch run must have one, RGB, of the case's shape.
+- ``process.log`` must be there and not empty; its content (times, versions) is not compared.
 - Every other non-hidden file in the actual output that has no expected counterpart is an error.
 """
 
@@ -41,6 +42,8 @@ GEOMETRY_TOL = 1e-6
 AREA_REL_TOL, AREA_ABS_TOL = 0.01, 3
 COMPONENTS_REL_TOL, COMPONENTS_ABS_TOL = 0.02, 1
 RESULTS_FILE = "results.json"
+# The run's log (times, versions, paths): required, never compared with the expected outputs.
+PROCESS_LOG = "process.log"
 OVERLAYS_DIR = "overlays"
 MASK_SUFFIXES = (".mha", ".nii.gz", ".png")
 
@@ -272,7 +275,12 @@ def compare_outputs(expected: Path, actual: Path) -> list[str]:
         else:
             raise ValueError(f"{expected / rel}: no comparison rule for this kind of file")
     problems += check_overlays(expected / RESULTS_FILE, actual)
+    log_file = actual / PROCESS_LOG
+    if not log_file.is_file() or log_file.stat().st_size == 0:
+        problems.append(f"{PROCESS_LOG}: missing or empty in the output")
     for rel in _files(actual):
+        if rel == Path(PROCESS_LOG):
+            continue
         if rel not in expected_files and rel.parts[0] != OVERLAYS_DIR:
             problems.append(f"{rel}: unexpected file in the output")
     return problems
