@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from drac_algo.config import TrainConfig
-from drac_algo.data import find_layout, list_cases
+from drac_algo.data import Case, find_layout, list_cases
 from drac_algo.dataset import Sample, load_samples
 from drac_algo.distributed import DistContext, barrier
 from drac_algo.errors import DracInputError
 from drac_algo.export import export_bundle
+from drac_algo.progress import RunProgress
 from drac_algo.splits import stratified_kfold_split
 from drac_algo.training import MemberPlan, MemberResult, member_name, train_member
 
@@ -99,30 +100,52 @@ def run_training(
     if ctx.is_main:
         log.info("%d training images in %s", len(cases), layout.train_images)
     results: dict[str, list[MemberResult]] = {}
-    for cfg in configs:
-        samples = load_samples(cases, cfg.lesion.index)
-        n_pos = sum(s.positive for s in samples)
-        if ctx.is_main:
-            log.info(
-                "%s (class %d): %d of %d images have the lesion",
-                cfg.task,
-                cfg.lesion.index,
-                n_pos,
-                len(samples),
-            )
-        if n_pos == 0:
-            raise DracInputError(
-                f"no training image has {cfg.lesion.name}: cannot train {cfg.task}"
-            )
-        plans = plan_members(cfg, samples, run_dir)
-        done = []
-        for plan in plans:
-            done.append(train_member(cfg, samples, plan, ctx, resume=resume))
-        results[cfg.task] = done
+    # One bar over the whole run (members x epochs) above each epoch's own bar.
+    epochs_total = sum(cfg.n_members * cfg.epochs for cfg in configs)
+    with RunProgress(epochs_total, "epoch", "training", enabled=ctx.is_main) as progress:
+        for cfg in configs:
+            results[cfg.task] = _train_task(cfg, cases, run_dir, ctx, resume, progress)
     barrier(ctx)
     bundle = export_bundle(run_dir) if ctx.is_main else None
     barrier(ctx)
     return RunSummary(results, bundle, time.perf_counter() - t0)
+
+
+def _train_task(
+    cfg: TrainConfig,
+    cases: Sequence[Case],
+    run_dir: Path,
+    ctx: DistContext,
+    resume: bool,
+    progress: RunProgress,
+) -> list[MemberResult]:
+    """Train every member of one task; ``progress`` advances once per epoch."""
+    samples = load_samples(cases, cfg.lesion.index)
+    n_pos = sum(s.positive for s in samples)
+    if ctx.is_main:
+        log.info(
+            "%s (class %d): %d of %d images have the lesion",
+            cfg.task,
+            cfg.lesion.index,
+            n_pos,
+            len(samples),
+        )
+    if n_pos == 0:
+        raise DracInputError(f"no training image has {cfg.lesion.name}: cannot train {cfg.task}")
+    results = []
+    for plan in plan_members(cfg, samples, run_dir):
+        counted = 0  # epochs of this member on the bar: resumed ones count when training resumes
+
+        def epoch_done(epoch: int) -> None:
+            nonlocal counted
+            progress.advance(epoch + 1 - counted)
+            counted = epoch + 1
+
+        results.append(
+            train_member(cfg, samples, plan, ctx, resume=resume, on_epoch_end=epoch_done)
+        )
+        progress.advance(cfg.epochs - counted)  # a member resumed after its last epoch
+    return results
 
 
 def summary_table(summary: RunSummary) -> str:

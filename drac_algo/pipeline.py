@@ -64,6 +64,7 @@ from drac_algo.outputs import (
     write_overlay_png,
     write_results,
 )
+from drac_algo.progress import RunProgress
 from drac_algo.provenance import environment
 from drac_algo.submission import SUBMISSION_FILES, write_submission
 
@@ -325,6 +326,7 @@ def _run_batch(run: _Run, predictor: Predictor, images: list[Path]) -> dict[str,
         predictions = staged.enter_context(
             contextlib.closing(predictor.predict_many(images, load=load))
         )
+        progress = staged.enter_context(RunProgress(len(images), "case", "inference"))
         for number, (path, loaded, prediction) in enumerate(predictions, start=1):
             _note_conversion(run, path, loaded)
             name = path.name.split(".", 1)[0]
@@ -334,6 +336,7 @@ def _run_batch(run: _Run, predictor: Predictor, images: list[Path]) -> dict[str,
                 write_overlay_png(overlays_tmp, name, loaded.pixels, prediction.masks)
             collector.add(name, prediction.masks)
             _log_case(f"{number}/{len(images)}", path.name, record)
+            progress.advance()
         _retire_previous_summary(output_dir)
     with run.timed("write_s"):
         submission = _write_stacks(run, collector)
