@@ -32,7 +32,7 @@ import numpy as np
 
 from drac_algo.classes import BY_INDEX
 from drac_algo.errors import DracInputError
-from drac_algo.fsutil import atomic_write_text
+from drac_algo.fsutil import atomic_path, atomic_write_text
 from drac_algo.images import write_png
 from drac_algo.overlay import overlay
 
@@ -42,6 +42,7 @@ RESULTS_FORMAT = "drac-algo-results"
 RESULTS_VERSION = 1
 MASKS_DIR = "masks"
 OVERLAYS_DIR = "overlays"
+PROBABILITIES_DIR = "probabilities"  # --save-probabilities: <case>.npz
 NA_INDEX = 2  # nonperfusion areas: their image fraction is the non-perfusion index
 
 
@@ -190,3 +191,17 @@ def read_results(path: str | os.PathLike) -> dict[str, Any] | None:
     if isinstance(data, dict) and data.get("format") == RESULTS_FORMAT:
         return data
     return None
+
+
+def write_probabilities(folder: Path, name: str, probabilities: dict[int, np.ndarray]) -> Path:
+    """``folder/<name>.npz`` (``numpy.savez_compressed``): per class its key (``irma``, ``na``,
+    ``nv``) -> the ensemble's mean probability, (H, W) float16 in [0, 1] at the image's size.
+    float16 keeps about 3 significant digits (steps of 2^-11 = 0.0005 below 1): a mask made
+    from it with the bundle threshold differs from the written one only where the probability
+    lies within that step of the threshold. Read with ``numpy.load(path)["irma"]``."""
+    path = folder / f"{name}.npz"
+    arrays = {BY_INDEX[i].key: np.asarray(p, dtype=np.float16) for i, p in probabilities.items()}
+    # A file object, not the temporary name: savez would append ".npz" to a name.
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+    return path

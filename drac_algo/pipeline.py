@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -53,6 +54,7 @@ from drac_algo.job_settings import COMMAND_LINE, JobSettings, resolve_job_settin
 from drac_algo.outputs import (
     MASKS_DIR,
     OVERLAYS_DIR,
+    PROBABILITIES_DIR,
     PROCESS_LOG,
     RESULTS_FILE,
     RESULTS_FORMAT,
@@ -62,6 +64,7 @@ from drac_algo.outputs import (
     mask_png_path,
     write_mask_pngs,
     write_overlay_png,
+    write_probabilities,
     write_results,
 )
 from drac_algo.progress import RunProgress
@@ -99,6 +102,8 @@ class RunConfig:
     output_specs: tuple[str, ...] = ()
     require_gpu: bool | None = None
     submission: bool = True  # batch mode: write the stacks 1.nii.gz 2.nii.gz 3.nii.gz
+    classes: tuple[int, ...] | None = None  # batch mode: only these class indices (None: all)
+    save_probabilities: bool = False  # batch mode: probabilities/<case>.npz
 
 
 @dataclass
@@ -178,6 +183,7 @@ def load_predictor(config: RunConfig) -> tuple[Predictor, dict[str, Any], float]
         precision=config.precision,
         tta=config.tta,
         max_views_per_batch=config.batch_size,
+        classes=config.classes,
         backend=config.backend,
     )
     seconds = time.perf_counter() - start
@@ -279,6 +285,10 @@ def _write_stacks(run: _Run, collector: StackCollector) -> dict[str, Any]:
     differ in size, so they cannot form one stack; :func:`run`'s caller treats it as an error)."""
     if not run.config.submission:
         return {"written": False, "files": [], "reason": "not asked for", "cause": "not asked"}
+    if run.config.classes is not None and len(run.config.classes) < len(LESION_CLASSES):
+        keys = ",".join(BY_INDEX[i].key for i in run.config.classes)
+        reason = f"--classes {keys}: the submission needs all three classes"
+        return {"written": False, "files": [], "reason": reason, "cause": "not asked"}
     missing = [c for c in LESION_CLASSES if c.index not in collector.classes]
     cause, reason = None, None
     if missing:
@@ -299,7 +309,7 @@ def _write_stacks(run: _Run, collector: StackCollector) -> dict[str, Any]:
 def _remove_leftovers(run: _Run, output_dir: Path) -> None:
     """Remove the hidden ``.partial`` files and folders a killed earlier run left (SIGKILL, a
     lost container: no cleanup ran), before this run writes the same outputs."""
-    names = [MASKS_DIR, OVERLAYS_DIR, RESULTS_FILE, *SUBMISSION_FILES.values()]
+    names = [MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, RESULTS_FILE, *SUBMISSION_FILES.values()]
     removed = [p.name for name in names for p in remove_stale_partials(output_dir / name)]
     if removed:
         run.warn(
@@ -315,7 +325,12 @@ def _run_batch(run: _Run, predictor: Predictor, images: list[Path]) -> dict[str,
     with contextlib.ExitStack() as staged:
         masks_tmp = staged.enter_context(atomic_dir(masks_dir))
         overlays_tmp = staged.enter_context(atomic_dir(overlays_dir))
-        for tmp in (masks_tmp, overlays_tmp):
+        staging = [masks_tmp, overlays_tmp]
+        probabilities_tmp = None
+        if run.config.save_probabilities:
+            probabilities_tmp = staged.enter_context(atomic_dir(output_dir / PROBABILITIES_DIR))
+            staging.append(probabilities_tmp)
+        for tmp in staging:
             (tmp / _OWNED_MARKER).write_text("written by drac_algo.pipeline\n", encoding="utf-8")
         # closing(): a failure in this loop must also stop the background decoding.
 
@@ -334,10 +349,15 @@ def _run_batch(run: _Run, predictor: Predictor, images: list[Path]) -> dict[str,
             with run.timed("write_s"):
                 write_mask_pngs(masks_tmp, name, prediction.masks)
                 write_overlay_png(overlays_tmp, name, loaded.pixels, prediction.masks)
+                if probabilities_tmp is not None:
+                    write_probabilities(probabilities_tmp, name, prediction.probabilities)
             collector.add(name, prediction.masks)
             _log_case(f"{number}/{len(images)}", path.name, record)
             progress.advance()
         _retire_previous_summary(output_dir)
+        if probabilities_tmp is None and (output_dir / PROBABILITIES_DIR).is_dir():
+            # An earlier run's maps (checked to be this program's) would not match these masks.
+            shutil.rmtree(output_dir / PROBABILITIES_DIR)
     with run.timed("write_s"):
         submission = _write_stacks(run, collector)
     examples = {
@@ -346,6 +366,7 @@ def _run_batch(run: _Run, predictor: Predictor, images: list[Path]) -> dict[str,
     return {
         "outputs": examples,
         "overlays": f"{OVERLAYS_DIR}/<case>.png",
+        "probabilities": f"{PROBABILITIES_DIR}/<case>.npz" if probabilities_tmp else None,
         "submission": submission,
     }
 
@@ -354,14 +375,22 @@ def _run_batch(run: _Run, predictor: Predictor, images: list[Path]) -> dict[str,
 # The whole run
 
 
-def _class_table(predictor: Predictor, outputs: dict[str, str]) -> dict[str, Any]:
+def _class_table(
+    predictor: Predictor, outputs: dict[str, str], requested: tuple[int, ...] | None
+) -> dict[str, Any]:
     table = {}
     for c in LESION_CLASSES:
         present = c.index in predictor.classes
+        if present:
+            status = "written"
+        elif requested is not None and c.index not in requested:
+            status = "not requested (--classes)"
+        else:
+            status = "missing from the model bundle"
         table[str(c.index)] = {
             "key": c.key,
             "name": c.name,
-            "status": "written" if present else "missing from the model bundle",
+            "status": status,
             "output": outputs.get(str(c.index)) if present else None,
         }
     return table
@@ -407,6 +436,20 @@ def run(config: RunConfig) -> dict[str, Any]:
         config.model_dir, config.input_slug, config.output_specs, config.require_gpu
     )
     mode, images, slug = find_inputs(config, job)
+    if mode == GRAND_CHALLENGE:
+        batch_only = [
+            flag
+            for flag, given in (
+                ("--classes", config.classes is not None),
+                ("--save-probabilities", config.save_probabilities),
+            )
+            if given
+        ]
+        if batch_only:
+            raise DracInputError(
+                f"{' and '.join(batch_only)}: for a folder of images only; {config.input_dir} "
+                "holds a Grand Challenge job (inputs.json), which writes every class's socket"
+            )
     output_dir = check_output_dir(config.output_dir)
     with run_log(output_dir / PROCESS_LOG, "drac-process"):
         return _run_checked(config, job, mode, images, slug, output_dir, started)
@@ -422,7 +465,7 @@ def _run_checked(
     started: float,
 ) -> dict[str, Any]:
     if mode == BATCH:
-        for folder in (MASKS_DIR, OVERLAYS_DIR):
+        for folder in (MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR):
             _check_replaceable(output_dir / folder)
     log.info("mode: %s; %d image(s) from %s", mode, len(images), config.input_dir)
     run_state = _Run(config, mode, job)
@@ -466,7 +509,9 @@ def _run_checked(
             f"{gpu.reason or 'the CPU was asked for'}"
         )
     for c in LESION_CLASSES:
-        if c.index not in predictor.classes:
+        if c.index not in predictor.classes and (
+            config.classes is None or c.index in config.classes
+        ):
             run_state.warn(
                 f"model bundle {config.model_dir} has no class {c.index} ({c.key}, {c.name}): "
                 "no output is written for it"
@@ -484,6 +529,7 @@ def _run_checked(
         requested_device=config.device,
         drac_algo_version=drac_algo.__version__,
         environment=environment(),
+        requested_classes=None if config.classes is None else list(config.classes),
         job=job.to_json(),
     )
     if mode == GRAND_CHALLENGE:
@@ -523,7 +569,7 @@ def _run_checked(
             "per_image_max_s": _rounded(stats["seconds_max"]),
         },
         "engine": stats,
-        "classes": _class_table(predictor, mode_results.pop("outputs")),
+        "classes": _class_table(predictor, mode_results.pop("outputs"), config.classes),
         **mode_results,
         "cases": run_state.cases,
         "warnings": run_state.warnings,

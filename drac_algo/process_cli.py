@@ -29,6 +29,7 @@ from pathlib import Path
 import click
 
 from drac_algo.choices import BACKENDS, PRECISIONS, TTA_CHOICES
+from drac_algo.classes import lesion_class
 from drac_algo.cli import (
     Command,
     device_option,
@@ -44,6 +45,18 @@ OUTPUT_PATH = Path("/output")
 MODEL_PATH = Path("/opt/ml/model")  # where Grand Challenge extracts the model tarball
 
 _PATH = click.Path(path_type=Path, file_okay=True, dir_okay=True)
+
+
+def parse_classes(value: str | None) -> tuple[int, ...] | None:
+    """``--classes``: "irma,na" or "1,2" -> (1, 2), sorted, each once; None when not given."""
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise DracInputError(
+            f"--classes: expected class keys or indices (irma,na,nv or 1-3), found {value!r}"
+        )
+    return tuple(sorted({lesion_class(name).index for name in names}))
 
 
 @click.command(cls=Command)
@@ -131,6 +144,21 @@ _PATH = click.Path(path_type=Path, file_okay=True, dir_okay=True)
     "Without it, images that cannot form the stacks (mixed sizes) end the run with exit "
     "status 2 once the masks and overlays are written.",
 )
+@click.option(
+    "--classes",
+    "class_list",
+    default=None,
+    metavar="irma,na,nv",
+    help="Folder of images: segment only these classes (keys or 1-3, comma-separated); the "
+    "other classes' networks are not loaded and the submission stacks, which need all three, "
+    "are not written.  [default: every class in the bundle]",
+)
+@click.option(
+    "--save-probabilities",
+    is_flag=True,
+    help="Folder of images: also write each case's ensemble probabilities, "
+    "probabilities/<case>.npz (one float16 (H, W) array per class key, values in [0, 1]).",
+)
 @verbose_option
 @version_option("drac-process")
 @exits_on_bad_input
@@ -147,6 +175,8 @@ def main(
     output_specs: tuple[str, ...],
     require_gpu: bool | None,
     no_submission: bool,
+    class_list: str | None,
+    save_probabilities: bool,
     verbose: bool,
 ) -> None:
     """Segment DRAC2022 Task 1 lesions in one Grand Challenge job or a folder of images."""
@@ -168,6 +198,8 @@ def main(
         output_specs=output_specs,
         require_gpu=require_gpu,
         submission=not no_submission,
+        classes=parse_classes(class_list),
+        save_probabilities=save_probabilities,
     )
     try:
         results = run(config)

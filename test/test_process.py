@@ -28,6 +28,7 @@ from drac_algo.hardware import native_bf16
 from drac_algo.images import load_image
 from drac_algo.inference import Predictor
 from drac_algo.models import ModelSpec, build_network
+from drac_algo.postprocess import postprocess_mask, threshold_probability
 from drac_algo.submission import read_submission
 from process import main
 
@@ -729,3 +730,128 @@ def test_backend_flag_is_recorded_and_onnxruntime_needs_onnx_files(bundle, tmp_p
         outputs[backend] = read_submission(out)
     for a, b in zip(outputs["torch"], outputs["onnxruntime"], strict=True):
         assert np.array_equal(a, b)
+
+
+# --- --classes and --save-probabilities (batch runs) -------------------------------------------
+
+
+def test_classes_runs_only_those_classes(bundle, tmp_path):
+    images = tmp_path / "images"
+    write_png(images / "086.png", gray(86))
+    out = tmp_path / "out"
+    args = ("--input", images, "--output", out, "--bundle", bundle, "--tta", "none")
+    result = ok(invoke(*args, "--classes", "nv, 1,irma"))  # keys or indices, repeats merged
+    assert "has no class" not in result.stderr and "not written" not in result.stderr
+    assert tree(out) == sorted(
+        [
+            "masks/.drac-algo-output",
+            "overlays/.drac-algo-output",
+            "overlays/086.png",
+            "results.json",
+            *[f"masks/{LESION_CLASSES[i].folder}/086.png" for i in (0, 2)],
+        ]
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["requested_classes"] == [1, 3]
+    assert results["classes"]["2"]["status"] == "not requested (--classes)"
+    assert [results["classes"][k]["status"] for k in "13"] == ["written", "written"]
+    assert list(results["cases"][0]["classes"]) == ["1", "3"]
+    assert results["submission"] == {
+        "written": False,
+        "files": [],
+        "reason": "--classes irma,nv: the submission needs all three classes",
+        "cause": "not asked",
+    }
+    # The same masks as a full run: a class's answer does not depend on the others.
+    full = tmp_path / "full"
+    ok(invoke("--input", images, "--output", full, "--bundle", bundle, "--tta", "none"))
+    for i in (0, 2):
+        rel = f"masks/{LESION_CLASSES[i].folder}/086.png"
+        assert (out / rel).read_bytes() == (full / rel).read_bytes()
+
+
+def test_classes_loads_no_network_of_the_other_classes(bundle, monkeypatch):
+    from drac_algo import bundle as bundle_module
+    from drac_algo.inference import Predictor
+
+    built = []
+    original = bundle_module.build_member
+    monkeypatch.setattr(
+        bundle_module,
+        "build_member",
+        lambda f, m, **kw: built.append(m.file) or original(f, m, **kw),
+    )
+    Predictor.from_bundle(bundle, device="cpu", classes=[2], backend="torch")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert built == [m["file"] for m in manifest["classes"]["2"]["members"]]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("irma,xx", "unknown lesion class 'xx'; valid: irma (1), na (2), nv (3)"),
+        ("4", "unknown lesion class '4'"),
+        (" , ", "--classes: expected class keys or indices (irma,na,nv or 1-3), found ' , '"),
+    ],
+)
+def test_bad_classes_are_refused_before_anything_is_written(bundle, tmp_path, value, message):
+    images = tmp_path / "images"
+    write_png(images / "086.png", gray(86))
+    out = tmp_path / "out"
+    failed(
+        invoke("--input", images, "--output", out, "--bundle", bundle, "--classes", value), message
+    )
+    assert not out.exists()
+
+
+def test_batch_only_options_are_refused_for_a_grand_challenge_job(bundle, tmp_path):
+    job = write_job(tmp_path / "job")
+    for extra in (["--classes", "irma"], ["--save-probabilities"]):
+        out = tmp_path / f"out{len(extra)}"
+        failed(
+            invoke("--input", job, "--output", out, "--bundle", bundle, *extra),
+            f"{extra[0]}: for a folder of images only",
+        )
+        assert not out.exists()
+
+
+def test_saved_probabilities_reproduce_the_masks(bundle, tmp_path):
+    images = tmp_path / "images"
+    write_png(images / "086.png", gray(86))
+    write_png(images / "090.png", gray(90, shape=(40, 48)))
+    out = tmp_path / "out"
+    args = ("--input", images, "--bundle", bundle, "--tta", "flips", "--no-submission")
+    ok(invoke(*args, "--output", out, "--save-probabilities"))
+    results = json.loads((out / "results.json").read_text())
+    assert results["probabilities"] == "probabilities/<case>.npz"
+    assert sorted(p.name for p in (out / "probabilities").iterdir()) == [
+        ".drac-algo-output",
+        "086.npz",
+        "090.npz",
+    ]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for name, shape in (("086", (SIZE, SIZE)), ("090", (40, 48))):
+        with np.load(out / "probabilities" / f"{name}.npz") as maps:
+            assert sorted(maps.files) == ["irma", "na", "nv"]
+            for c in LESION_CLASSES:
+                p = maps[c.key]
+                assert p.dtype == np.float16 and p.shape == shape
+                assert p.min() >= 0.0 and p.max() <= 1.0
+                entry = manifest["classes"][str(c.index)]
+                mask = read_png_mask(out / "masks" / c.folder / f"{name}.png")
+                again = postprocess_mask(
+                    threshold_probability(p.astype(np.float32), entry["threshold"]),
+                    entry["min_component_px"],
+                    entry["fill_holes"],
+                )
+                # The engine's own threshold and clean-up on the saved map give the written
+                # mask, but for float16 rounding next to the threshold (2^-11 apart at 0.5,
+                # many pixels here: random weights) and what the clean-up of a 2-pixel minimum
+                # changes next to such a pixel.
+                near = np.abs(p.astype(np.float32) - entry["threshold"]) <= 2.0**-11
+                near = cv2.dilate(near.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+                assert not ((again != mask) & ~near).any(), (name, c.key)
+    # A later run without the option does not leave maps that no longer match its masks.
+    ok(invoke(*args, "--output", out))
+    assert not (out / "probabilities").exists()
+    assert json.loads((out / "results.json").read_text())["probabilities"] is None
