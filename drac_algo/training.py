@@ -409,6 +409,7 @@ def train_member(
                 desc=f"{plan.task} {plan.name} epoch {epoch + 1}/{cfg.epochs}",
                 leave=False,
                 dynamic_ncols=True,
+                disable=None,  # no bar in a pipe or a log: the epoch's log line says it all
                 postfix={"last val dice": f"{last_dice:.4f}"},
             )
             if ctx.is_main
