@@ -69,6 +69,14 @@ from drac_algo.outputs import (
 )
 from drac_algo.progress import RunProgress
 from drac_algo.provenance import environment
+from drac_algo.resume import (
+    CASES_DIR,
+    fingerprint,
+    read_case_masks,
+    read_complete_case,
+    remove_other_cases,
+    write_case_record,
+)
 from drac_algo.submission import SUBMISSION_FILES, write_submission
 
 log = logging.getLogger(__name__)
@@ -104,6 +112,7 @@ class RunConfig:
     submission: bool = True  # batch mode: write the stacks 1.nii.gz 2.nii.gz 3.nii.gz
     classes: tuple[int, ...] | None = None  # batch mode: only these class indices (None: all)
     save_probabilities: bool = False  # batch mode: probabilities/<case>.npz
+    resume: bool = False  # batch mode (--continue): keep complete cases, write case by case
 
 
 @dataclass
@@ -309,7 +318,8 @@ def _write_stacks(run: _Run, collector: StackCollector) -> dict[str, Any]:
 def _remove_leftovers(run: _Run, output_dir: Path) -> None:
     """Remove the hidden ``.partial`` files and folders a killed earlier run left (SIGKILL, a
     lost container: no cleanup ran), before this run writes the same outputs."""
-    names = [MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, RESULTS_FILE, *SUBMISSION_FILES.values()]
+    names = [MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, CASES_DIR, RESULTS_FILE]
+    names += list(SUBMISSION_FILES.values())
     removed = [p.name for name in names for p in remove_stale_partials(output_dir / name)]
     if removed:
         run.warn(
@@ -355,9 +365,11 @@ def _run_batch(run: _Run, predictor: Predictor, images: list[Path]) -> dict[str,
             _log_case(f"{number}/{len(images)}", path.name, record)
             progress.advance()
         _retire_previous_summary(output_dir)
-        if probabilities_tmp is None and (output_dir / PROBABILITIES_DIR).is_dir():
-            # An earlier run's maps (checked to be this program's) would not match these masks.
-            shutil.rmtree(output_dir / PROBABILITIES_DIR)
+        # An earlier run's maps and --continue records (checked to be this program's) would
+        # not match these masks.
+        stale = [CASES_DIR] if probabilities_tmp else [CASES_DIR, PROBABILITIES_DIR]
+        for folder in stale:
+            shutil.rmtree(output_dir / folder, ignore_errors=True)
     with run.timed("write_s"):
         submission = _write_stacks(run, collector)
     examples = {
@@ -367,6 +379,102 @@ def _run_batch(run: _Run, predictor: Predictor, images: list[Path]) -> dict[str,
         "outputs": examples,
         "overlays": f"{OVERLAYS_DIR}/<case>.png",
         "probabilities": f"{PROBABILITIES_DIR}/<case>.npz" if probabilities_tmp else None,
+        "submission": submission,
+    }
+
+
+def _case_fingerprint(run: _Run, predictor: Predictor, bundle_id: str) -> str:
+    """What decides a case's files: a --continue run keeps only cases made with the same."""
+    ran = predictor.settings()
+    return fingerprint(
+        {
+            "bundle_id": bundle_id,
+            "tta": run.config.tta,
+            "autocast": ran["autocast"],
+            "backend": ran["backend"],
+            "classes": sorted(predictor.classes),
+            "save_probabilities": run.config.save_probabilities,
+        }
+    )
+
+
+def _run_batch_continue(
+    run: _Run, predictor: Predictor, images: list[Path], bundle_id: str
+) -> dict[str, Any]:
+    """``--continue``: each case written as it is done (files, then its record, see
+    :mod:`drac_algo.resume`); complete cases of an earlier run with the same settings are read
+    back instead of recomputed; the stacks and ``results.json`` are assembled at the end."""
+    output_dir = Path(run.config.output_dir)
+    folders = [MASKS_DIR, OVERLAYS_DIR, CASES_DIR]
+    if run.config.save_probabilities:
+        folders.append(PROBABILITIES_DIR)
+    else:
+        shutil.rmtree(output_dir / PROBABILITIES_DIR, ignore_errors=True)
+    for folder in folders:
+        (output_dir / folder).mkdir(parents=True, exist_ok=True)
+        (output_dir / folder / _OWNED_MARKER).write_text("written by drac_algo.pipeline\n")
+    _retire_previous_summary(output_dir)  # results.json returns only once every case is done
+    case_fp = _case_fingerprint(run, predictor, bundle_id)
+    names = [path.name.split(".", 1)[0] for path in images]
+    done: dict[str, dict[str, Any]] = {}
+    for name in names:
+        record, why = read_complete_case(output_dir, name, case_fp)
+        if record is not None:
+            done[name] = record
+        elif why is not None:
+            log.info("%s: recomputed, %s", name, why)
+    removed = remove_other_cases(output_dir, set(names))
+    if removed:
+        log.info("--continue: removed %d case(s) not in this input: %s", len(removed), removed)
+    to_run = [path for path, name in zip(images, names, strict=True) if name not in done]
+    log.info("--continue: %d case(s) complete, %d to run", len(done), len(to_run))
+    collector = StackCollector(predictor.classes)
+
+    def load(path: Path) -> LoadedImage:
+        with run.timed("decode_s"):
+            return load_image(path)
+
+    with contextlib.ExitStack() as stack:
+        predictions = stack.enter_context(
+            contextlib.closing(predictor.predict_many(to_run, load=load))
+        )
+        progress = stack.enter_context(RunProgress(len(to_run), "case", "inference"))
+        for number, (path, name) in enumerate(zip(images, names, strict=True), start=1):
+            if name in done:
+                run.cases.append(done[name])
+                masks = read_case_masks(output_dir / MASKS_DIR, name, predictor.classes)
+                collector.add(name, masks)
+                continue
+            predicted_path, loaded, prediction = next(predictions)
+            assert predicted_path == path, (predicted_path, path)  # same order as to_run
+            _note_conversion(run, path, loaded)
+            record = _record(run, path, name, loaded, prediction)
+            with run.timed("write_s"):
+                files = write_mask_pngs(output_dir / MASKS_DIR, name, prediction.masks)
+                files.append(
+                    write_overlay_png(
+                        output_dir / OVERLAYS_DIR, name, loaded.pixels, prediction.masks
+                    )
+                )
+                if run.config.save_probabilities:
+                    folder = output_dir / PROBABILITIES_DIR
+                    files.append(write_probabilities(folder, name, prediction.probabilities))
+                write_case_record(output_dir, name, record, case_fp, files)
+            collector.add(name, prediction.masks)
+            _log_case(f"{number}/{len(images)}", path.name, record)
+            progress.advance()
+    with run.timed("write_s"):
+        submission = _write_stacks(run, collector)
+    examples = {
+        str(i): mask_png_path(MASKS_DIR, i, "<case>").as_posix() for i in sorted(predictor.classes)
+    }
+    return {
+        "outputs": examples,
+        "overlays": f"{OVERLAYS_DIR}/<case>.png",
+        "probabilities": (
+            f"{PROBABILITIES_DIR}/<case>.npz" if run.config.save_probabilities else None
+        ),
+        "continued": {"complete_before": len(done), "run": len(to_run)},
         "submission": submission,
     }
 
@@ -442,6 +550,7 @@ def run(config: RunConfig) -> dict[str, Any]:
             for flag, given in (
                 ("--classes", config.classes is not None),
                 ("--save-probabilities", config.save_probabilities),
+                ("--continue", config.resume),
             )
             if given
         ]
@@ -465,7 +574,7 @@ def _run_checked(
     started: float,
 ) -> dict[str, Any]:
     if mode == BATCH:
-        for folder in (MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR):
+        for folder in (MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, CASES_DIR):
             _check_replaceable(output_dir / folder)
     log.info("mode: %s; %d image(s) from %s", mode, len(images), config.input_dir)
     run_state = _Run(config, mode, job)
@@ -520,7 +629,10 @@ def _run_checked(
     if job_image is not None:
         mode_results = _run_job(run_state, predictor, images[0], job_image)
     else:
-        mode_results = _run_batch(run_state, predictor, images)
+        if config.resume:
+            mode_results = _run_batch_continue(run_state, predictor, images, bundle_info["id"])
+        else:
+            mode_results = _run_batch(run_state, predictor, images)
 
     stats = predictor.stats()
     settings = predictor.settings()

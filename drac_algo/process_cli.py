@@ -159,6 +159,13 @@ def parse_classes(value: str | None) -> tuple[int, ...] | None:
     help="Folder of images: also write each case's ensemble probabilities, "
     "probabilities/<case>.npz (one float16 (H, W) array per class key, values in [0, 1]).",
 )
+@click.option(
+    "--continue",
+    "resume",
+    is_flag=True,
+    help="Folder of images: write each case as it is done and keep the complete cases of an "
+    "earlier --continue run with the same settings; after a crash, run the same command again.",
+)
 @verbose_option
 @version_option("drac-process")
 @exits_on_bad_input
@@ -177,6 +184,7 @@ def main(
     no_submission: bool,
     class_list: str | None,
     save_probabilities: bool,
+    resume: bool,
     verbose: bool,
 ) -> None:
     """Segment DRAC2022 Task 1 lesions in one Grand Challenge job or a folder of images."""
@@ -200,6 +208,7 @@ def main(
         submission=not no_submission,
         classes=parse_classes(class_list),
         save_probabilities=save_probabilities,
+        resume=resume,
     )
     try:
         results = run(config)

@@ -806,8 +806,8 @@ def test_bad_classes_are_refused_before_anything_is_written(bundle, tmp_path, va
 
 def test_batch_only_options_are_refused_for_a_grand_challenge_job(bundle, tmp_path):
     job = write_job(tmp_path / "job")
-    for extra in (["--classes", "irma"], ["--save-probabilities"]):
-        out = tmp_path / f"out{len(extra)}"
+    for extra in (["--classes", "irma"], ["--save-probabilities"], ["--continue"]):
+        out = tmp_path / f"out{extra[0]}"
         failed(
             invoke("--input", job, "--output", out, "--bundle", bundle, *extra),
             f"{extra[0]}: for a folder of images only",
@@ -855,3 +855,100 @@ def test_saved_probabilities_reproduce_the_masks(bundle, tmp_path):
     ok(invoke(*args, "--output", out))
     assert not (out / "probabilities").exists()
     assert json.loads((out / "results.json").read_text())["probabilities"] is None
+
+
+# --- --continue --------------------------------------------------------------------------------
+
+
+def _counting_predictions(monkeypatch):
+    """Record which images the engine runs in this process."""
+    from drac_algo.inference import Predictor
+
+    ran = []
+    original = Predictor.predict_many
+
+    def predict_many(self, paths, **kwargs):
+        ran.extend(Path(p).name for p in paths)
+        return original(self, paths, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict_many", predict_many)
+    return ran
+
+
+def test_continue_recomputes_only_cases_that_are_not_complete(bundle, tmp_path, monkeypatch):
+    images = tmp_path / "images"
+    for seed in (86, 90, 285, 1200):
+        write_png(images / f"{seed:03d}.png", gray(seed))
+    args = ("--input", images, "--bundle", bundle, "--tta", "flips")
+    fresh = tmp_path / "fresh"
+    ok(invoke(*args, "--output", fresh))
+    out = tmp_path / "out"
+    ran = _counting_predictions(monkeypatch)
+    ok(invoke(*args, "--output", out, "--continue", "--save-probabilities"))
+    assert ran == ["086.png", "090.png", "285.png", "1200.png"]
+    assert sorted(p.name for p in (out / "cases").glob("*.json")) == [
+        "086.json",
+        "090.json",
+        "1200.json",
+        "285.json",
+    ]
+
+    # A crash, simulated: one case lost a mask, one record is truncated, one overlay changed,
+    # and results.json and the stacks of the finished run are gone.
+    (out / "masks" / LESION_CLASSES[1].folder / "090.png").unlink()
+    record = out / "cases" / "285.json"
+    record.write_text(record.read_text()[:40])
+    (out / "overlays" / "1200.png").write_bytes(b"not the overlay")
+    for name in ("results.json", "1.nii.gz"):
+        (out / name).unlink()
+    untouched = (out / "masks" / LESION_CLASSES[0].folder / "086.png").stat().st_mtime_ns
+    ran.clear()
+    result = ok(invoke(*args, "--output", out, "--continue", "--save-probabilities"))
+    assert ran == ["090.png", "285.png", "1200.png"]
+    assert f"090: recomputed, masks/{LESION_CLASSES[1].folder}/090.png is missing" in (
+        result.stderr
+    )
+    assert "285: recomputed, its record 285.json is unreadable" in result.stderr
+    assert "1200: recomputed, overlays/1200.png changed since it was written" in result.stderr
+    assert "--continue: 1 case(s) complete, 3 to run" in result.stderr
+    assert (out / "masks" / LESION_CLASSES[0].folder / "086.png").stat().st_mtime_ns == untouched
+
+    # The assembled outputs equal an uninterrupted run's.
+    a, b = (
+        json.loads((out / "results.json").read_text()),
+        json.loads((fresh / "results.json").read_text()),
+    )
+    assert [c["case"] for c in a["cases"]] == [c["case"] for c in b["cases"]]
+    assert [c["classes"] for c in a["cases"]] == [c["classes"] for c in b["cases"]]
+    assert a["continued"] == {"complete_before": 1, "run": 3}
+    stacks, expected = read_submission(out), read_submission(fresh)
+    for i in (1, 2, 3):
+        np.testing.assert_array_equal(stacks[i], expected[i])
+    for rel in tree(fresh):
+        if rel.startswith("masks/") and not rel.endswith(".drac-algo-output"):
+            assert (out / rel).read_bytes() == (fresh / rel).read_bytes(), rel
+
+
+def test_continue_with_other_settings_or_inputs_recomputes(bundle, tmp_path, monkeypatch):
+    images = tmp_path / "images"
+    for seed in (86, 90):
+        write_png(images / f"{seed:03d}.png", gray(seed))
+    out = tmp_path / "out"
+    args = ("--input", images, "--output", out, "--bundle", bundle, "--continue")
+    ok(invoke(*args, "--tta", "flips"))
+    ran = _counting_predictions(monkeypatch)
+    ok(invoke(*args, "--tta", "flips"))
+    assert ran == []  # everything complete: nothing recomputed
+    result = ok(invoke(*args, "--tta", "none"))
+    assert ran == ["086.png", "090.png"]
+    assert "made with other settings or another model bundle" in result.stderr
+    # A case no longer in the input: its files and record go.
+    (images / "090.png").unlink()
+    ran.clear()
+    ok(invoke(*args, "--tta", "none"))
+    assert ran == []
+    assert not (out / "cases" / "090.json").exists() and not (out / "overlays/090.png").exists()
+    assert [c["case"] for c in json.loads((out / "results.json").read_text())["cases"]] == ["086"]
+    # A run without --continue replaces the outputs and drops the records.
+    ok(invoke("--input", images, "--output", out, "--bundle", bundle))
+    assert not (out / "cases").exists()
