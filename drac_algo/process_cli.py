@@ -6,12 +6,13 @@ as ``python process.py`` from a checkout, or as ``drac-process`` once installed.
     python process.py --input IMAGES_DIR --output OUT_DIR --bundle BUNDLE_DIR \\
         [--tta d4|flips|none] [--device auto|cpu|cuda|cuda:N] [--views-per-batch N] \\
         [--precision auto|fp32|bf16|fp16] [--backend auto|torch|onnxruntime] \\
-        [--input-slug SLUG] \\
-        [--output-slug CLASS=SLUG[:RELATIVE_PATH] ...] [--require-gpu]
+        [--classes irma,na,nv] [--save-probabilities] [--continue] [--no-submission] \\
+        [--input-slug SLUG] [--output-slug CLASS=SLUG[:RELATIVE_PATH] ...] [--require-gpu]
 
 With ``INPUT/inputs.json`` present this is a Grand Challenge job (one image; one
 ``images/<slug>/output.mha`` per class); otherwise every image in INPUT is segmented and the
-challenge submission, PNG masks and overlays are written. Both write ``results.json``. See
+challenge submission, PNG masks and overlays are written (``--classes``, ``--save-probabilities``
+and ``--continue`` are for this mode). Both write ``results.json`` and ``process.log``. See
 :mod:`drac_algo.pipeline` for the modes and :mod:`drac_algo.outputs` for the layout. Sockets
 and ``--require-gpu`` can also come from the environment or the model folder's
 ``platform.json`` (:mod:`drac_algo.job_settings`), since a platform job takes no arguments.
