@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from drac_algo.cli import run_log
 from drac_algo.config import TrainConfig
 from drac_algo.data import Case, find_layout, list_cases
 from drac_algo.dataset import Sample, load_samples
@@ -26,6 +28,7 @@ from drac_algo.splits import stratified_kfold_split
 from drac_algo.training import MemberPlan, MemberResult, member_name, train_member
 
 log = logging.getLogger(__name__)
+TRAIN_LOG = "train.log"  # in the run folder: the console's log lines, the versions first
 
 
 def plan_members(cfg: TrainConfig, samples: Sequence[Sample], run_dir: Path) -> list[MemberPlan]:
@@ -91,7 +94,20 @@ def run_training(
     resume: bool = False,
 ) -> RunSummary:
     """Train every member of every config in ``configs`` on the DRAC training set at
-    ``data_root``, then export the bundle of everything trained in ``run_dir``."""
+    ``data_root``, then export the bundle of everything trained in ``run_dir``; the main process
+    mirrors the log into ``run_dir/train.log``."""
+    log_file = run_log(run_dir / TRAIN_LOG, "drac-train") if ctx.is_main else nullcontext()
+    with log_file:
+        return _run_training(data_root, run_dir, configs, ctx, resume)
+
+
+def _run_training(
+    data_root: Path,
+    run_dir: Path,
+    configs: Sequence[TrainConfig],
+    ctx: DistContext,
+    resume: bool,
+) -> RunSummary:
     t0 = time.perf_counter()
     layout = find_layout(data_root)
     cases = list_cases(layout, "train")

@@ -128,6 +128,7 @@ def run_quickstart(
     click.echo(f"  submission files          {output}/1.nii.gz 2.nii.gz 3.nii.gz")
     click.echo(f"  PNG masks, overlays       {output}/masks/  {output}/overlays/")
     click.echo(f"  per-case results          {output}/results.json")
+    click.echo(f"  run logs (with versions)  {run_dir}/train.log  {output}/process.log")
     click.echo("\nTimings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     click.echo(
         "Trivial predictions, mean Dice: " + ", ".join(f"{k} {v:.4f}" for k, v in baselines.items())

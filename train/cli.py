@@ -3,7 +3,6 @@ fails before any training), then hand over to :func:`drac_algo.experiment.run_tr
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +16,6 @@ from drac_algo.cli import (
     Command,
     device_option,
     exits_on_bad_input,
-    run_log,
     setup_logging,
     verbose_option,
     version_option,
@@ -29,7 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("train")
 TASKS = [c.key for c in LESION_CLASSES]
-TRAIN_LOG = "train.log"  # in --out: the console's log lines, with the versions that ran
 
 
 def _seeds(value: str | None) -> tuple[int, ...] | None:
@@ -206,16 +203,14 @@ def main(
 
     ctx = init_distributed(device)
     try:
-        with contextlib.ExitStack() as stack:
-            if ctx.is_main:
-                check_run_dir(out, resume)
-                stack.enter_context(run_log(out / TRAIN_LOG, "drac-train"))
-            # Imported here: it pulls in torch's training stack, not needed to print --help.
-            from drac_algo.experiment import run_training, summary_table
+        if ctx.is_main:
+            check_run_dir(out, resume)
+        # Imported here: it pulls in torch's training stack, not needed to print --help.
+        from drac_algo.experiment import run_training, summary_table
 
-            summary = run_training(data_root, out, configs, ctx, resume=resume)
-            if ctx.is_main:
-                click.echo(summary_table(summary))
-                click.echo(f"bundle: {summary.bundle}  ({summary.seconds / 60:.1f} min)")
+        summary = run_training(data_root, out, configs, ctx, resume=resume)
+        if ctx.is_main:
+            click.echo(summary_table(summary))
+            click.echo(f"bundle: {summary.bundle}  ({summary.seconds / 60:.1f} min)")
     finally:
         shutdown(ctx)
