@@ -162,6 +162,7 @@ def test_an_export_that_differs_from_torch_is_not_kept(bundle, monkeypatch):
     assert all(m.onnx is None for _, m in load_bundle(bundle).members())
 
 
+@pytest.mark.slow
 def test_the_command_adds_onnx_and_skips_members_that_have_it(bundle):
     result = CliRunner().invoke(onnx_export.main, [str(bundle)])
     assert result.exit_code == 0, result.output

@@ -703,6 +703,7 @@ def test_cuda_on_a_machine_without_it(bundle, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_backend_flag_is_recorded_and_onnxruntime_needs_onnx_files(bundle, tmp_path):
     pytest.importorskip("onnxruntime")
     from drac_algo.onnx_export import add_onnx
@@ -875,6 +876,7 @@ def _counting_predictions(monkeypatch):
     return ran
 
 
+@pytest.mark.slow
 def test_continue_recomputes_only_cases_that_are_not_complete(bundle, tmp_path, monkeypatch):
     images = tmp_path / "images"
     for seed in (86, 90, 285, 1200):
@@ -929,6 +931,7 @@ def test_continue_recomputes_only_cases_that_are_not_complete(bundle, tmp_path, 
             assert (out / rel).read_bytes() == (fresh / rel).read_bytes(), rel
 
 
+@pytest.mark.slow
 def test_continue_with_other_settings_or_inputs_recomputes(bundle, tmp_path, monkeypatch):
     images = tmp_path / "images"
     for seed in (86, 90):

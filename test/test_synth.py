@@ -213,6 +213,7 @@ def test_lesion_statistics_match_the_reference(many_cases):
     assert abs(present[3] - 0.32) <= 0.15
 
 
+@pytest.mark.slow
 def test_lesion_component_sizes(many_cases):
     """Median component areas (scaled to 1024 px) near the organisers' medians."""
     scale = (1024 / 256) ** 2
