@@ -2,6 +2,7 @@
 packed into ``model.tar.gz``:
 
     python -m drac_algo.bundle check DIR [--platform FILE]
+    drac-bundle check DIR [--platform FILE]     # installed; also python -m drac_algo.bundle_check
 
 Loads ``DIR`` with :func:`drac_algo.bundle.load_bundle` (manifest, member files, ONNX files,
 sha256 checksums) and prints one summary line::
@@ -22,14 +23,19 @@ module only hands ``python -m drac_algo.bundle`` on to :func:`main`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from drac_algo.bundle import Bundle, load_bundle
 from drac_algo.classes import BY_INDEX
-from drac_algo.cli import exits_on_bad_input
+from drac_algo.cli import Group, exits_on_bad_input, version_option
 from drac_algo.errors import DracInputError
-from drac_algo.job_settings import PLATFORM_FILE, JobSettings, resolve_job_settings
+
+if TYPE_CHECKING:
+    from drac_algo.bundle import Bundle
+    from drac_algo.job_settings import JobSettings
+
+PLATFORM_FILE = "platform.json"  # drac_algo.job_settings.PLATFORM_FILE (a test keeps them equal)
 
 
 def _count(n: int, noun: str) -> str:
@@ -75,6 +81,10 @@ def check_bundle(folder: Path, platform: Path | None = None) -> list[str]:
     """Check the bundle in ``folder`` and the platform settings that would go with it:
     ``platform`` if given, else ``folder/platform.json`` if present. Returns the summary lines
     (one, or two with platform settings); raises :class:`DracInputError` naming the problem."""
+    # Imported here: these modules need torch (seconds), which --help must not wait for.
+    from drac_algo.bundle import load_bundle
+    from drac_algo.job_settings import resolve_job_settings
+
     folder = folder.resolve()
     lines = [bundle_summary(folder, load_bundle(folder))]
     if platform is not None and not platform.is_file():
@@ -89,7 +99,8 @@ def check_bundle(folder: Path, platform: Path | None = None) -> list[str]:
     return lines
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group)
+@version_option("drac-bundle")
 def main() -> None:
     """Model bundle tools."""
 
@@ -108,3 +119,7 @@ def check_command(folder: Path, platform: Path | None) -> None:
     summary line, or exit 2 and the problem)."""
     for line in check_bundle(folder, platform):
         click.echo(line)
+
+
+if __name__ == "__main__":
+    main()

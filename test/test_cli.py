@@ -14,9 +14,11 @@ import torch
 from click.testing import CliRunner
 
 from drac_algo import (
+    bundle_check,
     choices,
     config,
     evaluate,
+    job_settings,
     onnx_backend,
     onnx_export,
     precision,
@@ -50,8 +52,9 @@ COMMANDS: dict[str, click.Command] = {
     "drac-ablate": ablate_cli.main,
     "drac-onnx-export": onnx_export.main,
     "drac-bench": bench_cli.main,
+    "drac-bundle": bundle_check.main,
 }
-LOGGING = set(COMMANDS) - {"drac-submission"}  # submission logs in its subcommand
+LOGGING = set(COMMANDS) - {"drac-submission", "drac-bundle"}  # these log in a subcommand
 
 
 def invoke(command: click.Command, *args: object):
@@ -295,6 +298,7 @@ HELP_TARGETS = [
     ("run_module", "drac_algo.ablate", []),
     ("run_module", "drac_algo.onnx_export", []),
     ("run_module", "drac_algo.bench", []),
+    ("run_module", "drac_algo.bundle_check", ["check"]),
 ]
 
 
@@ -314,6 +318,7 @@ def test_help_needs_no_heavy_package(runner, target, sub):
 
 
 def test_the_choices_are_the_library_s():
+    assert bundle_check.PLATFORM_FILE == job_settings.PLATFORM_FILE
     assert tuple(tta.TTA_SETS) == choices.TTA_CHOICES
     assert precision.PRECISIONS is choices.PRECISIONS
     assert onnx_backend.BACKENDS is choices.BACKENDS
