@@ -146,6 +146,9 @@ class Bundle:
     # What made it (optional; bundles before it have none): {"export": provenance.environment()
     # when it was written, "training": the distinct environments its members were trained in}.
     environment: dict[str, Any] | None = None
+    # Set by load_bundle, not written: the manifest lists every file's checksum, so its own
+    # hash names the exact weights (results.json's bundle id is its first 12 characters).
+    manifest_sha256: str = dataclasses.field(default="", compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -372,10 +375,13 @@ def load_bundle(folder: str | Path) -> Bundle:
             f"no model bundle at {folder}: {MANIFEST} missing (the folder holds: {found})"
         )
     try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
+        raw = manifest.read_bytes()
+        data = json.loads(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DracInputError(f"{manifest} is not readable JSON: {exc}") from exc
-    bundle = bundle_from_dict(data, str(manifest))
+    bundle = dataclasses.replace(
+        bundle_from_dict(data, str(manifest)), manifest_sha256=hashlib.sha256(raw).hexdigest()
+    )
     problems = []
     for index, member in bundle.members():
         files = [(member.file, member.sha256)]

@@ -444,6 +444,7 @@ class Predictor:
                     # Channels-last on every device: oneDNN's CPU convolutions run NHWC
                     # natively (bf16 Unet++ at 1024 x 1024: 2.4 s per view NCHW, 1.9 s NHWC).
                     member.network.to(memory_format=torch.channels_last)
+        self.bundle: Any = None  # the parsed drac_algo.bundle.Bundle when built from_bundle
         self._state = _RunState(max_views_per_batch)
         self._seconds: list[float] = []
 
@@ -510,7 +511,7 @@ class Predictor:
                 )
             )
         release_freed_memory()  # the parsed member files
-        return cls(
+        predictor = cls(
             ensembles,
             device=device,
             precision=precision,
@@ -519,6 +520,8 @@ class Predictor:
             source=folder,
             backend=choice,
         )
+        predictor.bundle = bundle
+        return predictor
 
     @property
     def classes(self) -> tuple[int, ...]:

@@ -263,6 +263,9 @@ def test_batch_folder_end_to_end(bundle, tmp_path):
     assert diagnostics["device"] == "cpu" and diagnostics["autocast"] == cpu_autocast
     assert diagnostics["views_per_batch"] == 1
     assert diagnostics["bundle_id"] == settings["bundle"]["id"]
+    # The id names the exact weights: the manifest's own hash (it lists every file's sha256).
+    manifest_hash = hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()
+    assert settings["bundle"]["id"] == manifest_hash[:12]
     assert diagnostics["gpu"]["torch_version"] == torch.__version__
     assert diagnostics["gpu"]["usable"] is torch.cuda.is_available()
     stages = diagnostics["stages"]
