@@ -63,7 +63,10 @@ def test_quick_run_writes_the_report(tmp_path):
     # Agreement is reported for every method but naive, against naive.
     assert set(report["agreement"]) == set(timed) - {"naive"}
     engine = report["agreement"]["engine"]
-    assert 0 <= engine["pixel_agreement_percent"] <= 100
+    # Same networks, same views: only the precision may move pixels at a threshold (99.89 % in
+    # bf16 on a CPU with AVX512-BF16; random weights put many pixels there). A wrong view,
+    # inverse or member would agree far less.
+    assert engine["pixel_agreement_percent"] >= 99.0
     assert set(engine["dice"]) == {"1", "2", "3"}
 
     assert len(report["training"]) == 4
