@@ -18,19 +18,19 @@ from drac_algo.classes import BY_INDEX, LESION_CLASSES
 from drac_algo.errors import DracInputError
 from drac_algo.fsutil import atomic_dir, remove_stale_partials
 from drac_algo.images import LoadedImage, load_image
-from drac_algo.inference import Predictor
 from drac_algo.outputs import (
     MASKS_DIR,
     OVERLAYS_DIR,
     PROBABILITIES_DIR,
-    RESULTS_FILE,
     StackCollector,
     mask_png_path,
     write_mask_pngs,
     write_overlay_png,
     write_probabilities,
 )
+from drac_algo.predictor import Predictor
 from drac_algo.progress import RunProgress
+from drac_algo.results import RESULTS_FILE
 from drac_algo.resume import (
     CASES_DIR,
     fingerprint,
@@ -147,17 +147,7 @@ def run_batch(run: RunState, predictor: Predictor, images: list[Path]) -> dict[s
         stale = [CASES_DIR] if probabilities_tmp else [CASES_DIR, PROBABILITIES_DIR]
         for folder in stale:
             shutil.rmtree(output_dir / folder, ignore_errors=True)
-    with run.timed("write_s"):
-        submission = write_stacks(run, collector)
-    examples = {
-        str(i): mask_png_path(MASKS_DIR, i, "<case>").as_posix() for i in sorted(predictor.classes)
-    }
-    return {
-        "outputs": examples,
-        "overlays": f"{OVERLAYS_DIR}/<case>.png",
-        "probabilities": f"{PROBABILITIES_DIR}/<case>.npz" if probabilities_tmp else None,
-        "submission": submission,
-    }
+    return _finish(run, predictor, collector, probabilities=probabilities_tmp is not None)
 
 
 def case_fingerprint(run: RunState, predictor: Predictor, bundle_id: str) -> str:
@@ -240,6 +230,18 @@ def run_batch_continue(
             collector.add(name, prediction.masks)
             log_case(f"{number}/{len(images)}", path.name, record)
             progress.advance()
+    continued = {"complete_before": len(done), "run": len(to_run)}
+    return _finish(run, predictor, collector, run.config.save_probabilities, continued=continued)
+
+
+def _finish(
+    run: RunState,
+    predictor: Predictor,
+    collector: StackCollector,
+    probabilities: bool,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Write the submission stacks; return what the batch mode adds to ``results.json``."""
     with run.timed("write_s"):
         submission = write_stacks(run, collector)
     examples = {
@@ -248,9 +250,7 @@ def run_batch_continue(
     return {
         "outputs": examples,
         "overlays": f"{OVERLAYS_DIR}/<case>.png",
-        "probabilities": (
-            f"{PROBABILITIES_DIR}/<case>.npz" if run.config.save_probabilities else None
-        ),
-        "continued": {"complete_before": len(done), "run": len(to_run)},
+        "probabilities": f"{PROBABILITIES_DIR}/<case>.npz" if probabilities else None,
+        **extra,
         "submission": submission,
     }

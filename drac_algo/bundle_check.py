@@ -32,8 +32,8 @@ from drac_algo.cli import Group, exits_on_bad_input, version_option
 from drac_algo.errors import DracInputError
 
 if TYPE_CHECKING:
-    from drac_algo.bundle import Bundle
     from drac_algo.job_settings import JobSettings
+    from drac_algo.manifest import Bundle
 
 PLATFORM_FILE = "platform.json"  # drac_algo.job_settings.PLATFORM_FILE (a test keeps them equal)
 

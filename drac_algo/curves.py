@@ -23,6 +23,7 @@ def write_history_csv(path: str | Path, history: Sequence[dict]) -> None:
 
 def plot_curves(path: str | Path, history: Sequence[dict], title: str) -> None:
     """Two panels sharing the epoch axis: losses on the left, validation Dice on the right."""
+    # Imported here: matplotlib takes about a second and only the plot needs it.
     import matplotlib
 
     matplotlib.use("Agg")

@@ -218,6 +218,7 @@ def write_case_csv(path: Path, rows: list[dict]) -> None:
 
 def plot_cases(path: Path, rows: list[dict], title: str) -> None:
     """Per class, a box of the scored cases' Dice with every case as a point beside it."""
+    # Imported here: matplotlib takes about a second and only the plot needs it.
     import matplotlib
 
     matplotlib.use("Agg")

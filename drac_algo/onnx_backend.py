@@ -49,7 +49,7 @@ ADD_ONNX_COMMAND = "python -m drac_algo.onnx_export BUNDLE"
 def runtime_problem() -> str | None:
     """Why ONNX Runtime cannot run here (``None``: it can)."""
     try:
-        import onnxruntime
+        import onnxruntime  # optional: torch alone runs every bundle
     except ImportError as exc:
         return f"onnxruntime is not installed ({exc})"
     if "CPUExecutionProvider" not in onnxruntime.get_available_providers():

@@ -48,7 +48,7 @@ from drac_algo.fsutil import atomic_write_text
 if TYPE_CHECKING:
     from torch import nn
 
-    from drac_algo.bundle import Bundle, MemberSpec, OnnxFile
+    from drac_algo.manifest import Bundle, MemberSpec, OnnxFile
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,9 @@ def export_member(folder: Path, member: MemberSpec, path: Path) -> OnnxFile:
     """Export one member of the bundle in ``folder`` to ``path``, verified; the entry names the
     member's final file, ``<name>.onnx``."""
     # Import torch and smp: kept out of the module import so that --help needs neither.
-    from drac_algo.bundle import OnnxFile, build_member
+    from drac_algo.bundle import build_member
     from drac_algo.bundle import sha256_file as _sha256
+    from drac_algo.manifest import OnnxFile
     from drac_algo.models import input_multiple
 
     network = build_member(folder, member).float().eval()
@@ -139,7 +140,8 @@ def add_onnx(folder: str | Path, force: bool = False) -> Bundle:
     All exports are written under hidden temporary names and verified first; only then are they
     renamed and the manifest rewritten (atomically), so a failure leaves the bundle as it was."""
     # Import torch: kept out of the module import so that --help needs no torch.
-    from drac_algo.bundle import MANIFEST, load_bundle
+    from drac_algo.bundle import load_bundle
+    from drac_algo.manifest import MANIFEST
     from drac_algo.onnx_backend import runtime_problem
 
     folder = Path(folder)

@@ -1,5 +1,6 @@
 """What a run writes besides the Grand Challenge sockets: lesion measurements, viewable PNG
-masks and overlays, the challenge submission stacks and ``results.json``.
+masks and overlays, the challenge submission stacks and the probability maps
+(``results.json`` is :mod:`drac_algo.results`'s).
 
 Batch-mode layout under the output folder::
 
@@ -21,7 +22,6 @@ Measurements use 8-connectivity for lesion components, as :mod:`drac_algo.postpr
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,14 +32,11 @@ import numpy as np
 
 from drac_algo.classes import BY_INDEX
 from drac_algo.errors import DracInputError
-from drac_algo.fsutil import atomic_path, atomic_write_text
+from drac_algo.fsutil import atomic_path
 from drac_algo.images import write_png
 from drac_algo.overlay import overlay
 
-RESULTS_FILE = "results.json"
 PROCESS_LOG = "process.log"  # the console's log lines of every run into this folder, appended
-RESULTS_FORMAT = "drac-algo-results"
-RESULTS_VERSION = 1
 MASKS_DIR = "masks"
 OVERLAYS_DIR = "overlays"
 PROBABILITIES_DIR = "probabilities"  # --save-probabilities: <case>.npz
@@ -173,24 +170,6 @@ class StackCollector:
             )
             for index in self.classes
         }
-
-
-def write_results(path: str | os.PathLike, results: dict[str, Any]) -> Path:
-    """Write ``results`` as indented JSON, atomically (NaN is refused: JSON has no NaN)."""
-    path = Path(path)
-    atomic_write_text(path, json.dumps(results, indent=2, allow_nan=False) + "\n")
-    return path
-
-
-def read_results(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The results file at ``path`` if it is one this project wrote, else None."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if isinstance(data, dict) and data.get("format") == RESULTS_FORMAT:
-        return data
-    return None
 
 
 def write_probabilities(folder: Path, name: str, probabilities: dict[int, np.ndarray]) -> Path:

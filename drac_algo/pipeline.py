@@ -25,7 +25,6 @@ which need all three classes, are not written (the reason is logged and recorded
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import tempfile
@@ -33,7 +32,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import drac_algo
 from drac_algo.batch import (
     check_replaceable,
     remove_leftovers,
@@ -43,23 +41,20 @@ from drac_algo.batch import (
 from drac_algo.classes import BY_INDEX, LESION_CLASSES
 from drac_algo.cli import run_log
 from drac_algo.data import describe_folder, list_images
+from drac_algo.devices import resolve_device
 from drac_algo.errors import DracInputError
 from drac_algo.gc_io import find_job_image, is_grand_challenge_job, write_mask_mha
 from drac_algo.gpu import GpuStatus, check_gpu, gpu_status
 from drac_algo.images import IMAGE_SUFFIXES, LoadedImage, load_image
-from drac_algo.inference import Predictor, resolve_device
 from drac_algo.job_settings import COMMAND_LINE, JobSettings, resolve_job_settings
 from drac_algo.outputs import (
     MASKS_DIR,
     OVERLAYS_DIR,
     PROBABILITIES_DIR,
     PROCESS_LOG,
-    RESULTS_FILE,
-    RESULTS_FORMAT,
-    RESULTS_VERSION,
-    write_results,
 )
-from drac_algo.provenance import environment
+from drac_algo.predictor import Predictor
+from drac_algo.results import RESULTS_FILE, results_document, write_results
 from drac_algo.resume import (
     CASES_DIR,
 )
@@ -172,31 +167,6 @@ def _run_job(
 
 # --------------------------------------------------------------------------------------------
 # The whole run
-
-
-def _class_table(
-    predictor: Predictor, outputs: dict[str, str], requested: tuple[int, ...] | None
-) -> dict[str, Any]:
-    table = {}
-    for c in LESION_CLASSES:
-        present = c.index in predictor.classes
-        if present:
-            status = "written"
-        elif requested is not None and c.index not in requested:
-            status = "not requested (--classes)"
-        else:
-            status = "missing from the model bundle"
-        table[str(c.index)] = {
-            "key": c.key,
-            "name": c.name,
-            "status": status,
-            "output": outputs.get(str(c.index)) if present else None,
-        }
-    return table
-
-
-def _rounded(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds, 4)
 
 
 def _check_device(config: RunConfig, job: JobSettings) -> GpuStatus:
@@ -325,63 +295,23 @@ def _run_checked(
         else:
             mode_results = run_batch(run_state, predictor, images)
 
-    stats = predictor.stats()
-    settings = predictor.settings()
-    settings.update(
+    results = results_document(
+        run_state,
+        predictor,
+        gpu=gpu,
         bundle=bundle_info,
-        requested_device=config.device,
-        drac_algo_version=drac_algo.__version__,
-        environment=environment(),
-        requested_classes=None if config.classes is None else list(config.classes),
-        job=job.to_json(),
+        load_seconds=load_seconds,
+        mode_results=mode_results,
+        input_slug=slug,
+        output_dir=output_dir,
+        started=started,
     )
-    if mode == GRAND_CHALLENGE:
-        settings.update(
-            input_slug=slug,
-            output_slugs={str(i): s.slug for i, s in sorted(job.output_sockets.items())},
-        )
-    stages = {
-        "model_load_s": round(load_seconds, 4),
-        "decode_s": round(run_state.stages.get("decode_s", 0.0), 4),
-        "inference_s": round(stats["seconds_total"], 4),
-        "write_s": round(run_state.stages.get("write_s", 0.0), 4),
-    }
-    results: dict[str, Any] = {
-        "format": RESULTS_FORMAT,
-        "version": RESULTS_VERSION,
-        "mode": mode,
-        "input": str(config.input_dir),
-        "output": str(output_dir),
-        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "settings": settings,
-        "diagnostics": {
-            "gpu": gpu.to_json(),
-            "device": str(predictor.device),
-            "autocast": settings["autocast"],
-            "backend": settings["backend"],
-            "threads": settings["threads"],
-            "views_per_batch": settings["max_views_per_batch"],
-            "bundle_id": bundle_info["id"],
-            "stages": stages,
-        },
-        "timings": {
-            "total_s": round(time.perf_counter() - started, 4),
-            "model_load_s": round(load_seconds, 4),
-            "images": stats["images"],
-            "per_image_mean_s": _rounded(stats["seconds_mean"]),
-            "per_image_max_s": _rounded(stats["seconds_max"]),
-        },
-        "engine": stats,
-        "classes": _class_table(predictor, mode_results.pop("outputs"), config.classes),
-        **mode_results,
-        "cases": run_state.cases,
-        "warnings": run_state.warnings,
-    }
     path = write_results(output_dir / RESULTS_FILE, results)
+    stages = results["diagnostics"]["stages"]
     log.info(
         "done: %d image(s) in %.1f s (model load %.1f s, decode %.1f s, inference %.1f s, "
         "write %.1f s); %s",
-        stats["images"],
+        results["timings"]["images"],
         results["timings"]["total_s"],
         load_seconds,
         stages["decode_s"],

@@ -13,8 +13,8 @@ from typing import Any
 
 from drac_algo.classes import BY_INDEX
 from drac_algo.data import case_id
+from drac_algo.ensemble import CasePrediction
 from drac_algo.images import LoadedImage
-from drac_algo.inference import CasePrediction
 from drac_algo.job_settings import JobSettings
 from drac_algo.outputs import case_record
 

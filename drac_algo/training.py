@@ -43,9 +43,10 @@ from drac_algo.curves import plot_curves, write_history_csv
 from drac_algo.dataset import LesionDataset, Sample
 from drac_algo.deep_supervision import DeepSupervisionNet, supervised_loss
 from drac_algo.distributed import DistContext, all_gather_objects, barrier, broadcast_object
+from drac_algo.ensemble import Member
 from drac_algo.errors import DracInputError
 from drac_algo.fsutil import atomic_write_text
-from drac_algo.inference import Member, predict_probability
+from drac_algo.inference import predict_probability
 from drac_algo.losses import build_loss
 from drac_algo.models import build_model
 from drac_algo.precision import autocast, grad_scaler, precision_name, training_dtype

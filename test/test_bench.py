@@ -8,17 +8,23 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from drac_algo.bench.agreement import agreement
 from drac_algo.bench.cli import main
 from drac_algo.bench.config import METHODS, BenchConfig, split_engine_token
-from drac_algo.bench.plan import ClassPlan, plan_ensemble
+from drac_algo.bench.plan import build_networks, plan_ensemble
 from drac_algo.bench.probes import count_flops
 from drac_algo.bench.runners import ttach_transforms
 from drac_algo.bench.targets import default_ensemble
+from drac_algo.bundle import save_bundle
 from drac_algo.config import load_config
+from drac_algo.ensemble import ClassEnsemble, Member
 from drac_algo.errors import DracInputError
+from drac_algo.manifest import Bundle, ClassEntry, MemberSpec
+from drac_algo.models import ModelSpec, Normalization, build_network
+from drac_algo.predictor import Predictor
 from drac_algo.tta import TTA_SETS
 
 HAS_TTACH = importlib.util.find_spec("ttach") is not None
@@ -145,7 +151,7 @@ def test_bad_method_is_a_clear_error():
 def test_members_give_distinct_seeded_networks_per_class():
     plan = plan_ensemble(BenchConfig(size=64, members=3, encoder="resnet18"))
     assert [len(c.members) for c in plan] == [3, 3, 3]
-    seeds = [m.seed for c in plan for m in c.members]
+    seeds = [m.network.seed for c in plan for m in c.members]
     assert len(set(seeds)) == len(seeds)
     with pytest.raises(DracInputError, match="--members"):
         BenchConfig(bundle="model", members=2)
@@ -167,7 +173,8 @@ def test_default_ensemble_is_the_recipes_folds_times_seeds():
 
 
 def test_agreement_pools_pixels_and_dice_over_images():
-    plan = (ClassPlan(1, "irma", 0.5, 0, False, ()), ClassPlan(3, "nv", 0.5, 0, False, ()))
+    member = (Member(None, 4),)
+    plan = (ClassEnsemble(1, member, key="irma"), ClassEnsemble(3, member, key="nv"))
     blank = np.zeros((4, 4), np.float32)
     first = {1: blank.copy(), 3: blank.copy()}
     first[1][:2] = 0.9  # 8 foreground pixels
@@ -200,3 +207,35 @@ def test_ttach_views_match_ours():
         }
         assert ours == theirs, name
     assert ttach_transforms(["identity", "rot90"]) is None
+
+
+def test_a_bundle_reaches_the_benchmark_as_it_reaches_the_predictor(tmp_path):
+    """One bundle -> ensemble mapping: the benchmark's plan holds the same classes, thresholds,
+    clean-up, input contracts and TTA validity as the Predictor that process.py builds."""
+    spec = ModelSpec("unet", "resnet18", encoder_depth=3, decoder_channels=(8, 8, 8))
+    members = {
+        "irma.pt": MemberSpec("irma.pt", spec, 32, Normalization(0.3, 0.2), tta=("identity",)),
+        "na.pt": MemberSpec("na.pt", spec, 64, tta=("identity", "vflip")),
+    }
+    bundle = Bundle(
+        {
+            1: ClassEntry(1, "irma", 0.35, 4, False, [members["irma.pt"]]),
+            2: ClassEntry(2, "na", 0.6, 9, True, [members["na.pt"]]),
+        }
+    )
+    states = {name: build_network(m.model).state_dict() for name, m in members.items()}
+    save_bundle(bundle, tmp_path / "model", states)
+
+    plan = plan_ensemble(BenchConfig(bundle=tmp_path / "model"))
+    predictor = Predictor.from_bundle(tmp_path / "model", device="cpu", backend="torch")
+
+    def described(ensemble):
+        return ensemble.with_networks(lambda i, member: None)
+
+    assert [described(e) for e in plan] == [described(e) for e in predictor.ensembles.values()]
+    assert plan[1].threshold == 0.6 and plan[1].members[0].tta == ("identity", "vflip")
+    rebuilt = build_networks(plan, torch.device("cpu"))
+    for key, network in rebuilt.items():
+        index, i = map(int, key.split("/"))
+        loaded = predictor.ensembles[index].members[i].network.state_dict()
+        assert all(torch.equal(t, loaded[k]) for k, t in network.state_dict().items())

@@ -6,18 +6,9 @@ import json
 import pytest
 import torch
 
-from drac_algo.bundle import (
-    MANIFEST,
-    TTA_NAMES,
-    Bundle,
-    ClassEntry,
-    MemberSpec,
-    build_member,
-    bundle_from_dict,
-    load_bundle,
-    save_bundle,
-)
+from drac_algo.bundle import build_member, load_bundle, save_bundle
 from drac_algo.errors import DracInputError
+from drac_algo.manifest import MANIFEST, TTA_NAMES, Bundle, ClassEntry, MemberSpec, bundle_from_dict
 from drac_algo.models import ModelSpec, Normalization, build_network
 from drac_algo.tta import TTA_SETS, get_transform
 

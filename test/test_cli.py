@@ -30,9 +30,9 @@ from drac_algo import (
 from drac_algo.ablate import __main__ as ablate_cli
 from drac_algo.bench import cli as bench_cli
 from drac_algo.cli import DEVICE_SPELLINGS, parse_device
+from drac_algo.devices import resolve_device
 from drac_algo.distributed import init_distributed
 from drac_algo.errors import DracInputError
-from drac_algo.inference import resolve_device
 from drac_algo.provenance import version_line
 from drac_algo.synth import __main__ as synth_cli
 from train import cli as train_cli

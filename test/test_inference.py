@@ -8,16 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from drac_algo.devices import resolve_device
+from drac_algo.ensemble import ClassEnsemble, Member
 from drac_algo.errors import DracInputError
 from drac_algo.hardware import cpu_features, native_bf16, onednn_bf16
-from drac_algo.inference import (
-    ClassEnsemble,
-    Member,
-    Predictor,
-    predict_probability,
-    resolve_device,
-)
+from drac_algo.inference import predict_probability
 from drac_algo.precision import resolve_precision
+from drac_algo.predictor import Predictor
 
 MEAN, STD = 0.5, 0.25
 
@@ -463,7 +460,8 @@ def test_every_architecture_runs_on_sizes_that_are_not_multiples_of_32(arch):
 
 
 def test_predictor_from_bundle(tmp_path):
-    from drac_algo.bundle import Bundle, ClassEntry, MemberSpec, build_member, save_bundle
+    from drac_algo.bundle import build_member, save_bundle
+    from drac_algo.manifest import Bundle, ClassEntry, MemberSpec
     from drac_algo.models import Normalization, build_network
     from drac_algo.postprocess import postprocess_mask
 

@@ -12,11 +12,12 @@ import torch
 from click.testing import CliRunner
 
 from drac_algo import onnx_backend, onnx_export
-from drac_algo.bundle import MANIFEST, build_member, load_bundle
+from drac_algo.bundle import build_member, load_bundle
 from drac_algo.errors import DracInputError
-from drac_algo.inference import Predictor
+from drac_algo.manifest import MANIFEST
 from drac_algo.onnx_backend import OnnxNetwork, choose_backend
 from drac_algo.onnx_export import OnnxExportError, add_onnx
+from drac_algo.predictor import Predictor
 
 pytest.importorskip("onnxruntime")  # a requirement; the skip keeps the reason readable
 

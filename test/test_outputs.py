@@ -12,11 +12,10 @@ from drac_algo.outputs import (
     case_record,
     lesion_stats,
     mask_png_path,
-    read_results,
     write_mask_pngs,
     write_overlay_png,
-    write_results,
 )
+from drac_algo.results import read_results, write_results
 from drac_algo.submission import read_submission, write_submission
 
 

@@ -9,10 +9,11 @@ from drac_algo.augment import AugmentConfig, apply_transform, train_transform
 from drac_algo.config import load_config
 from drac_algo.dataset import Sample
 from drac_algo.distributed import init_distributed
+from drac_algo.ensemble import ClassEnsemble, Member
 from drac_algo.errors import DracInputError
-from drac_algo.inference import ClassEnsemble, Member, Predictor
 from drac_algo.losses import build_loss
 from drac_algo.models import Normalization
+from drac_algo.predictor import Predictor
 from drac_algo.preprocess import from_network_output, plan_geometry, to_network_input
 from drac_algo.training import validate
 

@@ -21,14 +21,15 @@ import SimpleITK as sitk
 import torch
 from click.testing import CliRunner
 
-from drac_algo.bundle import TTA_NAMES, Bundle, ClassEntry, MemberSpec, save_bundle
+from drac_algo.bundle import save_bundle
 from drac_algo.classes import BY_INDEX, LESION_CLASSES
 from drac_algo.gpu import GpuStatus
 from drac_algo.hardware import native_bf16
 from drac_algo.images import load_image
-from drac_algo.inference import Predictor
+from drac_algo.manifest import TTA_NAMES, Bundle, ClassEntry, MemberSpec
 from drac_algo.models import ModelSpec, build_network
 from drac_algo.postprocess import postprocess_mask, threshold_probability
+from drac_algo.predictor import Predictor
 from drac_algo.submission import read_submission
 from process import main
 
@@ -775,13 +776,12 @@ def test_classes_runs_only_those_classes(bundle, tmp_path):
 
 
 def test_classes_loads_no_network_of_the_other_classes(bundle, monkeypatch):
-    from drac_algo import bundle as bundle_module
-    from drac_algo.inference import Predictor
+    from drac_algo import predictor as predictor_module
 
     built = []
-    original = bundle_module.build_member
+    original = predictor_module.build_member
     monkeypatch.setattr(
-        bundle_module,
+        predictor_module,
         "build_member",
         lambda f, m, **kw: built.append(m.file) or original(f, m, **kw),
     )
@@ -866,7 +866,7 @@ def test_saved_probabilities_reproduce_the_masks(bundle, tmp_path):
 
 def _counting_predictions(monkeypatch):
     """Record which images the engine runs in this process."""
-    from drac_algo.inference import Predictor
+    from drac_algo.predictor import Predictor
 
     ran = []
     original = Predictor.predict_many

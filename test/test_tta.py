@@ -87,6 +87,6 @@ def test_transforms_match_numpy_equivalents():
 
 
 def test_the_bundle_validates_against_the_same_names():
-    from drac_algo.bundle import TTA_NAMES
+    from drac_algo.manifest import TTA_NAMES
 
     assert tuple(TTA_NAMES) == tuple(TRANSFORMS)

@@ -105,6 +105,7 @@ def write_report(folder: Path, rows: Sequence[Row], reference: str, caption: str
 
 def plot(path: Path, rows: Sequence[Row], title: str) -> None:
     """Grouped bars: per row, the three classes and the mean, with the spread over seeds."""
+    # Imported here: matplotlib takes about a second and only the plot needs it.
     import matplotlib
 
     matplotlib.use("Agg")

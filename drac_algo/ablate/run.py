@@ -24,10 +24,10 @@ from drac_algo.dataset import Sample, load_samples
 from drac_algo.distributed import init_distributed
 from drac_algo.experiment import run_training
 from drac_algo.fsutil import atomic_path
-from drac_algo.inference import Predictor
 from drac_algo.losses import loss_defaults
 from drac_algo.metrics import Scores, score
 from drac_algo.postprocess import postprocess_mask, threshold_probability
+from drac_algo.predictor import Predictor
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ a class's members), the same pre- and post-processing, on the same machine:
 - ``ttach``: ``ttach.SegmentationTTAWrapper`` with its D4 transforms and ``merge_mode="mean"``
   around ``network + sigmoid`` (so it averages probabilities like the others), float32; the row
   is skipped, saying so, when ttach is not installed;
-- ``engine``: this project's :class:`drac_algo.inference.Predictor` as it is (views batched
+- ``engine``: this project's :class:`drac_algo.predictor.Predictor` as it is (views batched
   ``--views-per-batch`` at a time, ``--precision`` autocast, channels-last where the engine
   applies it); ``--precision bf16,fp32`` adds a row ``engine-fp32``; ``--engine-module`` times
   a patched copy of the engine instead.

@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from drac_algo.bench.plan import ClassPlan
+from drac_algo.bench.plan import Plan
 from drac_algo.bench.runners import class_masks
 
 
 def agreement(
-    plan: Sequence[ClassPlan],
+    plan: Plan,
     reference: Sequence[dict[int, np.ndarray]],
     other: Sequence[dict[int, np.ndarray]],
 ) -> dict[str, Any]:

@@ -155,7 +155,7 @@ def _parse_channels(ctx: click.Context, param: click.Parameter, value: str | Non
 )
 @click.option(
     "--engine-module",
-    default="drac_algo.inference",
+    default="drac_algo.predictor",
     show_default=True,
     help="Engine to benchmark: a module name or a .py file (A/B a patched copy).",
 )

@@ -59,7 +59,7 @@ class BenchConfig:
     train_batch: int | None = None
     train_repeats: int = 3
     matmul_side: int | None = None
-    engine_module: str = "drac_algo.inference"
+    engine_module: str = "drac_algo.predictor"
     seed: int = 0
     quick: bool = False
 

@@ -1,10 +1,10 @@
 """The networks every method runs: the ensemble plan (a bundle's members, or the recipes'
-architectures with seeded random weights), the networks built from it, and the images."""
+architectures with seeded random weights) in the engine's own ensemble types, the networks built
+from it, and the images."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,70 +13,51 @@ import torch
 from torch import nn
 
 from drac_algo.bench.config import BenchConfig
-from drac_algo.bundle import MemberSpec, build_member, load_bundle
+from drac_algo.bundle import build_member, load_bundle
 from drac_algo.classes import LESION_CLASSES
 from drac_algo.config import load_config
 from drac_algo.data import list_images
+from drac_algo.ensemble import ClassEnsemble, Member, bundle_ensembles
 from drac_algo.errors import DracInputError
 from drac_algo.images import load_image
-from drac_algo.models import build_network
+from drac_algo.manifest import MemberSpec
+from drac_algo.models import ModelSpec, build_network
 from drac_algo.synth import generate_case
 from drac_algo.tta import select_transforms
 
 
 @dataclass(frozen=True)
-class MemberPlan:
-    """How every method rebuilds one network: from a bundle file or from a seed."""
+class NetworkSource:
+    """How every process rebuilds the same network (picklable): a bundle member's weights file,
+    or the architecture ``model`` with random weights from ``torch.manual_seed(seed)``."""
 
-    spec: Any  # drac_algo.models.ModelSpec (imported lazily: no work at import time)
-    input_size: int
-    mean: float
-    std: float
-    tta: tuple[str, ...] | None
-    name: str
-    bundle: str | None = None
-    file: str | None = None
+    model: ModelSpec
     seed: int = 0
+    bundle: str | None = None
+    member: MemberSpec | None = None
+
+    def build(self) -> nn.Module:
+        if self.member is not None:
+            return build_member(self.bundle, self.member)
+        torch.manual_seed(self.seed)
+        return build_network(self.model)
 
 
-@dataclass(frozen=True)
-class ClassPlan:
-    index: int
-    key: str
-    threshold: float
-    min_component_px: int
-    fill_holes: bool
-    members: tuple[MemberPlan, ...]
+# The benchmark's ensemble: the engine's own types, each network described by its source.
+Plan = tuple[ClassEnsemble[NetworkSource], ...]
 
 
-def plan_ensemble(cfg: BenchConfig) -> tuple[ClassPlan, ...]:
-    """The networks to benchmark: every class and member of ``cfg.bundle``, or ``cfg.members``
+def plan_ensemble(cfg: BenchConfig) -> Plan:
+    """The networks to benchmark: every class and member of ``cfg.bundle`` (mapped by
+    :func:`drac_algo.ensemble.bundle_ensembles`, as ``process.py`` maps it), or ``cfg.members``
     networks per lesion class with the architecture of its recipe (``drac_algo/recipes``),
     optionally overridden, with seeded random weights and threshold 0.5."""
     if cfg.bundle is not None:
-        bundle = load_bundle(cfg.bundle)
-        return tuple(
-            ClassPlan(
-                index=entry.index,
-                key=entry.key,
-                threshold=entry.threshold,
-                min_component_px=entry.min_component_px,
-                fill_holes=entry.fill_holes,
-                members=tuple(
-                    MemberPlan(
-                        spec=m.model,
-                        input_size=m.input_size,
-                        mean=m.normalization.mean,
-                        std=m.normalization.std,
-                        tta=tuple(m.tta),
-                        name=f"{entry.key} {m.file}",
-                        bundle=str(cfg.bundle),
-                        file=m.file,
-                    )
-                    for m in entry.members
-                ),
-            )
-            for _, entry in sorted(bundle.classes.items())
+        folder = str(cfg.bundle)
+        return bundle_ensembles(
+            load_bundle(folder),
+            folder,
+            lambda spec: NetworkSource(spec.model, bundle=folder, member=spec),
         )
     plans = []
     for lesion in LESION_CLASSES:
@@ -92,21 +73,20 @@ def plan_ensemble(cfg: BenchConfig) -> tuple[ClassPlan, ...]:
             changes["decoder_channels"] = cfg.decoder_channels
         spec = dataclasses.replace(recipe.model, **changes) if changes else recipe.model
         plans.append(
-            ClassPlan(
+            ClassEnsemble(
                 index=lesion.index,
                 key=lesion.key,
                 threshold=0.5,
                 min_component_px=recipe.postprocess.min_component_px,
                 fill_holes=recipe.postprocess.fill_holes,
                 members=tuple(
-                    MemberPlan(
-                        spec=spec,
+                    Member(
+                        network=NetworkSource(spec, seed=cfg.seed * 1000 + 100 * i + lesion.index),
                         input_size=cfg.size,
                         mean=recipe.normalization.mean,
                         std=recipe.normalization.std,
                         tta=None,
                         name=f"{lesion.key} random {i}",
-                        seed=cfg.seed * 1000 + 100 * i + lesion.index,
                     )
                     for i in range(cfg.members)
                 ),
@@ -120,20 +100,14 @@ def describe_spec(spec: Any) -> str:
     return f"{spec.arch}{attention} {spec.encoder}"
 
 
-def build_networks(plan: Sequence[ClassPlan], device: torch.device) -> dict[str, nn.Module]:
-    """Every member's network in eval mode on ``device``, keyed ``"<class>/<member>"``. Random
-    weights come from ``torch.manual_seed(member.seed)``, so every process builds the same."""
-    networks = {}
-    for entry in plan:
-        for i, member in enumerate(entry.members):
-            if member.file is not None:
-                spec = MemberSpec(file=member.file, model=member.spec, input_size=member.input_size)
-                net = build_member(member.bundle, spec)
-            else:
-                torch.manual_seed(member.seed)
-                net = build_network(member.spec)
-            networks[f"{entry.index}/{i}"] = net.to(device).eval()
-    return networks
+def build_networks(plan: Plan, device: torch.device) -> dict[str, nn.Module]:
+    """Every member's network in eval mode on ``device``, keyed ``"<class>/<member>"``; every
+    process builds the same (:class:`NetworkSource`)."""
+    return {
+        f"{entry.index}/{i}": member.network.build().to(device).eval()
+        for entry in plan
+        for i, member in enumerate(entry.members)
+    }
 
 
 def fingerprint(network: nn.Module) -> float:
@@ -156,6 +130,6 @@ def load_images(cfg: BenchConfig) -> list[np.ndarray]:
     ]
 
 
-def member_views(cfg: BenchConfig, member: MemberPlan) -> tuple:
+def member_views(cfg: BenchConfig, member: Member) -> tuple:
     """The member's TTA transforms: ``cfg.tta`` within the views its bundle entry allows."""
     return select_transforms(cfg.tta, member.tta, where=member.name)

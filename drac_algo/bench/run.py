@@ -26,7 +26,7 @@ from drac_algo.bench.targets import default_ensemble, derive_method_figures, eva
 from drac_algo.bench.train_step import run_training
 from drac_algo.bench.workers import time_methods
 from drac_algo.config import load_config, plain
-from drac_algo.inference import resolve_device
+from drac_algo.devices import resolve_device
 from drac_algo.precision import precision_name, training_dtype
 
 log = logging.getLogger(__name__)
@@ -53,15 +53,15 @@ def _run_bench(cfg: BenchConfig, progress: Callable[[str], None]) -> dict[str, A
         for member in entry.members:
             side = padded_side(max(max(s) for s in shapes), member.input_size)
             views = [t.name for t in member_views(cfg, member)]
-            per_view = count_flops(member.spec, side)
+            per_view = count_flops(member.network.model, side)
             flops_per_image += per_view * len(views)
             members.append(
                 {
                     "class": entry.index,
                     "key": entry.key,
                     "name": member.name,
-                    "model": member.spec.to_dict(),
-                    "recipe_model": member.spec == recipe_models[entry.key],
+                    "model": member.network.model.to_dict(),
+                    "recipe_model": member.network.model == recipe_models[entry.key],
                     "input_size": member.input_size,
                     "network_side": side,
                     "views": views,

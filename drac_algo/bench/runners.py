@@ -1,7 +1,7 @@
 """The three methods. Each maps an (H, W) uint8 image to ({class: (H, W) float32 probability},
 {class: (H, W) uint8 mask}) with the class thresholds and clean-up: ``naive`` and ``ttach`` run
 one view per forward around the engine's own pre- and post-processing; ``engine`` is the
-:class:`drac_algo.inference.Predictor` (or a patched copy, ``--engine-module``)."""
+:class:`drac_algo.predictor.Predictor` (or a patched copy, ``--engine-module``)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from drac_algo.bench.config import BenchConfig, split_engine_token
-from drac_algo.bench.plan import ClassPlan, member_views
+from drac_algo.bench.plan import Plan, member_views
+from drac_algo.devices import resolve_views_per_batch
 from drac_algo.errors import DracInputError
-from drac_algo.inference import resolve_views_per_batch
 from drac_algo.onnx_backend import OnnxNetwork, backend_precision, choose_backend
 from drac_algo.onnx_export import export_network
 from drac_algo.postprocess import postprocess_mask, threshold_probability
@@ -31,9 +31,7 @@ from drac_algo.preprocess import from_network_output, to_network_input
 Runner = Callable[[np.ndarray], tuple[dict[int, np.ndarray], dict[int, np.ndarray]]]
 
 
-def class_masks(
-    plan: Sequence[ClassPlan], probabilities: dict[int, np.ndarray]
-) -> dict[int, np.ndarray]:
+def class_masks(plan: Plan, probabilities: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
     """Each class's (H, W) uint8 mask in {0, 1}: its (H, W) float32 probability at the class
     threshold, then the class's clean-up, as the engine makes them."""
     return {
@@ -48,7 +46,7 @@ def class_masks(
 
 def _per_view_runner(
     cfg: BenchConfig,
-    plan: Sequence[ClassPlan],
+    plan: Plan,
     networks: dict[str, nn.Module],
     device: torch.device,
     member_map: Callable[[nn.Module, tuple, torch.Tensor], torch.Tensor],
@@ -79,7 +77,7 @@ def _per_view_runner(
 
 def naive_runner(
     cfg: BenchConfig,
-    plan: Sequence[ClassPlan],
+    plan: Plan,
     networks: dict[str, nn.Module],
     device: torch.device,
     precision: str | None = None,
@@ -113,7 +111,7 @@ def ttach_transforms(names: Sequence[str]) -> Any:
 
 def ttach_runner(
     cfg: BenchConfig,
-    plan: Sequence[ClassPlan],
+    plan: Plan,
     networks: dict[str, nn.Module],
     device: torch.device,
     precision: str | None = None,
@@ -145,7 +143,7 @@ def ttach_runner(
 
 def load_engine(module: str) -> ModuleType:
     """The inference module to benchmark: a dotted name or a ``.py`` file (a patched copy of
-    :mod:`drac_algo.inference` to A/B against the original)."""
+    :mod:`drac_algo.predictor` to A/B against the original)."""
     if module.endswith(".py"):
         path = Path(module)
         if not path.is_file():
@@ -162,12 +160,12 @@ def load_engine(module: str) -> ModuleType:
 
 def engine_runner(
     cfg: BenchConfig,
-    plan: Sequence[ClassPlan],
+    plan: Plan,
     networks: dict[str, nn.Module],
     device: torch.device,
     precision: str | None = None,
 ) -> Runner:
-    """:class:`drac_algo.inference.Predictor` over the same networks and class settings, run by
+    """:class:`drac_algo.predictor.Predictor` over the same networks and class settings, run by
     the backend that ``precision`` (``PRECISION[:BACKEND]``) resolves to: ONNX Runtime runs
     each network's ONNX export, made here (not timed)."""
     engine = load_engine(cfg.engine_module)
@@ -175,24 +173,7 @@ def engine_runner(
     if choice.name == "onnxruntime":
         networks = onnx_networks(plan, networks)
     classes = [
-        engine.ClassEnsemble(
-            index=entry.index,
-            key=entry.key,
-            threshold=entry.threshold,
-            min_component_px=entry.min_component_px,
-            fill_holes=entry.fill_holes,
-            members=tuple(
-                engine.Member(
-                    network=networks[f"{entry.index}/{i}"],
-                    input_size=m.input_size,
-                    mean=m.mean,
-                    std=m.std,
-                    tta=m.tta,
-                    name=m.name,
-                )
-                for i, m in enumerate(entry.members)
-            ),
-        )
+        entry.with_networks(lambda i, _, entry=entry: networks[f"{entry.index}/{i}"])
         for entry in plan
     ]
     predictor = engine.Predictor(
@@ -215,14 +196,14 @@ def engine_runner(
 
 def engine_backend(token: str, device: torch.device) -> tuple[str, Any]:
     """The engine's precision and :class:`drac_algo.onnx_backend.BackendChoice` for a row's
-    ``PRECISION[:BACKEND]`` token, as :meth:`drac_algo.inference.Predictor.from_bundle` decides
+    ``PRECISION[:BACKEND]`` token, as :meth:`drac_algo.predictor.Predictor.from_bundle` decides
     (the bench exports every network, so none lacks an ONNX file)."""
     precision, backend = split_engine_token(token)
     precision = backend_precision(backend, precision)
     return precision, choose_backend(backend, device, resolve_precision(precision, device))
 
 
-def onnx_networks(plan: Sequence[ClassPlan], networks: dict[str, nn.Module]) -> dict[str, Any]:
+def onnx_networks(plan: Plan, networks: dict[str, nn.Module]) -> dict[str, Any]:
     """Each network exported to ONNX (traced at its member's input size) and loaded into an
     ONNX Runtime session with torch's thread count; the files are gone once loaded."""
     sides = {f"{e.index}/{i}": m.input_size for e in plan for i, m in enumerate(e.members)}

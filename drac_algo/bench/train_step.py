@@ -8,7 +8,7 @@ import json
 import multiprocessing
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from drac_algo.bench.config import BenchConfig
-from drac_algo.bench.plan import ClassPlan, describe_spec
+from drac_algo.bench.plan import NetworkSource, Plan, describe_spec
 from drac_algo.bench.probes import LayoutProbe, MemoryProbe, count_flops, synchronize
 from drac_algo.classes import lesion_class
 from drac_algo.config import load_config
+from drac_algo.ensemble import ClassEnsemble
 from drac_algo.errors import DracInputError
 from drac_algo.losses import build_loss
 from drac_algo.models import build_network
@@ -34,7 +35,7 @@ class TrainJob:
     """One training variant, for a worker process (picklable)."""
 
     cfg: BenchConfig
-    plan: ClassPlan
+    plan: ClassEnsemble[NetworkSource]  # one class
     amp: bool
     channels_last: bool
 
@@ -45,8 +46,8 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
     cfg, device = job.cfg, torch.device(job.cfg.device)
     member = job.plan.members[0]
     recipe = load_config(job.plan.key)
-    torch.manual_seed(member.seed)
-    model = build_network(member.spec).to(device).train()
+    torch.manual_seed(member.network.seed)
+    model = build_network(member.network.model).to(device).train()
     side = cfg.resolved_train_size
     image, masks = generate_case(np.random.default_rng(cfg.seed), side)
     x = (torch.from_numpy(image).float() / 255 - member.mean) / member.std
@@ -89,7 +90,7 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
     precision = precision_name(dtype)
     return {
         "task": job.plan.key,
-        "model": describe_spec(member.spec),
+        "model": describe_spec(member.network.model),
         "precision": precision,
         "channels_last": job.channels_last,
         "ran_dtype": probe.dtype,
@@ -130,7 +131,7 @@ def run_train_variant(job: TrainJob, isolate: bool, out_dir: Path, name: str) ->
 
 def run_training(
     cfg: BenchConfig,
-    plan: Sequence[ClassPlan],
+    plan: Plan,
     device: torch.device,
     amp_name: str,
     out_dir: Path,
@@ -145,7 +146,7 @@ def run_training(
         raise DracInputError(
             f"--train-task {cfg.train_task}: not in the benchmarked classes {[c.key for c in plan]}"
         )
-    spec = entry.members[0].spec
+    spec = entry.members[0].network.model
     side = cfg.resolved_train_size
     batch = cfg.resolved_train_batch(load_config(entry.key).batch_size)
     flops = count_flops(spec, side, batch, backward=True)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from drac_algo.bench.config import BenchConfig
-from drac_algo.bench.plan import ClassPlan, build_networks, fingerprint, load_images
+from drac_algo.bench.plan import Plan, build_networks, fingerprint, load_images
 from drac_algo.bench.probes import LayoutProbe, MemoryProbe, synchronize
 from drac_algo.bench.runners import RUNNERS, method_settings
 
@@ -29,7 +29,7 @@ class Job:
     """What a worker process needs (picklable)."""
 
     cfg: BenchConfig
-    plan: tuple[ClassPlan, ...]
+    plan: Plan
     name: str  # the table row
     method: str  # a key of RUNNERS
     precision: str | None
@@ -183,7 +183,7 @@ class _ProcessWorker:
 
 def time_methods(
     cfg: BenchConfig,
-    plan: tuple[ClassPlan, ...],
+    plan: Plan,
     out_dir: Path,
     progress: Callable[[str], None],
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
