@@ -16,7 +16,7 @@ from typing import Any
 
 from drac_algo.classes import BY_INDEX, LESION_CLASSES
 from drac_algo.errors import DracInputError
-from drac_algo.fsutil import atomic_dir, remove_stale_partials
+from drac_algo.fsutil import atomic_dir, remove_stale_partials, remove_stale_partials_within
 from drac_algo.images import LoadedImage, load_image
 from drac_algo.outputs import (
     MASKS_DIR,
@@ -98,6 +98,10 @@ def remove_leftovers(run: RunState, output_dir: Path) -> None:
     names = [MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, CASES_DIR, RESULTS_FILE]
     names += list(SUBMISSION_FILES.values())
     removed = [p.name for name in names for p in remove_stale_partials(output_dir / name)]
+    # --continue writes case by case into the final folders: a kill mid-case leaves its
+    # temporaries inside them.
+    for name in (MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, CASES_DIR):
+        removed += [p.name for p in remove_stale_partials_within(output_dir / name)]
     if removed:
         run.warn(
             f"removed {len(removed)} half-written output(s) of an interrupted earlier run in "

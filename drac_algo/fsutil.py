@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -64,6 +65,30 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# What atomic_path / atomic_dir name their temporaries: ".<name>.<random>.partial<suffixes>".
+_PARTIAL = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]+\.partial(?P<suffix>(\.[^.]+)*)")
+
+
+def remove_stale_partials_within(folder: str | os.PathLike) -> list[Path]:
+    """Remove what interrupted :func:`atomic_path` / :func:`atomic_dir` calls left anywhere
+    inside ``folder`` (a run that writes case by case into its final folders, killed mid-case);
+    only names of exactly that form are touched. Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    stale = []
+    for path in folder.rglob(".*.partial*"):
+        match = _PARTIAL.fullmatch(path.name)
+        if match and match["suffix"] == "".join(Path(match["name"]).suffixes):
+            stale.append(path)
+    for path in sorted(stale, reverse=True):  # a folder's contents before the folder
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return sorted(stale)
 
 
 def remove_stale_partials(path: str | os.PathLike) -> list[Path]:

@@ -21,6 +21,7 @@ import SimpleITK as sitk
 import torch
 from click.testing import CliRunner
 
+from drac_algo.batch import OWNED_MARKER
 from drac_algo.bundle import save_bundle
 from drac_algo.classes import BY_INDEX, LESION_CLASSES
 from drac_algo.gpu import GpuStatus
@@ -595,8 +596,17 @@ def test_a_killed_runs_partial_outputs_are_removed_by_the_next_run(bundle, tmp_p
     (out / ".1.nii.gz.x1.partial.nii.gz").write_bytes(b"x")
     (out / ".results.json.x2.partial.json").write_bytes(b"{")
     (out / ".mine.partial").write_text("not ours")  # another program's: left alone
+    # A --continue run writes case by case into the final folders: a kill mid-case leaves
+    # its temporaries inside them.
+    (out / "masks" / "2. Nonperfusion Areas").mkdir(parents=True)
+    (out / "masks" / "2. Nonperfusion Areas" / ".001.png.u7x.partial.png").write_bytes(b"x")
+    (out / "cases").mkdir()
+    (out / "cases" / ".001.json.a1b.partial.json").write_bytes(b"{")
+    for folder in ("masks", "cases"):
+        (out / folder / OWNED_MARKER).write_text("")
     result = ok(invoke("--input", images, "--output", out, "--bundle", bundle, "--tta", "none"))
-    assert "removed 4 half-written output(s) of an interrupted earlier run" in result.stderr
+    assert "removed 6 half-written output(s) of an interrupted earlier run" in result.stderr
+    assert not list(out.rglob(".001.*.partial*"))
     assert not [p for p in out.iterdir() if ".partial" in p.name and p.name != ".mine.partial"]
     assert (out / ".mine.partial").is_file()
     warnings = json.loads((out / "results.json").read_text())["warnings"]
