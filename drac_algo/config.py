@@ -40,13 +40,12 @@ from drac_algo.classes import BY_KEY, LesionClass, lesion_class
 from drac_algo.errors import DracInputError
 from drac_algo.losses import build_loss
 from drac_algo.models import ModelSpec, Normalization, input_multiple
+from drac_algo.optim import OPTIMIZERS, SCHEDULES, registered
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 # RECIPE_FAMILIES and DEFAULT_RECIPE (the family that won the ablation: python -m
 # drac_algo.ablate; README "Segmentation quality") live in drac_algo.choices for --help.
 PER_TASK = "per_task"  # overrides-file table of per-task sub-tables
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULERS = ("multistep", "cosine", "cosine_steps", "constant")
 
 
 @dataclass(frozen=True)
@@ -192,14 +191,8 @@ class TrainConfig:
             )
         if self.weight_decay < 0:
             raise DracInputError(f"weight_decay must be >= 0; got {self.weight_decay}")
-        if self.optimizer not in OPTIMIZERS:
-            raise DracInputError(
-                f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}"
-            )
-        if self.scheduler not in SCHEDULERS:
-            raise DracInputError(
-                f"unknown scheduler {self.scheduler!r}; valid: {', '.join(SCHEDULERS)}"
-            )
+        registered(OPTIMIZERS, "optimizer", self.optimizer)
+        registered(SCHEDULES, "scheduler", self.scheduler)
         if not 0.0 <= self.foreground_fraction <= 1.0:
             raise DracInputError(
                 f"foreground_fraction is a fraction in [0, 1]; got {self.foreground_fraction}"

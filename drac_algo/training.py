@@ -48,6 +48,7 @@ from drac_algo.fsutil import atomic_write_text
 from drac_algo.inference import Member, predict_probability
 from drac_algo.losses import build_loss
 from drac_algo.models import build_model
+from drac_algo.optim import make_optimizer, make_scheduler
 from drac_algo.precision import autocast, grad_scaler, precision_name, training_dtype
 from drac_algo.provenance import environment
 from drac_algo.validation import best_threshold, challenge_dice, overlap_counts, probability_loss
@@ -92,47 +93,6 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     (:func:`drac_algo.precision.training_dtype`: ``"auto"`` is bf16 where native, else fp16 on
     CUDA and float32 on the CPU; ``true`` forces bf16 on the CPU; ``false`` is float32)."""
     return training_dtype(cfg.amp, device)
-
-
-def _cosine(cfg: TrainConfig, epoch: int) -> float:
-    floor = cfg.min_lr / cfg.lr
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(epoch, cfg.epochs) / cfg.epochs))
-
-
-def _steps(cfg: TrainConfig, epoch: int) -> float:
-    return cfg.gamma ** sum(epoch >= m for m in cfg.milestone_epochs())
-
-
-# Learning-rate factor (x lr) before each epoch (0-based), by scheduler name.
-SCHEDULES: dict[str, Callable[[TrainConfig, int], float]] = {
-    "multistep": _steps,
-    "cosine": _cosine,
-    "cosine_steps": lambda cfg, epoch: _cosine(cfg, epoch) * _steps(cfg, epoch),
-    "constant": lambda cfg, epoch: 1.0,
-}
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-}
-
-
-def lr_factor(cfg: TrainConfig, epoch: int) -> float:
-    """The learning rate of ``epoch`` (0-based) as a multiple of ``cfg.lr``, never below
-    ``cfg.min_lr / cfg.lr``."""
-    if cfg.scheduler not in SCHEDULES:
-        raise DracInputError(f"unknown scheduler {cfg.scheduler!r}; valid: {', '.join(SCHEDULES)}")
-    return max(SCHEDULES[cfg.scheduler](cfg, epoch), cfg.min_lr / cfg.lr)
-
-
-def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
-    """Stepped once per epoch: the learning rate follows :func:`lr_factor`."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(cfg, epoch))
-
-
-def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
-    if cfg.optimizer not in OPTIMIZERS:
-        raise DracInputError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def load_initial_weights(model: nn.Module, path: str | Path) -> None:
