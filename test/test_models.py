@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from drac_algo import models
+from drac_algo.attention import ChannelAttention
 from drac_algo.errors import DracInputError
 from drac_algo.models import (
     ARCHITECTURES,
-    ChannelAttention,
     ModelSpec,
     build_model,
     build_network,
