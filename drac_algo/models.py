@@ -22,6 +22,8 @@ Architectures come from segmentation-models-pytorch (smp) 0.6.0 through one regi
 Encoder weights are never downloaded behind the user's back: :func:`build_model` starts from
 random initialisation unless asked for ``"imagenet"`` (found in the local Hugging Face cache, or
 downloaded only with ``allow_download=True``) or given a local weights file.
+:func:`load_initial_weights` starts a whole network from a checkpoint instead (a recipe's
+``init_from``).
 """
 
 from __future__ import annotations
@@ -348,6 +350,27 @@ def load_encoder_weights(model: nn.Module, path: Path) -> None:
         model.encoder.load_state_dict(state)
     except RuntimeError as exc:
         raise DracInputError(f"encoder weights {path} do not fit this encoder: {exc}") from exc
+
+
+def load_initial_weights(model: nn.Module, path: str | Path) -> None:
+    """Start ``model`` from the weights in ``path``: a member checkpoint (``best.pt`` /
+    ``last.pt``, weights under ``"model"``) or a bare state dict such as a bundle member file.
+    The architecture must match exactly (strict load); a mismatch names the file."""
+    try:
+        state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+    except Exception as exc:  # a corrupt or non-torch file: every reader error means the same
+        raise DracInputError(f"init_from: cannot read checkpoint {path}: {exc}") from exc
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DracInputError(f"init_from: {path} holds no state dict")
+    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise DracInputError(
+            f"init_from: {path} does not fit this task's model ({exc.args[0].splitlines()[0]})"
+        ) from exc
 
 
 _logged_random_init: set[str] = set()

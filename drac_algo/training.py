@@ -47,7 +47,7 @@ from drac_algo.errors import DracInputError
 from drac_algo.fsutil import atomic_write_text
 from drac_algo.inference import Member, predict_probability
 from drac_algo.losses import build_loss
-from drac_algo.models import build_model
+from drac_algo.models import build_model, load_initial_weights
 from drac_algo.optim import make_optimizer, make_scheduler
 from drac_algo.precision import autocast, grad_scaler, precision_name, training_dtype
 from drac_algo.provenance import environment
@@ -93,27 +93,6 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     (:func:`drac_algo.precision.training_dtype`: ``"auto"`` is bf16 where native, else fp16 on
     CUDA and float32 on the CPU; ``true`` forces bf16 on the CPU; ``false`` is float32)."""
     return training_dtype(cfg.amp, device)
-
-
-def load_initial_weights(model: nn.Module, path: str | Path) -> None:
-    """Start ``model`` from the weights in ``path``: a member checkpoint (``best.pt`` /
-    ``last.pt``, weights under ``"model"``) or a bare state dict such as a bundle member file.
-    The architecture must match exactly (strict load); a mismatch names the file."""
-    try:
-        state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt or non-torch file: every reader error means the same
-        raise DracInputError(f"init_from: cannot read checkpoint {path}: {exc}") from exc
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DracInputError(f"init_from: {path} holds no state dict")
-    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise DracInputError(
-            f"init_from: {path} does not fit this task's model ({exc.args[0].splitlines()[0]})"
-        ) from exc
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

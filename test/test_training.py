@@ -22,14 +22,10 @@ from drac_algo.errors import DracInputError
 from drac_algo.experiment import plan_members
 from drac_algo.export import export_bundle
 from drac_algo.metrics import dice_iou
-from drac_algo.models import build_model
+from drac_algo.models import build_model, load_initial_weights
 from drac_algo.splits import kfold_split, stratified_kfold_split
 from drac_algo.synth import write_dataset
-from drac_algo.training import (
-    amp_dtype,
-    load_initial_weights,
-    train_member,
-)
+from drac_algo.training import amp_dtype, train_member
 from drac_algo.validation import best_threshold, challenge_dice, overlap_counts
 
 REPO = Path(__file__).resolve().parents[1]
