@@ -8,7 +8,8 @@ keep the best checkpoint, write the history and curves, and save a resumable che
 Files of a member, in ``RUN_DIR/<task>/<member>/``: ``last.pt`` (full resumable state),
 ``best.pt`` (best weights by validation Dice at threshold 0.5, the method's selection rule,
 plus the threshold tuned on that epoch's validation predictions), ``metrics.csv``,
-``curves.png`` and ``member.json`` (the summary that the bundle export reads).
+``curves.png`` and ``member.json`` (the summary that the bundle export reads; written by
+:func:`drac_algo.members.write_member_summary`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -47,45 +45,13 @@ from drac_algo.errors import DracInputError
 from drac_algo.fsutil import atomic_write_text
 from drac_algo.inference import Member, predict_probability
 from drac_algo.losses import build_loss
+from drac_algo.members import MemberPlan, MemberResult, write_member_summary
 from drac_algo.models import build_model, load_initial_weights
 from drac_algo.optim import make_optimizer, make_scheduler
 from drac_algo.precision import autocast, grad_scaler, precision_name, training_dtype
-from drac_algo.provenance import environment
 from drac_algo.validation import best_threshold, challenge_dice, overlap_counts, probability_loss
 
 log = logging.getLogger(__name__)
-
-MEMBER_SUMMARY = "member.json"
-
-
-@dataclass(frozen=True)
-class MemberPlan:
-    """Which data one member trains and validates on, and where it writes."""
-
-    task: str
-    fold: int | None
-    seed: int
-    train_ids: tuple[int, ...]
-    val_ids: tuple[int, ...]
-    folder: Path
-
-    @property
-    def name(self) -> str:
-        return member_name(self.fold, self.seed)
-
-
-def member_name(fold: int | None, seed: int) -> str:
-    """``fold2-seed0``, or ``holdout-seed0`` for a single holdout split."""
-    return f"{'holdout' if fold is None else f'fold{fold}'}-seed{seed}"
-
-
-@dataclass(frozen=True)
-class MemberResult:
-    plan: MemberPlan
-    best_epoch: int
-    val_dice: float
-    threshold: float
-    tuned_dice: float
 
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -427,21 +393,3 @@ def train_member(
     if ctx.is_main:
         write_member_summary(cfg, result)
     return broadcast_object(ctx, result)
-
-
-def write_member_summary(cfg: TrainConfig, result: MemberResult) -> None:
-    """``member.json``: what the bundle export needs besides the weights in ``best.pt``."""
-    summary: dict[str, Any] = {
-        "task": cfg.task,
-        "fold": result.plan.fold,
-        "seed": result.plan.seed,
-        "best_epoch": result.best_epoch,
-        "val_dice": result.val_dice,
-        "threshold": result.threshold,
-        "val_dice_at_threshold": result.tuned_dice,
-        "train_cases": list(result.plan.train_ids),
-        "val_cases": list(result.plan.val_ids),
-        "config": cfg.to_dict(),
-        "environment": environment(),
-    }
-    atomic_write_text(result.plan.folder / MEMBER_SUMMARY, json.dumps(summary, indent=2) + "\n")
