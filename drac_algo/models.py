@@ -45,6 +45,7 @@ from drac_algo.attention import (
     CAM_GATE_SCALES,
     insert_channel_attention,
 )
+from drac_algo.dataclass_io import check_keys
 from drac_algo.errors import DracInputError
 from drac_algo.preprocess import normalize
 
@@ -112,7 +113,7 @@ class Normalization:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Normalization:
-        _reject_unknown_keys(data, cls, "normalization")
+        check_keys(data, cls, "normalization")
         return cls(**data)
 
 
@@ -204,24 +205,13 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
         """Build from a dict such as a manifest entry; unknown keys are an error."""
-        _reject_unknown_keys(data, cls, "model")
+        check_keys(data, cls, "model")
         if "arch" not in data:
             raise DracInputError("model spec has no 'arch'")
         values = dict(data)
         if values.get("attention") == "none":
             values["attention"] = None
         return cls(**values)
-
-
-def _reject_unknown_keys(data: Mapping[str, Any], cls: type, where: str) -> None:
-    if not isinstance(data, Mapping):
-        raise DracInputError(f"{where}: expected a table/object, got {type(data).__name__}")
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in data if k not in valid]
-    if unknown:
-        raise DracInputError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}"
-        )
 
 
 def input_multiple(spec: ModelSpec) -> int:
