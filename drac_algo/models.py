@@ -28,7 +28,6 @@ downloaded only with ``allow_download=True``) or given a local weights file.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from drac_algo.attention import (
     CAM_GATE_SCALES,
     insert_channel_attention,
 )
-from drac_algo.dataclass_io import check_keys
+from drac_algo.dataclass_io import check_keys, plain
 from drac_algo.errors import DracInputError
 from drac_algo.preprocess import normalize
 
@@ -197,10 +196,7 @@ class ModelSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; ``from_dict(to_dict())`` gives back an equal spec."""
-        data = dataclasses.asdict(self)
-        if self.decoder_channels is not None:
-            data["decoder_channels"] = list(self.decoder_channels)
-        return data
+        return plain(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
