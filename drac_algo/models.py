@@ -34,9 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import numpy as np
 import segmentation_models_pytorch as smp
+import timm
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from drac_algo.attention import (
@@ -71,11 +74,8 @@ def encoder_names() -> list[str]:
 def _check_encoder(name: str) -> None:
     if name in smp.encoders.get_encoder_names():
         return
-    if name.startswith("tu-"):
-        import timm
-
-        if timm.is_model(name[3:]):
-            return
+    if name.startswith("tu-") and timm.is_model(name[3:]):
+        return
     raise DracInputError(
         f"unknown encoder {name!r}; valid: {', '.join(encoder_names())} (or 'tu-<timm model name>')"
     )
@@ -272,20 +272,20 @@ def resolve_encoder_weights(
             f"smp knows no ImageNet weights for encoder {encoder!r}; pass a local weights file"
         )
     repo_id, revision = settings["imagenet"]["repo_id"], settings["imagenet"]["revision"]
-    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
-
-    cached = try_to_load_from_cache(repo_id, "model.safetensors", revision=revision)
+    cached = huggingface_hub.try_to_load_from_cache(repo_id, "model.safetensors", revision=revision)
     if isinstance(cached, str):
         return Path(cached)
     if not allow_download:
         raise DracInputError(
             f"ImageNet weights for encoder {encoder!r} ({repo_id}@{revision[:8]}) are not in the "
-            f"local Hugging Face cache ({constants.HF_HUB_CACHE}) and downloading was not "
-            "allowed; pass a local weights file, allow the download on a machine with network, "
-            "or leave encoder_weights unset to start from random initialisation"
+            f"local Hugging Face cache ({huggingface_hub.constants.HF_HUB_CACHE}) and downloading "
+            "was not allowed; pass a local weights file, allow the download on a machine with "
+            "network, or leave encoder_weights unset to start from random initialisation"
         )
     try:
-        return Path(hf_hub_download(repo_id, "model.safetensors", revision=revision))
+        return Path(
+            huggingface_hub.hf_hub_download(repo_id, "model.safetensors", revision=revision)
+        )
     except Exception as exc:  # network, proxy and hub errors all mean the same here
         raise DracInputError(
             f"could not download ImageNet weights for {encoder!r} from {repo_id}: {exc}"
@@ -295,8 +295,6 @@ def resolve_encoder_weights(
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from drac_algo.augment import train_transform
 from drac_algo.bundle import build_member, load_bundle
 from drac_algo.checkpoint import load_checkpoint, save_checkpoint
 from drac_algo.config import load_config
 from drac_algo.data import find_layout, list_cases
 from drac_algo.dataset import LesionDataset, load_samples
+from drac_algo.deep_supervision import DeepSupervisionNet, output_weights, supervised_loss
 from drac_algo.distributed import init_distributed
 from drac_algo.errors import DracInputError
 from drac_algo.experiment import plan_members
@@ -149,8 +151,6 @@ def test_init_from_loads_a_checkpoint_or_a_bare_state_dict(tmp_path):
 
 
 def test_samples_per_epoch_repeats_each_image_with_its_own_augmentation(irma_samples):
-    from drac_algo.augment import train_transform
-
     cfg = tiny_config()
     transform = train_transform(64, cfg.normalization, cfg.augment, crop_size=32)
     dataset = LesionDataset(irma_samples[:3], transform, seed=0, length=7)
@@ -395,8 +395,6 @@ def test_ddp_with_two_gloo_processes(phantom, tmp_path):
 
 
 def test_deep_supervision_weights_and_outputs():
-    from drac_algo.deep_supervision import DeepSupervisionNet, output_weights, supervised_loss
-
     assert output_weights(3) == pytest.approx([8 / 15, 4 / 15, 2 / 15, 1 / 15])
     net = DeepSupervisionNet(build_model(tiny_config().model))
     x = torch.randn(2, 1, 64, 64)
