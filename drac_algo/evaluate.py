@@ -212,7 +212,7 @@ def write_case_csv(path: Path, rows: list[dict]) -> None:
 
 def plot_cases(path: Path, rows: list[dict], title: str) -> None:
     """Per class, a box of the scored cases' Dice with every case as a point beside it."""
-    import matplotlib
+    import matplotlib  # heavy, and only for --plot: kept out of the module import
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
