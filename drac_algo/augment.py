@@ -41,6 +41,10 @@ from drac_algo.models import Normalization
 from drac_algo.tta import TRANSFORMS
 
 REFERENCE_SIZE = 1024  # the DRAC image size, at which AugmentConfig's elastic values are given
+# AugmentConfig's probabilities: of the transforms that move the mask with the image, and of
+# those that touch the image only.
+GEOMETRIC_PROBABILITIES = ("hflip_p", "rotate_p", "crop_p", "distortion_p")
+INTENSITY_PROBABILITIES = ("noise_p", "brightness_contrast_p")
 
 
 @dataclass(frozen=True)
@@ -92,34 +96,25 @@ class AugmentConfig:
             raise DracInputError(f"affine_scale must be > 0; got {self.affine_scale}")
 
     @classmethod
+    def switched(cls, *, geometric: bool, intensity: bool) -> AugmentConfig:
+        """Every geometric transform (:data:`GEOMETRIC_PROBABILITIES`) always on or always off,
+        and the same for every intensity transform; the strengths stay the defaults."""
+        chance = {True: 1.0, False: 0.0}
+        return cls(
+            **dict.fromkeys(GEOMETRIC_PROBABILITIES, chance[geometric]),
+            **dict.fromkeys(INTENSITY_PROBABILITIES, chance[intensity]),
+        )
+
+    @classmethod
     def geometric_only(cls) -> AugmentConfig:
         """All geometric transforms always on, intensity transforms off (for tests/previews)."""
-        return cls(
-            hflip_p=1.0,
-            rotate_p=1.0,
-            crop_p=1.0,
-            noise_p=0.0,
-            brightness_contrast_p=0.0,
-            distortion_p=1.0,
-        )
+        return cls.switched(geometric=True, intensity=False)
 
     @classmethod
     def none(cls) -> AugmentConfig:
         """Every transform off: the pipeline only resizes, crops and normalises (what
         :mod:`drac_algo.preprocess` gives a square image; tests compare the two)."""
-        return cls(
-            hflip_p=0.0,
-            rotate_p=0.0,
-            crop_p=0.0,
-            noise_p=0.0,
-            brightness_contrast_p=0.0,
-            distortion_p=0.0,
-        )
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
-        }
+        return cls.switched(geometric=False, intensity=False)
 
 
 class LesionCrop(BaseCrop):

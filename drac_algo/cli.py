@@ -1,5 +1,6 @@
 """Shared command-line plumbing: logging set-up, the bad-input exit path, SIGTERM, and the
-options and click classes every command shares (``-h``, ``--version``, ``-v``, ``--device``)."""
+options and click classes every command shares (``-h``, ``--version``, ``-v``, ``--device``,
+``--workdir``); :func:`tool_command` puts the usual set on a command in one line."""
 
 import contextlib
 import functools
@@ -148,26 +149,63 @@ def device_option(help: str = "auto = CUDA when available, else the CPU.") -> Ca
     return click.option("--device", type=DEVICE, default="auto", show_default=True, help=help)
 
 
+_VERBOSE = ("-v", "--verbose")
+_VERBOSE_SETTINGS: dict[str, Any] = {"is_flag": True, "help": "Debug logging."}
+
+
 def verbose_option(func: Callable) -> Callable:
-    return click.option("-v", "--verbose", is_flag=True, help="Debug logging.")(func)
+    return click.option(*_VERBOSE, **_VERBOSE_SETTINGS)(func)
 
 
-def version_option(program: str) -> Callable:
-    """``--version``: print :func:`provenance.version_line` (which imports torch, for its CUDA
-    build, only when the option is used) and exit."""
-
+def _version_settings(program: str) -> dict[str, Any]:
     def show(ctx: click.Context, param: click.Parameter, value: bool) -> None:
         if value and not ctx.resilient_parsing:
             click.echo(version_line(program))
             ctx.exit()
 
+    return {
+        "is_flag": True,
+        "expose_value": False,
+        "is_eager": True,
+        "callback": show,
+        "help": "Show the version (and torch's, with its CUDA build) and exit.",
+    }
+
+
+def version_option(program: str) -> Callable:
+    """``--version``: print :func:`provenance.version_line` (which imports torch, for its CUDA
+    build, only when the option is used) and exit."""
+    return click.option("--version", **_version_settings(program))
+
+
+def tool_command(program: str) -> Callable[[Callable[..., Any]], click.Command]:
+    """``@tool_command("drac-synth")`` above a command function and its own options: the
+    :class:`Command` every logging command is, with ``-v/--verbose`` (:func:`setup_logging`
+    runs before the function, which does not take ``verbose``), ``--version`` (both listed
+    last in ``--help``) and the bad-input exit path of :func:`exits_on_bad_input`."""
+
+    def decorate(func: Callable[..., Any]) -> click.Command:
+        @functools.wraps(func)
+        def run(*args: Any, verbose: bool, **kwargs: Any) -> Any:
+            setup_logging(verbose)
+            return func(*args, **kwargs)
+
+        command = click.command(cls=Command)(exits_on_bad_input(run))
+        command.params.append(click.Option(list(_VERBOSE), **_VERBOSE_SETTINGS))
+        command.params.append(click.Option(["--version"], **_version_settings(program)))
+        return command
+
+    return decorate
+
+
+def workdir_option(default: str, help: str) -> Callable:
+    """``--workdir``: the folder a tool makes its data, runs and report in."""
     return click.option(
-        "--version",
-        is_flag=True,
-        expose_value=False,
-        is_eager=True,
-        callback=show,
-        help="Show the version (and torch's, with its CUDA build) and exit.",
+        "--workdir",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=Path(default),
+        show_default=True,
+        help=help,
     )
 
 

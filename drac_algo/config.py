@@ -14,7 +14,8 @@ A run's settings are resolved in layers, each one over the last:
    ``None`` values are skipped so click options can be passed straight through).
 
 Every layer is checked for unknown keys (the error lists the valid ones) and the result is
-validated on construction, so a typo or a bad value stops the run before any training.
+validated on construction, so a typo or a bad value stops the run before any training (the
+generic typed reading is :mod:`drac_algo.dataclass_io`).
 TOML has no null: the string ``"none"`` sets an optional value (``attention``,
 ``encoder_weights``, ``val.fold``, ...) to ``None``. A layer that names a different loss
 starts that loss's ``params`` from empty instead of merging them with the old loss's.
@@ -25,10 +26,6 @@ starts that loss's ``params`` from empty instead of merging them with the old lo
 
 from __future__ import annotations
 
-import dataclasses
-import tomllib
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,16 +34,16 @@ from typing import Any
 from drac_algo.augment import AugmentConfig
 from drac_algo.choices import DEFAULT_RECIPE, RECIPE_FAMILIES
 from drac_algo.classes import BY_KEY, LesionClass, lesion_class
+from drac_algo.dataclass_io import check_keys, convert, plain, read_toml
 from drac_algo.errors import DracInputError
 from drac_algo.losses import build_loss
 from drac_algo.models import ModelSpec, Normalization, input_multiple
+from drac_algo.optim import OPTIMIZERS, SCHEDULES, registered
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 # RECIPE_FAMILIES and DEFAULT_RECIPE (the family that won the ablation: python -m
 # drac_algo.ablate; README "Segmentation quality") live in drac_algo.choices for --help.
 PER_TASK = "per_task"  # overrides-file table of per-task sub-tables
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULERS = ("multistep", "cosine", "cosine_steps", "constant")
 
 
 @dataclass(frozen=True)
@@ -192,14 +189,8 @@ class TrainConfig:
             )
         if self.weight_decay < 0:
             raise DracInputError(f"weight_decay must be >= 0; got {self.weight_decay}")
-        if self.optimizer not in OPTIMIZERS:
-            raise DracInputError(
-                f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}"
-            )
-        if self.scheduler not in SCHEDULERS:
-            raise DracInputError(
-                f"unknown scheduler {self.scheduler!r}; valid: {', '.join(SCHEDULERS)}"
-            )
+        registered(OPTIMIZERS, "optimizer", self.optimizer)
+        registered(SCHEDULES, "scheduler", self.scheduler)
         if not 0.0 <= self.foreground_fraction <= 1.0:
             raise DracInputError(
                 f"foreground_fraction is a fraction in [0, 1]; got {self.foreground_fraction}"
@@ -257,119 +248,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys and bad values raise DracInputError."""
-        _check_keys(data, cls, source)
+        check_keys(data, cls, source)
         try:
-            return _convert(data, cls, "")
+            return convert(data, cls, "")
         except DracInputError as exc:
             raise DracInputError(f"{source}: {exc}") from exc
-
-
-def plain(value: Any) -> Any:
-    """``value`` as JSON/TOML-ready data: dataclasses as dicts of their fields, tuples and lists
-    as lists, mappings as dicts, paths as strings, recursively; anything else unchanged."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, tuple | list):
-        return [plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _check_keys(data: Mapping[str, Any], cls: type, where: str) -> None:
-    """Raise on keys that are not fields of ``cls`` (recursing into dataclass sections)."""
-    if not isinstance(data, Mapping):
-        raise DracInputError(f"{where}: expected a table, got {data!r}")
-    hints = _hints(cls)
-    unknown = [k for k in data if k not in hints]
-    if unknown:
-        raise DracInputError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid: {', '.join(hints)}"
-        )
-    for key, value in data.items():
-        if dataclasses.is_dataclass(hints[key]):
-            _check_keys(value, hints[key], f"{where} [{key}]")
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    """``value`` from TOML/JSON as type ``tp`` (dataclasses, unions, tuples, scalars)."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise DracInputError(f"{where}: expected a table, got {value!r}")
-        hints = _hints(tp)
-        kwargs = {
-            k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in value.items()
-        }
-        try:
-            return tp(**kwargs)
-        except (TypeError, DracInputError) as exc:  # TypeError: a required field is missing
-            raise DracInputError(f"{where}: {exc}" if where else str(exc)) from exc
-    if origin in (typing.Union, types.UnionType):
-        members = typing.get_args(tp)
-        if type(None) in members and (value is None or value == "none"):
-            return None
-        for member in members:
-            if member is type(None):
-                continue
-            try:
-                return _convert(value, member, where)
-            except DracInputError:
-                continue
-        raise DracInputError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, list | tuple):
-            raise DracInputError(f"{where}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise DracInputError(f"{where}: expected {len(args)} values, got {list(value)}")
-        return tuple(
-            _convert(v, a, f"{where}[{i}]")
-            for i, (v, a) in enumerate(zip(value, args, strict=True))
-        )
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise DracInputError(f"{where}: expected a table, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise DracInputError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise DracInputError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise DracInputError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise DracInputError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"config field type {tp!r} is not supported")  # a bug here, not bad input
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except OSError as exc:
-        raise DracInputError(f"cannot read config file {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise DracInputError(f"config file {path} is not valid TOML: {exc}") from exc
 
 
 def recipe_path(task: str | int, recipe: str = DEFAULT_RECIPE) -> Path:
@@ -426,11 +309,11 @@ def load_config(
     key = lesion_class(task).key
     layers: list[tuple[str, Mapping[str, Any]]] = []
     recipe_file = recipe_path(key, recipe)
-    layers.append((str(recipe_file), _read_toml(recipe_file)))
+    layers.append((str(recipe_file), read_toml(recipe_file)))
     if isinstance(overrides_file, Path | str):
         overrides_file = [overrides_file]
     for path in overrides_file or ():
-        layer = _read_toml(Path(path))
+        layer = read_toml(Path(path))
         per_task = layer.pop(PER_TASK, {})
         if not isinstance(per_task, Mapping) or not all(
             isinstance(v, Mapping) for v in per_task.values()
@@ -448,13 +331,13 @@ def load_config(
         layers.append(("command-line overrides", _cli_layer(cli_overrides)))
     merged: dict[str, Any] = {}
     for source, layer in layers:
-        _check_keys(layer, TrainConfig, source)
+        check_keys(layer, TrainConfig, source)
         if "task" in layer and lesion_class(layer["task"]).key != key:
             raise DracInputError(f"{source} is for task {layer['task']!r}, not {key!r}")
         merged = _merge(merged, layer)
     merged["task"] = key
     try:
-        return _convert(merged, TrainConfig, "")
+        return convert(merged, TrainConfig, "")
     except DracInputError as exc:
         sources = " + ".join(source for source, _ in layers)
         raise DracInputError(f"config from {sources}: {exc}") from exc

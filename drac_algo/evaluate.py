@@ -33,13 +33,7 @@ import click
 import numpy as np
 
 from drac_algo.classes import BY_INDEX
-from drac_algo.cli import (
-    Command,
-    exits_on_bad_input,
-    setup_logging,
-    verbose_option,
-    version_option,
-)
+from drac_algo.cli import tool_command
 from drac_algo.data import (
     class_folders,
     describe_folder,
@@ -245,7 +239,7 @@ def plot_cases(path: Path, rows: list[dict], title: str) -> None:
     plt.close(fig)
 
 
-@click.command(cls=Command)
+@tool_command("drac-evaluate")
 @click.option("--gt", "gt", required=True, type=click.Path(path_type=Path), help="Ground truth.")
 @click.option("--pred", "pred", required=True, type=click.Path(path_type=Path), help="Prediction.")
 @click.option(
@@ -275,9 +269,6 @@ def plot_cases(path: Path, rows: list[dict], title: str) -> None:
     default=None,
     help="Write a PNG of each class's per-case Dice (box and points).",
 )
-@verbose_option
-@version_option("drac-evaluate")
-@exits_on_bad_input
 def main(
     gt: Path,
     pred: Path,
@@ -285,10 +276,8 @@ def main(
     json_path: Path | None,
     per_case: Path | None,
     plot_path: Path | None,
-    verbose: bool,
 ) -> None:
     """Score PRED against GT with the official DRAC2022 Task 1 Dice/IoU."""
-    setup_logging(verbose)
     for path in (json_path, per_case, plot_path):
         if path is not None and not (path.parent.is_dir() and os.access(path.parent, os.W_OK)):
             raise DracInputError(

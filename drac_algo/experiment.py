@@ -23,9 +23,10 @@ from drac_algo.dataset import Sample, load_samples
 from drac_algo.distributed import DistContext, barrier
 from drac_algo.errors import DracInputError
 from drac_algo.export import export_bundle
+from drac_algo.members import MemberPlan, MemberResult, member_name
 from drac_algo.progress import RunProgress
 from drac_algo.splits import stratified_kfold_split
-from drac_algo.training import MemberPlan, MemberResult, member_name, train_member
+from drac_algo.training import train_member
 
 log = logging.getLogger(__name__)
 TRAIN_LOG = "train.log"  # in the run folder: the console's log lines, the versions first

@@ -22,9 +22,9 @@ from drac_algo.classes import LESION_CLASSES
 from drac_algo.config import TrainConfig
 from drac_algo.errors import DracInputError
 from drac_algo.manifest import Bundle, ClassEntry, MemberSpec
+from drac_algo.members import MEMBER_SUMMARY
 from drac_algo.onnx_backend import ADD_ONNX_COMMAND
 from drac_algo.onnx_export import add_onnx
-from drac_algo.training import MEMBER_SUMMARY
 
 log = logging.getLogger(__name__)
 

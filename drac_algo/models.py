@@ -9,8 +9,9 @@ Architectures come from segmentation-models-pytorch (smp) 0.6.0 through one regi
 :data:`ARCHITECTURES`. Decoder attention is one of :data:`ATTENTIONS`:
 
 - ``None``: plain smp decoder.
-- ``"cam"``: the method's channel attention module (:class:`ChannelAttention`) in both attention
-  slots of every Unet / Unet++ decoder block (see :func:`insert_channel_attention`).
+- ``"cam"``: the method's channel attention module
+  (:class:`drac_algo.attention.ChannelAttention`) in both attention slots of every Unet / Unet++
+  decoder block (see :func:`drac_algo.attention.insert_channel_attention`).
 - ``"cam-2sigmoid"``: the same module with its gates scaled to (0, 2) (``2 * sigmoid``, as in
   the squeeze-and-excitation blocks of Brock et al.'s normaliser-free ResNets), so that every gate
   starts near 1 instead of 0.5: the decoder passes its signal through unchanged at
@@ -21,23 +22,32 @@ Architectures come from segmentation-models-pytorch (smp) 0.6.0 through one regi
 Encoder weights are never downloaded behind the user's back: :func:`build_model` starts from
 random initialisation unless asked for ``"imagenet"`` (found in the local Hugging Face cache, or
 downloaded only with ``allow_download=True``) or given a local weights file.
+:func:`load_initial_weights` starts a whole network from a checkpoint instead (a recipe's
+``init_from``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import numpy as np
 import segmentation_models_pytorch as smp
+import timm
 import torch
+from safetensors.torch import load_file
 from torch import nn
-from torch.nn import functional as F
 
+from drac_algo.attention import (
+    ARCHITECTURES_WITH_DECODER_ATTENTION,
+    CAM_GATE_SCALES,
+    insert_channel_attention,
+)
+from drac_algo.dataclass_io import check_keys, plain
 from drac_algo.errors import DracInputError
 from drac_algo.preprocess import normalize
 
@@ -49,10 +59,6 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "deeplabv3plus": smp.DeepLabV3Plus,
 }
 ATTENTIONS: tuple[str | None, ...] = (None, "cam", "cam-2sigmoid", "scse")
-# The channel attention modules: attention name -> the gate scale of ChannelAttention.
-CAM_GATE_SCALES = {"cam": 1.0, "cam-2sigmoid": 2.0}
-# Architectures whose decoder blocks have the attention1/attention2 slots that CAM and scse use.
-ARCHITECTURES_WITH_DECODER_ATTENTION = ("unet", "unetplusplus")
 # smp's default Unet / Unet++ decoder widths for depth 5; a shallower encoder takes the first ones.
 SMP_UNET_DECODER_CHANNELS = (256, 128, 64, 32, 16)
 SMP_DEEPLAB_DECODER_CHANNELS = 256
@@ -68,11 +74,8 @@ def encoder_names() -> list[str]:
 def _check_encoder(name: str) -> None:
     if name in smp.encoders.get_encoder_names():
         return
-    if name.startswith("tu-"):
-        import timm
-
-        if timm.is_model(name[3:]):
-            return
+    if name.startswith("tu-") and timm.is_model(name[3:]):
+        return
     raise DracInputError(
         f"unknown encoder {name!r}; valid: {', '.join(encoder_names())} (or 'tu-<timm model name>')"
     )
@@ -109,7 +112,7 @@ class Normalization:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Normalization:
-        _reject_unknown_keys(data, cls, "normalization")
+        check_keys(data, cls, "normalization")
         return cls(**data)
 
 
@@ -193,15 +196,12 @@ class ModelSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; ``from_dict(to_dict())`` gives back an equal spec."""
-        data = dataclasses.asdict(self)
-        if self.decoder_channels is not None:
-            data["decoder_channels"] = list(self.decoder_channels)
-        return data
+        return plain(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
         """Build from a dict such as a manifest entry; unknown keys are an error."""
-        _reject_unknown_keys(data, cls, "model")
+        check_keys(data, cls, "model")
         if "arch" not in data:
             raise DracInputError("model spec has no 'arch'")
         values = dict(data)
@@ -210,118 +210,9 @@ class ModelSpec:
         return cls(**values)
 
 
-def _reject_unknown_keys(data: Mapping[str, Any], cls: type, where: str) -> None:
-    if not isinstance(data, Mapping):
-        raise DracInputError(f"{where}: expected a table/object, got {type(data).__name__}")
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in data if k not in valid]
-    if unknown:
-        raise DracInputError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}"
-        )
-
-
 def input_multiple(spec: ModelSpec) -> int:
     """Input height and width must be multiples of this (``2 ** encoder_depth``)."""
     return 2**spec.encoder_depth
-
-
-class ChannelAttention(nn.Module):
-    """The method's channel attention module (CAM), squeeze-and-excitation style.
-
-    ``(N, C, H, W) -> (N, C, H, W)``: global average pooling gives one value per channel, two
-    fully connected layers with a ReLU between (``C -> hidden -> C``) and a sigmoid give a gate
-    in (0, 1) per channel, and each channel of the input is multiplied by its gate.
-    ``gate_scale`` multiplies the gates: 2 gives gates in (0, 2) that start near 1.
-
-    ``hidden = max(min_hidden, channels // reduction)``, never more than ``channels``: with the
-    reduction of 16 a 16-channel block would otherwise squeeze to a single unit (and a narrower
-    one to zero), so narrow layers keep at least ``min_hidden`` (4) units.
-    """
-
-    def __init__(
-        self, channels: int, reduction: int = 16, min_hidden: int = 4, gate_scale: float = 1.0
-    ) -> None:
-        super().__init__()
-        if channels < 1 or reduction < 1 or min_hidden < 1:
-            raise DracInputError(
-                f"ChannelAttention needs channels, reduction, min_hidden >= 1; got {channels}, "
-                f"{reduction}, {min_hidden}"
-            )
-        if not gate_scale > 0:
-            raise DracInputError(f"ChannelAttention gate_scale must be > 0; got {gate_scale}")
-        self.channels = channels
-        self.gate_scale = float(gate_scale)
-        self.hidden = min(channels, max(min_hidden, channels // reduction))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Linear(channels, self.hidden)
-        self.relu = nn.ReLU(inplace=True)
-        self.fc2 = nn.Linear(self.hidden, channels)
-        self.sigmoid = nn.Sigmoid()
-
-    def gates(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C, H, W)`` -> ``(N, C)`` gates in (0, ``gate_scale``)."""
-        if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
-            # torch's CPU mean over (H, W) of a bf16 tensor converts the whole map to float32
-            # first (about 20 ms for 64 x 512 x 512, 28 % of a bf16 Unet++ forward);
-            # avg_pool2d's vectorised kernel gives the same mean in about 1 ms.
-            squeezed = F.avg_pool2d(x, x.shape[-2:]).flatten(1)
-        else:
-            squeezed = self.pool(x).flatten(1)
-        gates = self.sigmoid(self.fc2(self.relu(self.fc1(squeezed))))
-        return gates * self.gate_scale if self.gate_scale != 1.0 else gates
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gates(x)[:, :, None, None]
-
-    def extra_repr(self) -> str:
-        return f"channels={self.channels}, hidden={self.hidden}, gate_scale={self.gate_scale:g}"
-
-
-def _decoder_blocks_with_skip(model: nn.Module, arch: str) -> list[tuple[str, nn.Module, bool]]:
-    """``(name, block, has_skip)`` for every non-empty decoder block of an smp Unet / Unet++.
-
-    smp applies ``attention1`` only after concatenating a skip connection. In smp 0.6.0 the
-    blocks without one are the last Unet block and the last Unet++ block ``x_0_<depth>``.
-    """
-    decoder = model.decoder
-    if arch == "unet":
-        last = len(decoder.blocks) - 1
-        return [(f"blocks.{i}", b, i != last) for i, b in enumerate(decoder.blocks)]
-    if arch == "unetplusplus":
-        final = f"x_0_{decoder.depth}"
-        return [
-            (f"blocks.{name}", b, name != final)
-            for name, b in decoder.blocks.items()
-            if not b.is_empty
-        ]
-    raise DracInputError(f"{arch} has no decoder attention slots")
-
-
-def insert_channel_attention(
-    model: nn.Module, arch: str, reduction: int = 16, gate_scale: float = 1.0
-) -> list[str]:
-    """Put a :class:`ChannelAttention` into the decoder attention slots of an smp Unet / Unet++
-    built with ``decoder_attention_type=None``; returns the names of the filled slots.
-
-    In each decoder block, ``attention1`` gates the upsampled features concatenated with the
-    skip connection (``conv1``'s input channels = in + skip) and ``attention2`` gates the block
-    output (``conv2``'s output channels). ``attention2`` is filled in every block;
-    ``attention1`` in every block that has a skip connection (smp never calls it elsewhere,
-    so a module there would be dead weight). Only this model instance is changed.
-    """
-    filled = []
-    for name, block, has_skip in _decoder_blocks_with_skip(model, arch):
-        if has_skip:
-            block.attention1 = ChannelAttention(
-                block.conv1[0].in_channels, reduction, gate_scale=gate_scale
-            )
-            filled.append(f"decoder.{name}.attention1")
-        block.attention2 = ChannelAttention(
-            block.conv2[0].out_channels, reduction, gate_scale=gate_scale
-        )
-        filled.append(f"decoder.{name}.attention2")
-    return filled
 
 
 def build_network(spec: ModelSpec) -> nn.Module:
@@ -381,20 +272,20 @@ def resolve_encoder_weights(
             f"smp knows no ImageNet weights for encoder {encoder!r}; pass a local weights file"
         )
     repo_id, revision = settings["imagenet"]["repo_id"], settings["imagenet"]["revision"]
-    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
-
-    cached = try_to_load_from_cache(repo_id, "model.safetensors", revision=revision)
+    cached = huggingface_hub.try_to_load_from_cache(repo_id, "model.safetensors", revision=revision)
     if isinstance(cached, str):
         return Path(cached)
     if not allow_download:
         raise DracInputError(
             f"ImageNet weights for encoder {encoder!r} ({repo_id}@{revision[:8]}) are not in the "
-            f"local Hugging Face cache ({constants.HF_HUB_CACHE}) and downloading was not "
-            "allowed; pass a local weights file, allow the download on a machine with network, "
-            "or leave encoder_weights unset to start from random initialisation"
+            f"local Hugging Face cache ({huggingface_hub.constants.HF_HUB_CACHE}) and downloading "
+            "was not allowed; pass a local weights file, allow the download on a machine with "
+            "network, or leave encoder_weights unset to start from random initialisation"
         )
     try:
-        return Path(hf_hub_download(repo_id, "model.safetensors", revision=revision))
+        return Path(
+            huggingface_hub.hf_hub_download(repo_id, "model.safetensors", revision=revision)
+        )
     except Exception as exc:  # network, proxy and hub errors all mean the same here
         raise DracInputError(
             f"could not download ImageNet weights for {encoder!r} from {repo_id}: {exc}"
@@ -404,8 +295,6 @@ def resolve_encoder_weights(
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -445,6 +334,27 @@ def load_encoder_weights(model: nn.Module, path: Path) -> None:
         model.encoder.load_state_dict(state)
     except RuntimeError as exc:
         raise DracInputError(f"encoder weights {path} do not fit this encoder: {exc}") from exc
+
+
+def load_initial_weights(model: nn.Module, path: str | Path) -> None:
+    """Start ``model`` from the weights in ``path``: a member checkpoint (``best.pt`` /
+    ``last.pt``, weights under ``"model"``) or a bare state dict such as a bundle member file.
+    The architecture must match exactly (strict load); a mismatch names the file."""
+    try:
+        state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+    except Exception as exc:  # a corrupt or non-torch file: every reader error means the same
+        raise DracInputError(f"init_from: cannot read checkpoint {path}: {exc}") from exc
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DracInputError(f"init_from: {path} holds no state dict")
+    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise DracInputError(
+            f"init_from: {path} does not fit this task's model ({exc.args[0].splitlines()[0]})"
+        ) from exc
 
 
 _logged_random_init: set[str] = set()

@@ -35,13 +35,7 @@ from typing import TYPE_CHECKING
 import click
 import numpy as np
 
-from drac_algo.cli import (
-    Command,
-    exits_on_bad_input,
-    setup_logging,
-    verbose_option,
-    version_option,
-)
+from drac_algo.cli import tool_command
 from drac_algo.errors import DracInputError
 from drac_algo.fsutil import atomic_write_text
 
@@ -172,15 +166,11 @@ def add_onnx(folder: str | Path, force: bool = False) -> Bundle:
     return updated
 
 
-@click.command(cls=Command)
+@tool_command("drac-onnx-export")
 @click.argument("bundle", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--force", is_flag=True, help="Re-export members that already have an ONNX file.")
-@verbose_option
-@version_option("drac-onnx-export")
-@exits_on_bad_input
-def main(bundle: Path, force: bool, verbose: bool) -> None:
+def main(bundle: Path, force: bool) -> None:
     """Add each member's ONNX export (for the CPU backend) to the model bundle BUNDLE."""
-    setup_logging(verbose)
     updated = add_onnx(bundle, force=force)
     for _, member in updated.members():
         click.echo(f"{member.file} -> {member.onnx.file}")

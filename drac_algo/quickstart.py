@@ -19,18 +19,14 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
 
 from drac_algo.choices import DEFAULT_RECIPE, RECIPE_FAMILIES
-from drac_algo.cli import (
-    Command,
-    exits_on_bad_input,
-    setup_logging,
-    verbose_option,
-    version_option,
-)
+from drac_algo.cli import tool_command, workdir_option
+from drac_algo.synth.options import phantom_options
 
 log = logging.getLogger("quickstart")
 QUICKSTART_RECIPE = Path(__file__).parent / "recipes" / "quickstart.toml"
@@ -136,28 +132,11 @@ def run_quickstart(
     click.echo(f"\nScore on the phantom test set ({n_test} images):\n{scores.table()}")
 
 
-_SIDE = click.IntRange(min=16)  # the phantom generator's smallest image
-
-
-@click.command(cls=Command)
-@click.option(
-    "--workdir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("quickstart"),
-    show_default=True,
-    help="Folder for the data, the run and the outputs (replaced on each run).",
+@tool_command("drac-quickstart")
+@workdir_option(
+    "quickstart", "Folder for the data, the run and the outputs (replaced on each run)."
 )
-@click.option("--n-train", type=click.IntRange(min=1), default=48, show_default=True)
-@click.option("--n-test", type=click.IntRange(min=1), default=12, show_default=True)
-@click.option(
-    "--image-size",
-    "size",
-    type=_SIDE,
-    default=256,
-    show_default=True,
-    help="Phantom image side in pixels.",
-)
-@click.option("--size", "size", type=_SIDE, hidden=True)  # --image-size's old name
+@phantom_options(n_train=48, n_test=12, size=256)
 @click.option("--epochs", type=int, help="Override the quickstart recipe's epochs.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
@@ -167,22 +146,9 @@ _SIDE = click.IntRange(min=16)  # the phantom generator's smallest image
     show_default=True,
     help="Recipe family to train (see python -m train --help).",
 )
-@verbose_option
-@version_option("drac-quickstart")
-@exits_on_bad_input
-def main(
-    workdir: Path,
-    n_train: int,
-    n_test: int,
-    size: int,
-    epochs: int | None,
-    seed: int,
-    recipe: str,
-    verbose: bool,
-) -> None:
+def main(**options: Any) -> None:
     """Generate phantom data, train a small bundle, run the container's job and score it."""
-    setup_logging(verbose)
-    run_quickstart(workdir, n_train, n_test, size, epochs, seed, recipe)
+    run_quickstart(**options)
 
 
 if __name__ == "__main__":

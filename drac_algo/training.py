@@ -8,7 +8,8 @@ keep the best checkpoint, write the history and curves, and save a resumable che
 Files of a member, in ``RUN_DIR/<task>/<member>/``: ``last.pt`` (full resumable state),
 ``best.pt`` (best weights by validation Dice at threshold 0.5, the method's selection rule,
 plus the threshold tuned on that epoch's validation predictions), ``metrics.csv``,
-``curves.png`` and ``member.json`` (the summary that the bundle export reads).
+``curves.png`` and ``member.json`` (the summary that the bundle export reads; written by
+:func:`drac_algo.members.write_member_summary`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -48,44 +46,13 @@ from drac_algo.errors import DracInputError
 from drac_algo.fsutil import atomic_write_text
 from drac_algo.inference import predict_probability
 from drac_algo.losses import build_loss
-from drac_algo.models import build_model
+from drac_algo.members import MemberPlan, MemberResult, write_member_summary
+from drac_algo.models import build_model, load_initial_weights
+from drac_algo.optim import make_optimizer, make_scheduler
 from drac_algo.precision import autocast, grad_scaler, precision_name, training_dtype
-from drac_algo.provenance import environment
 from drac_algo.validation import best_threshold, challenge_dice, overlap_counts, probability_loss
 
 log = logging.getLogger(__name__)
-
-MEMBER_SUMMARY = "member.json"
-
-
-@dataclass(frozen=True)
-class MemberPlan:
-    """Which data one member trains and validates on, and where it writes."""
-
-    task: str
-    fold: int | None
-    seed: int
-    train_ids: tuple[int, ...]
-    val_ids: tuple[int, ...]
-    folder: Path
-
-    @property
-    def name(self) -> str:
-        return member_name(self.fold, self.seed)
-
-
-def member_name(fold: int | None, seed: int) -> str:
-    """``fold2-seed0``, or ``holdout-seed0`` for a single holdout split."""
-    return f"{'holdout' if fold is None else f'fold{fold}'}-seed{seed}"
-
-
-@dataclass(frozen=True)
-class MemberResult:
-    plan: MemberPlan
-    best_epoch: int
-    val_dice: float
-    threshold: float
-    tuned_dice: float
 
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -93,68 +60,6 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     (:func:`drac_algo.precision.training_dtype`: ``"auto"`` is bf16 where native, else fp16 on
     CUDA and float32 on the CPU; ``true`` forces bf16 on the CPU; ``false`` is float32)."""
     return training_dtype(cfg.amp, device)
-
-
-def _cosine(cfg: TrainConfig, epoch: int) -> float:
-    floor = cfg.min_lr / cfg.lr
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(epoch, cfg.epochs) / cfg.epochs))
-
-
-def _steps(cfg: TrainConfig, epoch: int) -> float:
-    return cfg.gamma ** sum(epoch >= m for m in cfg.milestone_epochs())
-
-
-# Learning-rate factor (x lr) before each epoch (0-based), by scheduler name.
-SCHEDULES: dict[str, Callable[[TrainConfig, int], float]] = {
-    "multistep": _steps,
-    "cosine": _cosine,
-    "cosine_steps": lambda cfg, epoch: _cosine(cfg, epoch) * _steps(cfg, epoch),
-    "constant": lambda cfg, epoch: 1.0,
-}
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-}
-
-
-def lr_factor(cfg: TrainConfig, epoch: int) -> float:
-    """The learning rate of ``epoch`` (0-based) as a multiple of ``cfg.lr``, never below
-    ``cfg.min_lr / cfg.lr``."""
-    if cfg.scheduler not in SCHEDULES:
-        raise DracInputError(f"unknown scheduler {cfg.scheduler!r}; valid: {', '.join(SCHEDULES)}")
-    return max(SCHEDULES[cfg.scheduler](cfg, epoch), cfg.min_lr / cfg.lr)
-
-
-def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
-    """Stepped once per epoch: the learning rate follows :func:`lr_factor`."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(cfg, epoch))
-
-
-def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
-    if cfg.optimizer not in OPTIMIZERS:
-        raise DracInputError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def load_initial_weights(model: nn.Module, path: str | Path) -> None:
-    """Start ``model`` from the weights in ``path``: a member checkpoint (``best.pt`` /
-    ``last.pt``, weights under ``"model"``) or a bare state dict such as a bundle member file.
-    The architecture must match exactly (strict load); a mismatch names the file."""
-    try:
-        state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt or non-torch file: every reader error means the same
-        raise DracInputError(f"init_from: cannot read checkpoint {path}: {exc}") from exc
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DracInputError(f"init_from: {path} holds no state dict")
-    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise DracInputError(
-            f"init_from: {path} does not fit this task's model ({exc.args[0].splitlines()[0]})"
-        ) from exc
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -489,21 +394,3 @@ def train_member(
     if ctx.is_main:
         write_member_summary(cfg, result)
     return broadcast_object(ctx, result)
-
-
-def write_member_summary(cfg: TrainConfig, result: MemberResult) -> None:
-    """``member.json``: what the bundle export needs besides the weights in ``best.pt``."""
-    summary: dict[str, Any] = {
-        "task": cfg.task,
-        "fold": result.plan.fold,
-        "seed": result.plan.seed,
-        "best_epoch": result.best_epoch,
-        "val_dice": result.val_dice,
-        "threshold": result.threshold,
-        "val_dice_at_threshold": result.tuned_dice,
-        "train_cases": list(result.plan.train_ids),
-        "val_cases": list(result.plan.val_ids),
-        "config": cfg.to_dict(),
-        "environment": environment(),
-    }
-    atomic_write_text(result.plan.folder / MEMBER_SUMMARY, json.dumps(summary, indent=2) + "\n")

@@ -76,16 +76,16 @@ def test_run_key_is_the_resolved_config():
     assert run_key(left_out).startswith("irma-")
 
 
+def quick_ablation(work: Path) -> subprocess.CompletedProcess:
+    """``python -m drac_algo.ablate --workdir WORK --quick``, run to its end."""
+    command = [sys.executable, "-m", "drac_algo.ablate", "--workdir", str(work), "--quick"]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
 @pytest.mark.slow
 def test_quick_ablation_runs_end_to_end(tmp_path):
     work = tmp_path / "ablation"
-    result = subprocess.run(
-        [sys.executable, "-m", "drac_algo.ablate", "--workdir", str(work), "--quick"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    result = quick_ablation(work)
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("ablation.md", "ablation.json", "ablation.png"):
         assert (work / name).is_file(), name
@@ -100,12 +100,6 @@ def test_quick_ablation_runs_end_to_end(tmp_path):
         assert not any(v is not None and math.isnan(v) for v in row["mean_dice"])
     assert "| plain baseline |" in result.stdout
     # A second run reuses every trained model (nothing is trained again).
-    again = subprocess.run(
-        [sys.executable, "-m", "drac_algo.ablate", "--workdir", str(work), "--quick"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    again = quick_ablation(work)
     assert again.returncode == 0
     assert "ablation: training" not in again.stderr

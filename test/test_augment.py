@@ -1,6 +1,7 @@
 """Augmentation pipelines: output contract, mask alignment, strict argument checking."""
 
 import ast
+import dataclasses
 from pathlib import Path
 
 import albumentations as A
@@ -85,17 +86,16 @@ def test_geometric_transforms_keep_mask_aligned_and_binary(seed):
 
 def test_intensity_transforms_leave_the_mask_alone():
     image, mask = blob_case()
-    cfg = AugmentConfig(
-        hflip_p=0,
-        rotate_p=0,
-        crop_p=0,
-        distortion_p=0,
-        noise_p=1,
-        brightness_contrast_p=1,
-    )
+    cfg = AugmentConfig.switched(geometric=False, intensity=True)
     image_t, mask_t = apply_transform(train_transform(80, NORM, cfg, seed=0), image, mask)
     np.testing.assert_array_equal(mask_t[0].numpy(), mask)
     assert not np.array_equal(to_pixels(image_t), image)
+
+
+def test_every_probability_is_geometric_or_intensity():
+    probabilities = {f.name for f in dataclasses.fields(AugmentConfig) if f.name.endswith("_p")}
+    geometric, intensity = augment.GEOMETRIC_PROBABILITIES, augment.INTENSITY_PROBABILITIES
+    assert sorted(geometric + intensity) == sorted(probabilities)
 
 
 def test_seed_makes_the_pipeline_reproducible():

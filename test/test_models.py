@@ -2,16 +2,18 @@
 
 import logging
 
+import huggingface_hub
 import pytest
 import segmentation_models_pytorch as smp
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from drac_algo import models
+from drac_algo.attention import ChannelAttention
 from drac_algo.errors import DracInputError
 from drac_algo.models import (
     ARCHITECTURES,
-    ChannelAttention,
     ModelSpec,
     build_model,
     build_network,
@@ -251,8 +253,6 @@ def _no_download(*args, **kwargs):
 
 @pytest.fixture
 def empty_hf_cache(tmp_path, monkeypatch):
-    import huggingface_hub
-
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", _no_download)
     return tmp_path / "hub"
@@ -276,8 +276,6 @@ def test_imagenet_without_cache_refuses_instead_of_downloading(empty_hf_cache):
 
 
 def test_imagenet_from_local_cache_is_loaded_with_summed_first_conv(empty_hf_cache):
-    from safetensors.torch import save_file
-
     torch.manual_seed(1)
     rgb_encoder = smp.encoders.get_encoder("resnet18", in_channels=3, weights=None)
     settings = smp.encoders.encoders["resnet18"]["pretrained_settings"]["imagenet"]

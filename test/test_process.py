@@ -143,6 +143,26 @@ def failed(result, *fragments):
     return result
 
 
+def results_of(folder):
+    """The ``results.json`` a run wrote in ``folder``."""
+    return json.loads((Path(folder) / "results.json").read_text())
+
+
+def batch_files(names, classes, submission=False):
+    """What a batch run of the images ``names`` writes (as :func:`tree` lists it) with the masks
+    of ``classes``, and the three submission stacks when ``submission``."""
+    return sorted(
+        [
+            *(["1.nii.gz", "2.nii.gz", "3.nii.gz"] if submission else []),
+            "masks/.drac-algo-output",
+            "overlays/.drac-algo-output",
+            "results.json",
+            *[f"masks/{c.folder}/{n}.png" for c in classes for n in names],
+            *[f"overlays/{n}.png" for n in names],
+        ]
+    )
+
+
 def tree(folder):
     """Every file below ``folder`` (hidden ones included), relative, sorted; but the run log
     ``process.log``, which every run appends to, failed ones too (its own tests check it)."""
@@ -192,20 +212,9 @@ def test_batch_folder_end_to_end(bundle, tmp_path):
     result = ok(invoke("--input", images, "--output", out, "--bundle", bundle, "--tta", "flips"))
 
     names = ["086", "090", "1200"]  # integer order, whatever the suffix
-    assert tree(out) == sorted(
-        [
-            "1.nii.gz",
-            "2.nii.gz",
-            "3.nii.gz",
-            "masks/.drac-algo-output",
-            "overlays/.drac-algo-output",
-            "results.json",
-            *[f"masks/{c.folder}/{n}.png" for c in LESION_CLASSES for n in names],
-            *[f"overlays/{n}.png" for n in names],
-        ]
-    )
+    assert tree(out) == batch_files(names, LESION_CLASSES, submission=True)
     stacks = read_submission(out)
-    results = json.loads((out / "results.json").read_text())
+    results = results_of(out)
     log_text = (out / "process.log").read_text()
     assert "drac-process 0.1.0 (torch " in log_text and '"git_commit"' in log_text
     assert "mode: batch; 3 image(s)" in log_text and "done: 3 image(s)" in log_text
@@ -288,7 +297,7 @@ def test_batch_rerun_replaces_the_previous_outputs(bundle, tmp_path):
     ok(invoke("--input", images, *args))
     assert not any("090" in name for name in tree(out))
     assert read_submission(out)[1].shape == (1, SIZE, SIZE)
-    assert len(json.loads((out / "results.json").read_text())["cases"]) == 1
+    assert len(results_of(out)["cases"]) == 1
 
 
 def test_batch_refuses_to_replace_a_folder_it_did_not_write(bundle, tmp_path):
@@ -316,7 +325,7 @@ def test_images_of_different_sizes_fail_without_the_stacks_unless_not_asked(bund
     )
     assert not any(name.endswith(".nii.gz") for name in tree(out))
     assert read_png_mask(out / f"masks/{LESION_CLASSES[0].folder}/090.png").shape == (40, 48)
-    submission = json.loads((out / "results.json").read_text())["submission"]
+    submission = results_of(out)["submission"]
     assert (submission["written"], submission["cause"]) == (False, "sizes")
     assert "086 is 40 x 40, 090 is 40 x 48" in submission["reason"]
     assert "not written: the images differ in size" in result.stderr
@@ -324,7 +333,7 @@ def test_images_of_different_sizes_fail_without_the_stacks_unless_not_asked(bund
     quiet = tmp_path / "quiet"
     result = ok(invoke(*args, "--output", quiet, "--no-submission"))
     assert tree(quiet) == tree(out)
-    submission = json.loads((quiet / "results.json").read_text())["submission"]
+    submission = results_of(quiet)["submission"]
     assert (submission["written"], submission["cause"]) == (False, "not asked")
     assert "not written" not in result.stderr
 
@@ -371,16 +380,8 @@ def test_a_class_missing_from_the_bundle_is_skipped_and_reported(bundle_without_
     args = ("--bundle", bundle_without_nv, "--tta", "none")
     result = ok(invoke("--input", images, "--output", out, *args))
     assert "has no class 3 (nv, Neovascularization): no output is written" in result.stderr
-    assert tree(out) == sorted(
-        [
-            "masks/.drac-algo-output",
-            "overlays/.drac-algo-output",
-            "overlays/086.png",
-            "results.json",
-            *[f"masks/{c.folder}/086.png" for c in LESION_CLASSES[:2]],
-        ]
-    )
-    results = json.loads((out / "results.json").read_text())
+    assert tree(out) == batch_files(["086"], LESION_CLASSES[:2])
+    results = results_of(out)
     assert results["classes"]["3"] == {
         "key": "nv",
         "name": "Neovascularization",
@@ -431,7 +432,7 @@ def test_grand_challenge_job_end_to_end(bundle, tmp_path):
         assert np.array_equal(masks[index], expected[index])
     assert masks[1].all() and not masks[3].any()
 
-    results = json.loads((out / "results.json").read_text())
+    results = results_of(out)
     assert results["mode"] == "grand-challenge"
     assert results["settings"]["input_slug"] == "uw-octa-image"
     assert results["settings"]["output_slugs"] == {str(i): s for i, s in slugs.items()}
@@ -455,7 +456,7 @@ def test_the_old_flag_spellings_still_run(bundle, tmp_path):
     out = tmp_path / "output"
     ok(invoke("--input", job, "--output", out, "--model-dir", bundle, "--batch-size", "2",
               "--tta", "flips"))  # fmt: skip
-    results = json.loads((out / "results.json").read_text())
+    results = results_of(out)
     assert results["settings"]["max_views_per_batch"] == 2
 
 
@@ -484,7 +485,7 @@ def test_platform_json_in_the_model_folder_retargets_the_sockets(bundle, tmp_pat
             "masks/nv/output.mha",
         ]
     )
-    results = json.loads((out / "results.json").read_text())
+    results = results_of(out)
     assert results["classes"]["3"]["output"] == "masks/nv/output.mha"
     assert results["settings"]["output_slugs"] == {
         "1": "phase-two-irma",
@@ -525,7 +526,7 @@ def test_a_visible_but_unusable_gpu_is_loud_and_can_be_required(bundle, tmp_path
     [line] = [x for x in result.stderr.splitlines() if "NVIDIA GPU visible" in x]
     assert "ERROR" in line and "too old (found version 12020)" in line
     assert "driver 470.256.02" in line and "needs an NVIDIA driver >= 525" in line
-    results = json.loads((out / "results.json").read_text())
+    results = results_of(out)
     assert results["diagnostics"]["gpu"]["reason"] == UNUSABLE.reason
     assert results["diagnostics"]["gpu"]["visible"] is True
     assert results["diagnostics"]["device"] == "cpu"
@@ -609,7 +610,7 @@ def test_a_killed_runs_partial_outputs_are_removed_by_the_next_run(bundle, tmp_p
     assert not list(out.rglob(".001.*.partial*"))
     assert not [p for p in out.iterdir() if ".partial" in p.name and p.name != ".mine.partial"]
     assert (out / ".mine.partial").is_file()
-    warnings = json.loads((out / "results.json").read_text())["warnings"]
+    warnings = results_of(out)["warnings"]
     assert any("half-written" in w for w in warnings)
 
 
@@ -738,7 +739,7 @@ def test_backend_flag_is_recorded_and_onnxruntime_needs_onnx_files(bundle, tmp_p
     for backend in ("torch", "onnxruntime"):
         out = tmp_path / backend
         ok(invoke(*args, "--bundle", with_onnx, "--output", out, "--backend", backend))
-        results = json.loads((out / "results.json").read_text())
+        results = results_of(out)
         assert results["settings"]["backend"] == backend
         assert results["diagnostics"]["backend"] == backend
         assert results["diagnostics"]["threads"] >= 1
@@ -757,16 +758,8 @@ def test_classes_runs_only_those_classes(bundle, tmp_path):
     args = ("--input", images, "--output", out, "--bundle", bundle, "--tta", "none")
     result = ok(invoke(*args, "--classes", "nv, 1,irma"))  # keys or indices, repeats merged
     assert "has no class" not in result.stderr and "not written" not in result.stderr
-    assert tree(out) == sorted(
-        [
-            "masks/.drac-algo-output",
-            "overlays/.drac-algo-output",
-            "overlays/086.png",
-            "results.json",
-            *[f"masks/{LESION_CLASSES[i].folder}/086.png" for i in (0, 2)],
-        ]
-    )
-    results = json.loads((out / "results.json").read_text())
+    assert tree(out) == batch_files(["086"], [LESION_CLASSES[i] for i in (0, 2)])
+    results = results_of(out)
     assert results["settings"]["requested_classes"] == [1, 3]
     assert results["classes"]["2"]["status"] == "not requested (--classes)"
     assert [results["classes"][k]["status"] for k in "13"] == ["written", "written"]
@@ -836,7 +829,7 @@ def test_saved_probabilities_reproduce_the_masks(bundle, tmp_path):
     out = tmp_path / "out"
     args = ("--input", images, "--bundle", bundle, "--tta", "flips", "--no-submission")
     ok(invoke(*args, "--output", out, "--save-probabilities"))
-    results = json.loads((out / "results.json").read_text())
+    results = results_of(out)
     assert results["probabilities"] == "probabilities/<case>.npz"
     assert sorted(p.name for p in (out / "probabilities").iterdir()) == [
         ".drac-algo-output",
@@ -868,7 +861,7 @@ def test_saved_probabilities_reproduce_the_masks(bundle, tmp_path):
     # A later run without the option does not leave maps that no longer match its masks.
     ok(invoke(*args, "--output", out))
     assert not (out / "probabilities").exists()
-    assert json.loads((out / "results.json").read_text())["probabilities"] is None
+    assert results_of(out)["probabilities"] is None
 
 
 # --- --continue --------------------------------------------------------------------------------
@@ -930,8 +923,8 @@ def test_continue_recomputes_only_cases_that_are_not_complete(bundle, tmp_path, 
 
     # The assembled outputs equal an uninterrupted run's.
     a, b = (
-        json.loads((out / "results.json").read_text()),
-        json.loads((fresh / "results.json").read_text()),
+        results_of(out),
+        results_of(fresh),
     )
     assert [c["case"] for c in a["cases"]] == [c["case"] for c in b["cases"]]
     assert [c["classes"] for c in a["cases"]] == [c["classes"] for c in b["cases"]]
@@ -964,7 +957,7 @@ def test_continue_with_other_settings_or_inputs_recomputes(bundle, tmp_path, mon
     ok(invoke(*args, "--tta", "none"))
     assert ran == []
     assert not (out / "cases" / "090.json").exists() and not (out / "overlays/090.png").exists()
-    assert [c["case"] for c in json.loads((out / "results.json").read_text())["cases"]] == ["086"]
+    assert [c["case"] for c in results_of(out)["cases"]] == ["086"]
     # A run without --continue replaces the outputs and drops the records.
     ok(invoke("--input", images, "--output", out, "--bundle", bundle))
     assert not (out / "cases").exists()

@@ -1,9 +1,8 @@
-"""Training stage: splits, validation scoring, schedules, a tiny training run on phantom data,
-resume equivalence, atomic checkpoints, the bundle export round trip, and DDP with two gloo
-processes."""
+"""Training stage: splits, validation scoring, the training precision, a tiny training run on
+phantom data, resume equivalence, atomic checkpoints, the bundle export round trip, and DDP with
+two gloo processes (the schedules: test_optim.py)."""
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -13,28 +12,22 @@ import numpy as np
 import pytest
 import torch
 
-from drac_algo import training
+from drac_algo.augment import train_transform
 from drac_algo.bundle import build_member, load_bundle
 from drac_algo.checkpoint import load_checkpoint, save_checkpoint
 from drac_algo.config import load_config
 from drac_algo.data import find_layout, list_cases
 from drac_algo.dataset import LesionDataset, load_samples
+from drac_algo.deep_supervision import DeepSupervisionNet, output_weights, supervised_loss
 from drac_algo.distributed import init_distributed
 from drac_algo.errors import DracInputError
 from drac_algo.experiment import plan_members
 from drac_algo.export import export_bundle
 from drac_algo.metrics import dice_iou
-from drac_algo.models import build_model
+from drac_algo.models import build_model, load_initial_weights
 from drac_algo.splits import kfold_split, stratified_kfold_split
 from drac_algo.synth import write_dataset
-from drac_algo.training import (
-    SCHEDULES,
-    amp_dtype,
-    load_initial_weights,
-    make_optimizer,
-    make_scheduler,
-    train_member,
-)
+from drac_algo.training import amp_dtype, train_member
 from drac_algo.validation import best_threshold, challenge_dice, overlap_counts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,47 +109,7 @@ def test_best_threshold_prefers_the_one_nearest_half_on_ties():
     assert best_threshold(counts, np.array([0.3, 0.5, 0.7]))[0] == 0.5
 
 
-# --- schedules --------------------------------------------------------------------------------
-
-
-def lrs(cfg, epochs):
-    opt = make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
-    sched = make_scheduler(cfg, opt)
-    out = []
-    for _ in range(epochs):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return out
-
-
-def test_multistep_drops_tenfold_at_a_quarter_of_the_epochs():
-    cfg = tiny_config("irma", epochs=8)
-    assert lrs(cfg, 8) == pytest.approx([1e-4, 1e-4] + [1e-5] * 6)
-
-
-def test_cosine_anneals_to_min_lr():
-    cfg = tiny_config("nv", "best", epochs=4, crop_size="none")
-    assert cfg.scheduler == "cosine"
-    out = lrs(cfg, 5)
-    assert out[0] == pytest.approx(1e-4)
-    assert all(a > b for a, b in zip(out[:4], out[1:4], strict=False))
-    assert out[4] == pytest.approx(cfg.min_lr, abs=1e-12)
-
-
-def test_method_nv_schedule_cuts_the_cosine_to_60_percent_at_each_quarter():
-    cfg = tiny_config("nv", epochs=8, min_lr=0.0)
-    assert (cfg.scheduler, cfg.milestones, cfg.gamma) == ("cosine_steps", (0.25, 0.5, 0.75), 0.6)
-    cosine = [1e-4 * 0.5 * (1 + math.cos(math.pi * e / 8)) for e in range(8)]
-    cuts = [1, 1, 0.6, 0.6, 0.36, 0.36, 0.216, 0.216]
-    assert lrs(cfg, 8) == pytest.approx([c * k for c, k in zip(cosine, cuts, strict=True)])
-
-
-def test_schedule_and_optimizer_registries_match_the_config_names():
-    from drac_algo.config import OPTIMIZERS, SCHEDULERS
-
-    assert set(SCHEDULES) == set(SCHEDULERS)
-    assert set(training.OPTIMIZERS) == set(OPTIMIZERS)
+# --- precision ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, None)])
@@ -198,8 +151,6 @@ def test_init_from_loads_a_checkpoint_or_a_bare_state_dict(tmp_path):
 
 
 def test_samples_per_epoch_repeats_each_image_with_its_own_augmentation(irma_samples):
-    from drac_algo.augment import train_transform
-
     cfg = tiny_config()
     transform = train_transform(64, cfg.normalization, cfg.augment, crop_size=32)
     dataset = LesionDataset(irma_samples[:3], transform, seed=0, length=7)
@@ -444,8 +395,6 @@ def test_ddp_with_two_gloo_processes(phantom, tmp_path):
 
 
 def test_deep_supervision_weights_and_outputs():
-    from drac_algo.deep_supervision import DeepSupervisionNet, output_weights, supervised_loss
-
     assert output_weights(3) == pytest.approx([8 / 15, 4 / 15, 2 / 15, 1 / 15])
     net = DeepSupervisionNet(build_model(tiny_config().model))
     x = torch.randn(2, 1, 64, 64)

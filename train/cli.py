@@ -12,14 +12,7 @@ import click
 
 from drac_algo.choices import DEFAULT_RECIPE, RECIPE_FAMILIES
 from drac_algo.classes import LESION_CLASSES
-from drac_algo.cli import (
-    Command,
-    device_option,
-    exits_on_bad_input,
-    setup_logging,
-    verbose_option,
-    version_option,
-)
+from drac_algo.cli import device_option, tool_command
 from drac_algo.errors import DracInputError
 
 if TYPE_CHECKING:
@@ -75,7 +68,7 @@ def check_run_dir(out: Path, resume: bool) -> None:
         )
 
 
-@click.command(cls=Command)
+@tool_command("drac-train")
 @click.option(
     "--data",
     "data_root",
@@ -146,9 +139,6 @@ def check_run_dir(out: Path, resume: bool) -> None:
     "LOCAL_RANK (cuda:N is for one process)."
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
-@verbose_option
-@version_option("drac-train")
-@exits_on_bad_input
 def main(
     data_root,
     out,
@@ -171,11 +161,9 @@ def main(
     workers,
     device,
     resume,
-    verbose,
 ):
     """Train one binary model per lesion class on DRAC2022 Task 1 data and write the model
     bundle to OUT/model."""
-    setup_logging(verbose)
     for config_file in config_files:
         if not config_file.is_file():
             raise DracInputError(f"--config {config_file}: no such file")

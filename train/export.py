@@ -6,27 +6,17 @@ from pathlib import Path
 
 import click
 
-from drac_algo.cli import (
-    Command,
-    exits_on_bad_input,
-    setup_logging,
-    verbose_option,
-    version_option,
-)
+from drac_algo.cli import tool_command
 
 _BUNDLE = click.Path(path_type=Path, file_okay=False)
 
 
-@click.command(cls=Command)
+@tool_command("drac-export")
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--bundle", type=_BUNDLE, help="Bundle folder to write (default RUN_DIR/model).")
 @click.option("--out", "bundle", type=_BUNDLE, hidden=True)  # --bundle's old name
-@verbose_option
-@version_option("drac-export")
-@exits_on_bad_input
-def main(run_dir: Path, bundle: Path | None, verbose: bool) -> None:
+def main(run_dir: Path, bundle: Path | None) -> None:
     """Write the model bundle of RUN_DIR's finished members."""
-    setup_logging(verbose)
     # Imported here: the export pulls in torch and the ONNX exporter, not needed for --help.
     from drac_algo.export import export_bundle
 

@@ -9,14 +9,9 @@ from pathlib import Path
 
 import click
 
-from drac_algo.cli import (
-    Command,
-    exits_on_bad_input,
-    setup_logging,
-    verbose_option,
-    version_option,
-)
+from drac_algo.cli import tool_command, workdir_option
 from drac_algo.errors import DracInputError
+from drac_algo.synth.options import phantom_options
 
 log = logging.getLogger("ablate")
 
@@ -31,17 +26,10 @@ def _seeds(value: str) -> tuple[int, ...]:
     return seeds
 
 
-_SIDE = click.IntRange(min=16)  # the phantom generator's smallest image
-
-
-@click.command(cls=Command)
-@click.option(
-    "--workdir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("ablation"),
-    show_default=True,
-    help="Folder for the data, the trained runs (reused when the command is run again) and "
-    "the report.",
+@tool_command("drac-ablate")
+@workdir_option(
+    "ablation",
+    "Folder for the data, the trained runs (reused when the command is run again) and the report.",
 )
 @click.option(
     "--data",
@@ -49,52 +37,25 @@ _SIDE = click.IntRange(min=16)  # the phantom generator's smallest image
     help="A DRAC root with test ground truth (default: phantom data made in WORKDIR/data).",
 )
 @click.option("--seeds", default="0,1", show_default=True, help="Training seeds, comma-separated.")
-@click.option(
-    "--n-train",
-    type=click.IntRange(min=1),
-    default=48,
-    show_default=True,
-    help="Phantom training images.",
-)
-@click.option(
-    "--n-test",
-    type=click.IntRange(min=1),
-    default=24,
-    show_default=True,
-    help="Phantom test images.",
-)
-@click.option(
-    "--image-size",
-    "size",
-    type=_SIDE,
-    default=256,
-    show_default=True,
-    help="Phantom image side in pixels.",
-)
-@click.option("--size", "size", type=_SIDE, hidden=True)  # --image-size's old name
+@phantom_options(n_train=48, n_test=24, size=256)
 @click.option("--data-seed", type=int, default=1, show_default=True, help="Phantom data seed.")
 @click.option(
     "--quick",
     is_flag=True,
     help="Smoke test: 64 px phantom, 2 epochs, one seed (numbers mean nothing).",
 )
-@verbose_option
-@version_option("drac-ablate")
-@exits_on_bad_input
-def main(workdir, data, seeds, n_train, n_test, size, data_seed, quick, verbose):
+def main(workdir, data, seeds, n_train, n_test, size, data_seed, quick):
     """Train and score every ablation row; write ablation.md/.json/.png in WORKDIR."""
-    setup_logging(verbose)
-    # Imported here: training and scoring pull in torch, smp and albumentations, not needed to
-    # print --help.
+    # Imported here: training, scoring and the phantom generator pull in torch, smp,
+    # albumentations and OpenCV, not needed to print --help.
     from drac_algo.ablate.plan import DERIVED, TRAINED, variant
     from drac_algo.ablate.report import Row, write_report
     from drac_algo.ablate.run import Ablation
+    from drac_algo.synth import write_dataset
 
     seed_list = _seeds("0" if quick else seeds)
     workdir = workdir.resolve()
     if data is None:
-        from drac_algo.synth import write_dataset
-
         if quick:
             n_train, n_test, size = 12, 4, 64
         data = workdir / "data"

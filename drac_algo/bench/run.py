@@ -25,7 +25,8 @@ from drac_algo.bench.runners import autocast_name, engine_backend
 from drac_algo.bench.targets import default_ensemble, derive_method_figures, evaluate_targets
 from drac_algo.bench.train_step import run_training
 from drac_algo.bench.workers import time_methods
-from drac_algo.config import load_config, plain
+from drac_algo.config import load_config
+from drac_algo.dataclass_io import plain
 from drac_algo.devices import resolve_device
 from drac_algo.precision import precision_name, training_dtype
 

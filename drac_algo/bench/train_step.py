@@ -25,9 +25,9 @@ from drac_algo.ensemble import ClassEnsemble
 from drac_algo.errors import DracInputError
 from drac_algo.losses import build_loss
 from drac_algo.models import build_network
+from drac_algo.optim import make_optimizer
 from drac_algo.precision import autocast, grad_scaler, precision_name, training_dtype
 from drac_algo.synth import generate_case
-from drac_algo.training import make_optimizer
 
 
 @dataclass

@@ -14,7 +14,8 @@ or from code::
 
 Modules: ``anatomy`` (fovea, disc, vessel trees), ``lesions`` (NA, IRMA, NV regions and their
 signal), ``case`` (one image: capillaries, distractors, acquisition), ``dataset`` (names, layout,
-preview), ``fields`` (random fields).
+preview), ``fields`` (random fields), ``options`` (the command-line options of every command
+that makes phantom data).
 
 The names below are loaded on first use (PEP 562): ``python -m drac_algo.synth`` imports this
 package before its command, and ``--help`` should not wait for OpenCV.

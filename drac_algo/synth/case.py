@@ -11,6 +11,7 @@ IRMA.
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -95,13 +96,8 @@ def generate_case(
         border = (sd > -0.01 * s) & (sd < 0.03 * s) if na.any() else big > 0.5
         border &= inner
         for _ in range(1 + int(rng.poisson(p.irma_extra_mean))):
-            start = pick_point(rng, border)
-            if start is None:
+            if not _add_lesion(rng, border, p.irma_area_1024, draw_irma, irma_signal, irma):
                 break
-            area = lognormal_area(rng, *p.irma_area_1024, s)
-            sig, m = draw_irma(rng, s, start, area)
-            np.maximum(irma_signal, sig, out=irma_signal)
-            irma |= m
 
     nv_signal = np.zeros((s, s), np.float32)
     nv = np.zeros((s, s), np.uint8)
@@ -115,13 +111,7 @@ def generate_case(
             else:
                 ring = _disc_ring(eye)
                 where = ring & inner if (ring & inner).any() else (big > 0.6) & inner
-            centre = pick_point(rng, where)
-            if centre is None:
-                continue
-            area = lognormal_area(rng, *p.nv_area_1024, s)
-            sig, m = draw_neovascular_tangle(rng, s, centre, area)
-            np.maximum(nv_signal, sig, out=nv_signal)
-            nv |= m
+            _add_lesion(rng, where, p.nv_area_1024, draw_neovascular_tangle, nv_signal, nv)
 
     vessel_gain = rng.uniform(0.75, 1.0)
     signal = np.maximum(capillaries, vessel_gain * np.maximum(big, small))
@@ -139,6 +129,27 @@ def generate_case(
             masks[index] = (small_mask >= 0.5).astype(np.uint8)
     gain = rng.uniform(200, 255)
     return np.rint(np.clip(image, 0.0, 1.0) * gain).astype(np.uint8), masks
+
+
+def _add_lesion(
+    rng: np.random.Generator,
+    where: np.ndarray,
+    area_1024: tuple[float, float, float],
+    draw: Callable[..., tuple[np.ndarray, np.ndarray]],
+    signal: np.ndarray,
+    mask: np.ndarray,
+) -> bool:
+    """Draw one lesion with ``draw`` (``draw(rng, side, point, area) -> (signal, mask)``) at a
+    random pixel of ``where``, its area from ``area_1024`` (:func:`lognormal_area`), into
+    ``signal`` (maximum) and ``mask`` (union); False, drawing nothing, when ``where`` is empty."""
+    point = pick_point(rng, where)
+    if point is None:
+        return False
+    side = where.shape[0]
+    lesion_signal, lesion_mask = draw(rng, side, point, lognormal_area(rng, *area_1024, side))
+    np.maximum(signal, lesion_signal, out=signal)
+    mask |= lesion_mask
+    return True
 
 
 def _disc_ring(eye) -> np.ndarray:
