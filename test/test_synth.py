@@ -195,6 +195,7 @@ def test_preview_grid_shape():
         preview_grid([])
 
 
+# Drawing these 40 cases takes about 7 s: every test that uses them is marked slow.
 @pytest.fixture(scope="module")
 def many_cases():
     return [generate_case(np.random.default_rng([11, i]), 256) for i in range(40)]
@@ -225,6 +226,7 @@ def test_lesion_component_sizes(many_cases):
         assert lo <= np.median(areas) <= hi, (index, np.median(areas))
 
 
+@pytest.mark.slow
 def test_masks_match_what_is_drawn(many_cases):
     """NA is darker than the retina around it; IRMA and NV are brighter than their ring."""
     ring = np.ones((9, 9), np.uint8)
@@ -245,6 +247,7 @@ def test_masks_match_what_is_drawn(many_cases):
     assert np.mean(brighter[3]) >= 0.8
 
 
+@pytest.mark.slow
 def test_irma_and_nv_sit_at_nonperfusion(many_cases):
     near_na = []
     for _, masks in many_cases:
