@@ -23,13 +23,13 @@ from drac_algo.dataset import Sample, load_samples
 from drac_algo.distributed import DistContext, barrier
 from drac_algo.errors import DracInputError
 from drac_algo.export import export_bundle
-from drac_algo.members import MemberPlan, MemberResult, member_name
+from drac_algo.members import MemberPlan, MemberResult
 from drac_algo.progress import RunProgress
+from drac_algo.run_layout import TRAIN_LOG, member_dir
 from drac_algo.splits import stratified_kfold_split
 from drac_algo.training import train_member
 
 log = logging.getLogger(__name__)
-TRAIN_LOG = "train.log"  # in the run folder: the console's log lines, the versions first
 
 
 def plan_members(cfg: TrainConfig, samples: Sequence[Sample], run_dir: Path) -> list[MemberPlan]:
@@ -55,7 +55,7 @@ def plan_members(cfg: TrainConfig, samples: Sequence[Sample], run_dir: Path) -> 
             seed,
             tuple(train_ids),
             tuple(val_ids),
-            run_dir / cfg.task / member_name(fold, seed),
+            member_dir(run_dir, cfg.task, fold, seed),
         )
         for fold, (train_ids, val_ids) in splits
         for seed in cfg.seeds

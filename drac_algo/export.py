@@ -22,9 +22,9 @@ from drac_algo.classes import LESION_CLASSES
 from drac_algo.config import TrainConfig
 from drac_algo.errors import DracInputError
 from drac_algo.manifest import Bundle, ClassEntry, MemberSpec
-from drac_algo.members import MEMBER_SUMMARY
 from drac_algo.onnx_backend import ADD_ONNX_COMMAND
 from drac_algo.onnx_export import add_onnx
+from drac_algo.run_layout import BEST_CHECKPOINT, MEMBER_SUMMARY, bundle_dir, task_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,13 @@ def find_members(run_dir: Path) -> dict[str, list[Path]]:
     """Finished member folders (those with ``member.json`` and ``best.pt``) per task key."""
     found: dict[str, list[Path]] = {}
     for lesion in LESION_CLASSES:
-        task_dir = run_dir / lesion.key
-        if not task_dir.is_dir():
+        folder = task_dir(run_dir, lesion.key)
+        if not folder.is_dir():
             continue
         members = sorted(
             d
-            for d in task_dir.iterdir()
-            if (d / MEMBER_SUMMARY).is_file() and (d / "best.pt").is_file()
+            for d in folder.iterdir()
+            if (d / MEMBER_SUMMARY).is_file() and (d / BEST_CHECKPOINT).is_file()
         )
         if members:
             found[lesion.key] = members
@@ -50,13 +50,13 @@ def export_bundle(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the bundle of every finished member in ``run_dir`` to ``out``
     (default ``run_dir/model``) and return its path."""
     run_dir = Path(run_dir)
-    out = Path(out) if out is not None else run_dir / "model"
+    out = Path(out) if out is not None else bundle_dir(run_dir)
     members_by_task = find_members(run_dir)
     if not members_by_task:
         tasks = ", ".join(c.key for c in LESION_CLASSES)
         raise DracInputError(
             f"no finished members in {run_dir}: expected {run_dir}/<task>/<member>/"
-            f"{{{MEMBER_SUMMARY},best.pt}} with task one of {tasks}"
+            f"{{{MEMBER_SUMMARY},{BEST_CHECKPOINT}}} with task one of {tasks}"
         )
     classes: dict[int, ClassEntry] = {}
     states: dict[str, dict[str, torch.Tensor]] = {}
@@ -66,7 +66,7 @@ def export_bundle(run_dir: str | Path, out: str | Path | None = None) -> Path:
         for folder in folders:
             summary = json.loads((folder / MEMBER_SUMMARY).read_text(encoding="utf-8"))
             cfg = TrainConfig.from_dict(summary["config"], str(folder / MEMBER_SUMMARY))
-            best = torch.load(folder / "best.pt", map_location="cpu", weights_only=True)
+            best = torch.load(folder / BEST_CHECKPOINT, map_location="cpu", weights_only=True)
             file = f"{task}_{folder.name}.pt"
             states[file] = best["model"]
             thresholds.append(float(summary["threshold"]))

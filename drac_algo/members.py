@@ -13,8 +13,7 @@ from typing import Any
 from drac_algo.config import TrainConfig
 from drac_algo.fsutil import atomic_write_text
 from drac_algo.provenance import environment
-
-MEMBER_SUMMARY = "member.json"
+from drac_algo.run_layout import MEMBER_SUMMARY, member_name
 
 
 @dataclass(frozen=True)
@@ -31,11 +30,6 @@ class MemberPlan:
     @property
     def name(self) -> str:
         return member_name(self.fold, self.seed)
-
-
-def member_name(fold: int | None, seed: int) -> str:
-    """``fold2-seed0``, or ``holdout-seed0`` for a single holdout split."""
-    return f"{'holdout' if fold is None else f'fold{fold}'}-seed{seed}"
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import numpy as np
 
 from drac_algo.choices import DEFAULT_RECIPE, RECIPE_FAMILIES
 from drac_algo.cli import tool_command, workdir_option
+from drac_algo.run_layout import CURVES_PNG, TRAIN_LOG
 from drac_algo.synth.options import phantom_options
 
 log = logging.getLogger("quickstart")
@@ -62,7 +63,9 @@ def run_quickstart(
     from drac_algo.distributed import init_distributed
     from drac_algo.evaluate import evaluate_paths
     from drac_algo.experiment import run_training, summary_table
+    from drac_algo.outputs import PROCESS_LOG
     from drac_algo.pipeline import RunConfig, run
+    from drac_algo.results import RESULTS_FILE
     from drac_algo.synth import write_dataset
 
     workdir = workdir.resolve()
@@ -119,12 +122,12 @@ def run_quickstart(
 
     click.echo("\nWhere things are:")
     click.echo(f"  phantom data + preview    {data}  ({data / 'preview.png'})")
-    click.echo(f"  training curves           {run_dir}/<task>/<member>/curves.png")
+    click.echo(f"  training curves           {run_dir}/<task>/<member>/{CURVES_PNG}")
     click.echo(f"  model bundle              {summary.bundle}")
     click.echo(f"  submission files          {output}/1.nii.gz 2.nii.gz 3.nii.gz")
     click.echo(f"  PNG masks, overlays       {output}/masks/  {output}/overlays/")
-    click.echo(f"  per-case results          {output}/results.json")
-    click.echo(f"  run logs (with versions)  {run_dir}/train.log  {output}/process.log")
+    click.echo(f"  per-case results          {output / RESULTS_FILE}")
+    click.echo(f"  run logs (with versions)  {run_dir / TRAIN_LOG}  {output / PROCESS_LOG}")
     click.echo("\nTimings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     click.echo(
         "Trivial predictions, mean Dice: " + ", ".join(f"{k} {v:.4f}" for k, v in baselines.items())

@@ -5,11 +5,11 @@ resuming, then per epoch train (mixed precision and channels-last on CUDA, gradi
 accumulation, DistributedDataParallel under ``torchrun``), validate with the challenge's Dice,
 keep the best checkpoint, write the history and curves, and save a resumable checkpoint.
 
-Files of a member, in ``RUN_DIR/<task>/<member>/``: ``last.pt`` (full resumable state),
-``best.pt`` (best weights by validation Dice at threshold 0.5, the method's selection rule,
-plus the threshold tuned on that epoch's validation predictions), ``metrics.csv``,
-``curves.png`` and ``member.json`` (the summary that the bundle export reads; written by
-:func:`drac_algo.members.write_member_summary`).
+Files of a member, in ``RUN_DIR/<task>/<member>/`` (:mod:`drac_algo.run_layout`): ``last.pt``
+(full resumable state), ``best.pt`` (best weights by validation Dice at threshold 0.5, the
+method's selection rule, plus the threshold tuned on that epoch's validation predictions),
+``metrics.csv``, ``curves.png``, ``config.json`` and ``member.json`` (the summary that the
+bundle export reads; written by :func:`drac_algo.members.write_member_summary`).
 """
 
 from __future__ import annotations
@@ -50,6 +50,13 @@ from drac_algo.members import MemberPlan, MemberResult, write_member_summary
 from drac_algo.models import build_model, load_initial_weights
 from drac_algo.optim import make_optimizer, make_scheduler
 from drac_algo.precision import autocast, grad_scaler, precision_name, training_dtype
+from drac_algo.run_layout import (
+    BEST_CHECKPOINT,
+    CURVES_PNG,
+    LAST_CHECKPOINT,
+    MEMBER_CONFIG,
+    METRICS_CSV,
+)
 from drac_algo.validation import best_threshold, challenge_dice, overlap_counts, probability_loss
 
 log = logging.getLogger(__name__)
@@ -240,7 +247,7 @@ def train_member(
 
     seed_everything(plan.seed)
     model = build_model(cfg.model, cfg.encoder_weights)
-    if cfg.init_from is not None and not (resume and (folder / "last.pt").is_file()):
+    if cfg.init_from is not None and not (resume and (folder / LAST_CHECKPOINT).is_file()):
         load_initial_weights(model, cfg.init_from)
         if ctx.is_main:
             log.info("%s/%s: starting from the weights in %s", plan.task, plan.name, cfg.init_from)
@@ -256,7 +263,7 @@ def train_member(
     loss_fn = build_loss(cfg.loss.name, **cfg.loss.params)
 
     start_epoch, history, best = 0, [], {"dice": -math.inf, "epoch": -1}
-    last_path = folder / "last.pt"
+    last_path = folder / LAST_CHECKPOINT
     if resume and last_path.is_file():
         state = load_checkpoint(last_path)
         _network(model).load_state_dict(state["model"])
@@ -288,7 +295,7 @@ def train_member(
     )
     loader, sampler = _loader(dataset, cfg, ctx, plan.seed)
     if ctx.is_main:
-        atomic_write_text(folder / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        atomic_write_text(folder / MEMBER_CONFIG, json.dumps(cfg.to_dict(), indent=2) + "\n")
         log.info(
             "%s/%s: %d training images (%s), %d validation images (%d with the lesion), "
             "%d epochs on %s%s",
@@ -348,7 +355,7 @@ def train_member(
         if ctx.is_main:
             if improved:
                 save_checkpoint(
-                    folder / "best.pt",
+                    folder / BEST_CHECKPOINT,
                     {"model": _network(model).state_dict(), "epoch": epoch + 1, **best},
                 )
             save_checkpoint(
@@ -365,8 +372,8 @@ def train_member(
                     "rng": rng_state(),
                 },
             )
-            write_history_csv(folder / "metrics.csv", history)
-            plot_curves(folder / "curves.png", history, f"{plan.task.upper()} {plan.name}")
+            write_history_csv(folder / METRICS_CSV, history)
+            plot_curves(folder / CURVES_PNG, history, f"{plan.task.upper()} {plan.name}")
             log.info(
                 "%s/%s epoch %d/%d: lr %.2e, train loss %.4f, val loss %.4f, val Dice %.4f%s "
                 "(%.1f s)",

@@ -25,9 +25,11 @@ from drac_algo.distributed import init_distributed
 from drac_algo.experiment import run_training
 from drac_algo.fsutil import atomic_path
 from drac_algo.losses import loss_defaults
+from drac_algo.manifest import MANIFEST
 from drac_algo.metrics import Scores, score
 from drac_algo.postprocess import postprocess_mask, threshold_probability
 from drac_algo.predictor import Predictor
+from drac_algo.run_layout import bundle_dir
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +79,9 @@ class Ablation:
         if key in self.runs:
             return self.runs[key]
         run_dir = self.workdir / "runs" / key
-        bundle = run_dir / "model"
+        bundle = bundle_dir(run_dir)
         done = run_dir / "seconds.txt"
-        if done.is_file() and (bundle / "manifest.json").is_file():
+        if done.is_file() and (bundle / MANIFEST).is_file():
             seconds = float(done.read_text())
         else:
             log.info("ablation: training %s (%s)", key, cfg.task)
