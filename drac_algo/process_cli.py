@@ -31,14 +31,7 @@ import click
 
 from drac_algo.choices import BACKENDS, PRECISIONS, TTA_CHOICES
 from drac_algo.classes import lesion_class
-from drac_algo.cli import (
-    Command,
-    device_option,
-    exits_on_bad_input,
-    setup_logging,
-    verbose_option,
-    version_option,
-)
+from drac_algo.cli import device_option, tool_command
 from drac_algo.errors import DracInputError
 
 INPUT_PATH = Path("/input")
@@ -60,7 +53,7 @@ def parse_classes(value: str | None) -> tuple[int, ...] | None:
     return tuple(sorted({lesion_class(name).index for name in names}))
 
 
-@click.command(cls=Command)
+@tool_command("drac-process")
 @click.option(
     "--input",
     "input_dir",
@@ -167,9 +160,6 @@ def parse_classes(value: str | None) -> tuple[int, ...] | None:
     help="Folder of images: write each case as it is done and keep the complete cases of an "
     "earlier --continue run with the same settings; after a crash, run the same command again.",
 )
-@verbose_option
-@version_option("drac-process")
-@exits_on_bad_input
 def main(
     input_dir: Path,
     output_dir: Path,
@@ -186,10 +176,8 @@ def main(
     class_list: str | None,
     save_probabilities: bool,
     resume: bool,
-    verbose: bool,
 ) -> None:
     """Segment DRAC2022 Task 1 lesions in one Grand Challenge job or a folder of images."""
-    setup_logging(verbose)
     # Imported here: the pipeline pulls in torch (seconds), not needed to print --help.
     from drac_algo.gpu import GpuUnavailableError
     from drac_algo.pipeline import RunConfig, run

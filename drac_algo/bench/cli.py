@@ -12,14 +12,7 @@ from typing import Any
 
 import click
 
-from drac_algo.cli import (
-    DEVICE,
-    Command,
-    exits_on_bad_input,
-    setup_logging,
-    verbose_option,
-    version_option,
-)
+from drac_algo.cli import DEVICE, tool_command
 from drac_algo.fsutil import atomic_write_text
 
 
@@ -40,7 +33,7 @@ def _parse_channels(ctx: click.Context, param: click.Parameter, value: str | Non
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
 
 
-@click.command(cls=Command)
+@tool_command("drac-bench")
 @click.option(
     "--image-size",
     "size",
@@ -170,12 +163,8 @@ def _parse_channels(ctx: click.Context, param: click.Parameter, value: str | Non
     default=None,
     help="Also write the report as JSON.",
 )
-@verbose_option
-@version_option("drac-bench")
-@exits_on_bad_input
-def main(json_path: Path | None, verbose: bool, **options: Any) -> None:
+def main(json_path: Path | None, **options: Any) -> None:
     """Time naive, ttach and engine inference of the D4 TTA ensemble (and training steps)."""
-    setup_logging(verbose)
     # Deliberately lazy: these import torch, smp and the engine (seconds), which --help and
     # option errors must not wait for.
     from drac_algo.bench.config import config_from_options
