@@ -21,7 +21,7 @@ from drac_algo.errors import DracInputError
 from drac_algo.hardware import cpu_threads, release_freed_memory
 from drac_algo.images import load_image
 from drac_algo.inference import EngineState, Network, check_image, class_probability
-from drac_algo.manifest import MemberSpec
+from drac_algo.manifest import Bundle, MemberSpec
 from drac_algo.onnx_backend import BackendChoice, OnnxNetwork, backend_precision, choose_backend
 from drac_algo.postprocess import postprocess_mask, threshold_probability
 from drac_algo.precision import precision_name, resolve_precision
@@ -91,7 +91,7 @@ class Predictor:
                     # Channels-last on every device: oneDNN's CPU convolutions run NHWC
                     # natively (bf16 Unet++ at 1024 x 1024: 2.4 s per view NCHW, 1.9 s NHWC).
                     member.network.to(memory_format=torch.channels_last)
-        self.bundle: Any = None  # the parsed drac_algo.bundle.Bundle when built from_bundle
+        self.bundle: Bundle | None = None  # the parsed manifest when built from_bundle
         self._state = EngineState(max_views_per_batch)
         self._seconds: list[float] = []
 
