@@ -929,11 +929,13 @@ def test_continue_recomputes_only_cases_that_are_not_complete(bundle, tmp_path, 
     assert [c["case"] for c in a["cases"]] == [c["case"] for c in b["cases"]]
     assert [c["classes"] for c in a["cases"]] == [c["classes"] for c in b["cases"]]
     assert a["continued"] == {"complete_before": 1, "run": 3}
-    stacks, expected = read_submission(out), read_submission(fresh)
-    for i in (1, 2, 3):
-        np.testing.assert_array_equal(stacks[i], expected[i])
+    # The stacks are written deterministically (no time stamp inside the gzip stream), so a
+    # resumed run's files equal an uninterrupted run's byte for byte, like the masks.
+    assert {"1.nii.gz", "2.nii.gz", "3.nii.gz"} <= set(tree(fresh))
     for rel in tree(fresh):
-        if rel.startswith("masks/") and not rel.endswith(".drac-algo-output"):
+        if rel.endswith(".nii.gz") or (
+            rel.startswith("masks/") and not rel.endswith(".drac-algo-output")
+        ):
             assert (out / rel).read_bytes() == (fresh / rel).read_bytes(), rel
 
 
