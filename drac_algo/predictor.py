@@ -40,7 +40,8 @@ class Predictor:
 
     ``predict(image)`` gives a :class:`CasePrediction`; ``predict_many(items)`` does the same for
     a sequence of files while the next one is decoded in a background thread. Out-of-memory
-    handling shrinks ``max_views_per_batch`` for the rest of the run (see the module docstring).
+    handling shrinks ``max_views_per_batch`` for the rest of the run (see
+    :mod:`drac_algo.inference`).
     """
 
     def __init__(
