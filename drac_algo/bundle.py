@@ -57,11 +57,8 @@ from drac_algo.manifest import (
     MemberSpec,
     bundle_from_dict,
 )
-from drac_algo.models import build_network
+from drac_algo.models import build_network, unwrapped_key
 from drac_algo.provenance import environment
-
-# Prefixes that torch.compile and DataParallel put in front of every state dict key.
-_WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
 
 def sha256_file(path: Path) -> str:
@@ -114,13 +111,7 @@ def load_bundle(folder: str | Path) -> Bundle:
 
 
 def _strip_wrapper_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, tensor in state.items():
-        for prefix in _WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
-        out[key] = tensor.detach().cpu().contiguous()
-    return out
+    return {unwrapped_key(k): t.detach().cpu().contiguous() for k, t in state.items()}
 
 
 def _load_into(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:

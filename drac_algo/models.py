@@ -336,6 +336,18 @@ def load_encoder_weights(model: nn.Module, path: Path) -> None:
         raise DracInputError(f"encoder weights {path} do not fit this encoder: {exc}") from exc
 
 
+# Prefixes that torch.compile and DataParallel/DDP put in front of every state dict key, nested
+# in either order (DDP of a compiled model: "module._orig_mod.").
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+def unwrapped_key(key: str) -> str:
+    """A state dict key without the wrapper prefixes in front of it."""
+    while prefix := next((p for p in WRAPPER_PREFIXES if key.startswith(p)), None):
+        key = key.removeprefix(prefix)
+    return key
+
+
 def load_initial_weights(model: nn.Module, path: str | Path) -> None:
     """Start ``model`` from the weights in ``path``: a member checkpoint (``best.pt`` /
     ``last.pt``, weights under ``"model"``) or a bare state dict such as a bundle member file.
@@ -348,7 +360,7 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> None:
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DracInputError(f"init_from: {path} holds no state dict")
-    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+    state = {unwrapped_key(k): v for k, v in state.items()}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

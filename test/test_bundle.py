@@ -214,8 +214,11 @@ def test_save_strips_compile_prefixes_and_refuses_foreign_folders(tmp_path):
     save_bundle(bundle, folder, states)
     member = load_bundle(folder).classes[3].members[0]
     assert isinstance(build_member(folder, member), torch.nn.Module)
-    # Saving again over a bundle replaces it; over a folder of other files is refused.
-    save_bundle(bundle, folder, states)
+    # Saving again over a bundle replaces it (here with the keys of DDP around a compiled
+    # model); over a folder of other files is refused.
+    nested = {f: {f"module.{k}": v for k, v in s.items()} for f, s in states.items()}
+    save_bundle(bundle, folder, nested)
+    assert isinstance(build_member(folder, member), torch.nn.Module)
     other = tmp_path / "results"
     other.mkdir()
     (other / "keep.txt").write_text("precious")

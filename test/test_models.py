@@ -19,6 +19,7 @@ from drac_algo.models import (
     build_network,
     input_multiple,
     resolve_encoder_weights,
+    unwrapped_key,
 )
 
 TINY_DECODER = (32, 32, 16, 16, 16)
@@ -333,3 +334,17 @@ def test_bad_weights_files(tmp_path):
 def test_spec_from_dict_rejects_wrong_types(data):
     with pytest.raises(DracInputError):
         ModelSpec.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "encoder.conv1.weight",
+        "module.encoder.conv1.weight",  # DataParallel / DDP
+        "_orig_mod.encoder.conv1.weight",  # torch.compile
+        "module._orig_mod.encoder.conv1.weight",  # DDP of a compiled model
+        "_orig_mod.module.encoder.conv1.weight",  # a compiled DDP model
+    ],
+)
+def test_wrapper_prefixes_are_removed_in_any_nesting(key):
+    assert unwrapped_key(key) == "encoder.conv1.weight"
