@@ -83,12 +83,18 @@ def remove_stale_partials_within(folder: str | os.PathLike) -> list[Path]:
         match = _PARTIAL.fullmatch(path.name)
         if match and match["suffix"] == "".join(Path(match["name"]).suffixes):
             stale.append(path)
-    for path in sorted(stale, reverse=True):  # a folder's contents before the folder
+    # A stale folder's stale contents (later in sorted order) go before the folder.
+    return _remove(sorted(stale, reverse=True))[::-1]
+
+
+def _remove(paths: list[Path]) -> list[Path]:
+    """Delete each path (a folder with its contents, never through a link); returns them."""
+    for path in paths:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-    return sorted(stale)
+    return paths
 
 
 def remove_stale_partials(path: str | os.PathLike) -> list[Path]:
@@ -98,11 +104,4 @@ def remove_stale_partials(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         return []
-    removed = []
-    for stale in sorted(path.parent.glob(f".{path.name}.*.partial*")):
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink(missing_ok=True)
-        removed.append(stale)
-    return removed
+    return _remove(sorted(path.parent.glob(f".{path.name}.*.partial*")))

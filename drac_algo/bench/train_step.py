@@ -24,7 +24,6 @@ from drac_algo.config import load_config
 from drac_algo.ensemble import ClassEnsemble
 from drac_algo.errors import DracInputError
 from drac_algo.losses import build_loss
-from drac_algo.models import build_network
 from drac_algo.optim import make_optimizer
 from drac_algo.precision import autocast, grad_scaler, precision_name, training_dtype
 from drac_algo.synth import generate_case
@@ -46,8 +45,7 @@ def run_train_job(job: TrainJob) -> dict[str, Any]:
     cfg, device = job.cfg, torch.device(job.cfg.device)
     member = job.plan.members[0]
     recipe = load_config(job.plan.key)
-    torch.manual_seed(member.network.seed)
-    model = build_network(member.network.model).to(device).train()
+    model = member.network.build().to(device).train()
     side = cfg.resolved_train_size
     image, masks = generate_case(np.random.default_rng(cfg.seed), side)
     x = (torch.from_numpy(image).float() / 255 - member.mean) / member.std
