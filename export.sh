@@ -10,7 +10,7 @@
 #                  weight files it lists                       -> OUT/model.tar.gz
 #   --platform FILE  put FILE in model.tar.gz as platform.json: the phase's socket names and
 #                  require_gpu, read by the same image without a rebuild (README "First upload";
-#                  drac_algo/job_settings.py). Default: the bundle's own platform.json, if any
+#                  drac_algo/serve/job_settings.py). Default: the bundle's own platform.json, if any
 #   --out DIR      output folder (default dist)
 #
 # Grand Challenge extracts model.tar.gz into /opt/ml/model, so the tarball holds the bundle's

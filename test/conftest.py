@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from drac_algo.classes import LESION_CLASSES
+from drac_algo.common.classes import LESION_CLASSES
 
 
 def _png(path: Path, array: np.ndarray) -> None:

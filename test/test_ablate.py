@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drac_algo.ablate.plan import DERIVED, TRAINED, Variant
-from drac_algo.ablate.report import Row, markdown, verdict
-from drac_algo.ablate.run import run_key
-from drac_algo.config import load_config
-from drac_algo.metrics import score
+from drac_algo.data.metrics import score
+from drac_algo.tools.ablate.plan import DERIVED, TRAINED, Variant
+from drac_algo.tools.ablate.report import Row, markdown, verdict
+from drac_algo.tools.ablate.run import run_key
+from drac_algo.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

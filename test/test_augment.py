@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from drac_algo import augment
-from drac_algo.augment import (
+from drac_algo.common.errors import DracInputError
+from drac_algo.engine.tta import TRANSFORMS
+from drac_algo.networks.models import Normalization
+from drac_algo.training import augment
+from drac_algo.training.augment import (
     AugmentConfig,
     LesionCrop,
     apply_transform,
@@ -19,9 +22,6 @@ from drac_algo.augment import (
     to_tensors,
     train_transform,
 )
-from drac_algo.errors import DracInputError
-from drac_algo.models import Normalization
-from drac_algo.tta import TRANSFORMS
 
 NORM = Normalization(mean=0.5, std=0.25)
 

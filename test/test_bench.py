@@ -11,21 +11,21 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from drac_algo.bench.agreement import agreement
-from drac_algo.bench.cli import main
-from drac_algo.bench.config import METHODS, BenchConfig, split_engine_token
-from drac_algo.bench.plan import build_networks, plan_ensemble
-from drac_algo.bench.probes import count_flops
-from drac_algo.bench.runners import ttach_transforms
-from drac_algo.bench.targets import default_ensemble
-from drac_algo.bundle import save_bundle
-from drac_algo.config import load_config
-from drac_algo.ensemble import ClassEnsemble, Member
-from drac_algo.errors import DracInputError
-from drac_algo.manifest import Bundle, ClassEntry, MemberSpec
-from drac_algo.models import ModelSpec, Normalization, build_network
-from drac_algo.predictor import Predictor
-from drac_algo.tta import TTA_SETS
+from drac_algo.bundle.manifest import Bundle, ClassEntry, MemberSpec
+from drac_algo.bundle.store import save_bundle
+from drac_algo.common.errors import DracInputError
+from drac_algo.engine.ensemble import ClassEnsemble, Member
+from drac_algo.engine.predictor import Predictor
+from drac_algo.engine.tta import TTA_SETS
+from drac_algo.networks.models import ModelSpec, Normalization, build_network
+from drac_algo.tools.bench.agreement import agreement
+from drac_algo.tools.bench.cli import main
+from drac_algo.tools.bench.config import METHODS, BenchConfig, split_engine_token
+from drac_algo.tools.bench.plan import build_networks, plan_ensemble
+from drac_algo.tools.bench.probes import count_flops
+from drac_algo.tools.bench.runners import ttach_transforms
+from drac_algo.tools.bench.targets import default_ensemble
+from drac_algo.training.config import load_config
 
 HAS_TTACH = importlib.util.find_spec("ttach") is not None
 
@@ -56,9 +56,11 @@ def test_quick_run_writes_the_report(tmp_path):
         assert row["images_per_second"] > 0, method
         assert row["achieved_gflops"] > 0 and row["fraction_of_peak"] > 0, method
         assert row["memory"]["rss_peak_bytes"] > 0, method
+        # "ORT": the engine row ran in ONNX Runtime (auto on a CPU without native bf16).
         assert row["ran_dtype"] in ("fp32", "bf16", "fp16") and row["ran_layout"] in (
             "NCHW",
             "NHWC",
+            "ORT",
         )
         assert len(row["run_seconds"]) == 1
     assert report["methods"]["naive"]["ran_dtype"] == "fp32"
@@ -133,7 +135,7 @@ def test_help_answers_without_importing_torch():
     code = (
         "import sys\n"
         "from click.testing import CliRunner\n"
-        "from drac_algo.bench.cli import main\n"
+        "from drac_algo.tools.bench.cli import main\n"
         "result = CliRunner().invoke(main, ['--help'])\n"
         "print(result.exit_code, '--precision' in result.output, 'torch' in sys.modules)\n"
     )
@@ -196,7 +198,7 @@ def test_ttach_views_match_ours():
     """ttach's D4 and flip sets give exactly our views (same set of images of x)."""
     import torch
 
-    from drac_algo.tta import tta_set
+    from drac_algo.engine.tta import tta_set
 
     x = torch.arange(16.0).reshape(1, 1, 4, 4)
     for name in ("d4", "flips", "none"):

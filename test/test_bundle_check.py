@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from drac_algo import bundle_check
+from drac_algo.bundle import cli as bundle_check
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "test/container/model"
@@ -151,7 +151,7 @@ def test_bad_platform_files(model, tmp_path):
 
 @pytest.mark.slow
 def test_python_dash_m_drac_algo_bundle_runs_the_check(model):
-    """The ``python -m drac_algo.bundle`` hand-over to bundle_check, as the scripts run it."""
+    """``python -m drac_algo.bundle check`` (bundle/__main__.py), as the scripts run it."""
 
     def run(*args):
         return subprocess.run(

@@ -13,28 +13,22 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from drac_algo import (
-    bundle_check,
-    choices,
-    config,
-    evaluate,
-    job_settings,
-    onnx_backend,
-    onnx_export,
-    precision,
-    process_cli,
-    quickstart,
-    submission,
-    tta,
-)
-from drac_algo.ablate import __main__ as ablate_cli
-from drac_algo.bench import cli as bench_cli
-from drac_algo.cli import DEVICE_SPELLINGS, parse_device
-from drac_algo.devices import resolve_device
-from drac_algo.distributed import init_distributed
-from drac_algo.errors import DracInputError
-from drac_algo.provenance import version_line
-from drac_algo.synth import __main__ as synth_cli
+from drac_algo.bundle import cli as bundle_check
+from drac_algo.common import choices
+from drac_algo.common.cli import DEVICE_SPELLINGS, parse_device
+from drac_algo.common.errors import DracInputError
+from drac_algo.common.provenance import version_line
+from drac_algo.data import submission
+from drac_algo.engine import onnx_backend, precision, tta
+from drac_algo.engine.devices import resolve_device
+from drac_algo.serve import cli as process_cli
+from drac_algo.serve import job_settings
+from drac_algo.tools import evaluate, quickstart
+from drac_algo.tools.ablate import __main__ as ablate_cli
+from drac_algo.tools.bench import cli as bench_cli
+from drac_algo.tools.synth import __main__ as synth_cli
+from drac_algo.training import config, onnx_export
+from drac_algo.training.distributed import init_distributed
 from train import cli as train_cli
 from train import export as train_export
 
@@ -298,7 +292,7 @@ HELP_TARGETS = [
     ("run_module", "drac_algo.ablate", []),
     ("run_module", "drac_algo.onnx_export", []),
     ("run_module", "drac_algo.bench", []),
-    ("run_module", "drac_algo.bundle_check", ["check"]),
+    ("run_module", "drac_algo.bundle", ["check"]),
 ]
 
 

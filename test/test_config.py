@@ -5,9 +5,15 @@ import json
 
 import pytest
 
-from drac_algo.config import DEFAULT_RECIPE, RECIPES_DIR, TrainConfig, load_config, recipe_path
-from drac_algo.errors import DracInputError
-from drac_algo.models import ModelSpec
+from drac_algo.common.errors import DracInputError
+from drac_algo.networks.models import ModelSpec
+from drac_algo.training.config import (
+    DEFAULT_RECIPE,
+    RECIPES_DIR,
+    TrainConfig,
+    load_config,
+    recipe_path,
+)
 
 # The method's table: arch, attention, lr, min lr, scheduler, milestones, optimizer, loss, input.
 METHOD = {

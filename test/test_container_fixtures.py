@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from drac_algo.pipeline import RunConfig, run
+from drac_algo.serve.pipeline import RunConfig, run
 
 FIXTURES = Path(__file__).resolve().parent / "container"
 MODES = ("gc-job", "batch")

@@ -2,7 +2,8 @@ import cv2
 import numpy as np
 import pytest
 
-from drac_algo.data import (
+from drac_algo.common.errors import DracInputError
+from drac_algo.data.release import (
     case_id,
     find_layout,
     folder_token,
@@ -12,7 +13,6 @@ from drac_algo.data import (
     load_mask_stacks,
     sort_cases,
 )
-from drac_algo.errors import DracInputError
 
 
 def _square(size=32, at=(2, 2), side=4):
@@ -67,7 +67,7 @@ def test_list_images_skips_hidden_and_other_files(tmp_path):
 def test_list_images_warns_about_image_types_it_does_not_read(tmp_path, caplog):
     for name in ["086.png", "090.jpg", "091.JPEG", "notes.txt"]:
         (tmp_path / name).write_bytes(b"")
-    with caplog.at_level("WARNING", logger="drac_algo.data"):
+    with caplog.at_level("WARNING", logger="drac_algo.data.release"):
         assert [p.name for p in list_images(tmp_path)] == ["086.png"]
     (record,) = caplog.records
     assert "2 image file(s) of a type not read here are skipped" in record.getMessage()

@@ -10,9 +10,9 @@ import pytest
 import SimpleITK as sitk
 from click.testing import CliRunner
 
-from drac_algo.data import find_layout
-from drac_algo.evaluate import main
-from drac_algo.submission import write_submission
+from drac_algo.data.release import find_layout
+from drac_algo.data.submission import write_submission
+from drac_algo.tools.evaluate import main
 
 REPO = Path(__file__).resolve().parents[1]
 IDS = [86, 285, 1299]  # integer order; "1299" sorts before "285" as text

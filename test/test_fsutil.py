@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from drac_algo.fsutil import (
+from drac_algo.common.fsutil import (
     atomic_dir,
     atomic_path,
     atomic_write_text,

@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from drac_algo.errors import DracInputError
-from drac_algo.gc_io import (
+from drac_algo.common.errors import DracInputError
+from drac_algo.data.images import load_image
+from drac_algo.serve.gc_io import (
     choose_image_socket,
     find_job_image,
     is_grand_challenge_job,
     read_inputs_json,
     write_mask_mha,
 )
-from drac_algo.images import load_image
 
 
 def socket_value(slug, super_kind="Image", key="interface", relative_path=None, **extra):

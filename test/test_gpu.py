@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from drac_algo.gpu import (
+from drac_algo.engine.gpu import (
     GpuStatus,
     GpuUnavailableError,
     check_gpu,
@@ -74,7 +74,7 @@ def test_visible_but_unusable_logs_one_error_line_or_raises(caplog):
         torch_version="2.10.0",
         cuda_runtime="12.8",
     )
-    with caplog.at_level(logging.ERROR, logger="drac_algo.gpu"):
+    with caplog.at_level(logging.ERROR, logger="drac_algo.engine.gpu"):
         assert check_gpu(False, status) is status
     [record] = caplog.records
     assert record.levelno == logging.ERROR

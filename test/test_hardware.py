@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-from drac_algo import hardware
-from drac_algo.hardware import cgroup_cpu_limit, cpu_features, cpu_threads
+from drac_algo.common import hardware
+from drac_algo.common.hardware import cgroup_cpu_limit, cpu_features, cpu_threads
 
 CPUINFO = """processor\t: 0
 vendor_id\t: AuthenticAMD

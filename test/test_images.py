@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from drac_algo.errors import DracInputError
-from drac_algo.images import image_size, load_image, read_mask_png, write_png
+from drac_algo.common.errors import DracInputError
+from drac_algo.data.images import image_size, load_image, read_mask_png, write_png
 
 
 def _gray(h=24, w=32, seed=0):

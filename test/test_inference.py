@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from drac_algo.devices import resolve_device
-from drac_algo.ensemble import ClassEnsemble, Member
-from drac_algo.errors import DracInputError
-from drac_algo.hardware import cpu_features, native_bf16, onednn_bf16
-from drac_algo.inference import predict_probability
-from drac_algo.precision import resolve_precision
-from drac_algo.predictor import Predictor
+from drac_algo.common.errors import DracInputError
+from drac_algo.common.hardware import cpu_features, native_bf16, onednn_bf16
+from drac_algo.engine.core import predict_probability
+from drac_algo.engine.devices import resolve_device
+from drac_algo.engine.ensemble import ClassEnsemble, Member
+from drac_algo.engine.precision import resolve_precision
+from drac_algo.engine.predictor import Predictor
 
 MEAN, STD = 0.5, 0.25
 
@@ -59,7 +59,7 @@ def apply_numpy(f, a):
     return f(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None])[0, 0].numpy()
 
 
-# The D4 group written with numpy, independently of drac_algo.tta: (forward, inverse).
+# The D4 group written with numpy, independently of drac_algo.engine.tta: (forward, inverse).
 NUMPY_D4 = {
     "identity": (lambda a: a, lambda a: a),
     "hflip": (np.fliplr, np.fliplr),
@@ -131,7 +131,7 @@ def test_each_inverse_is_right_for_a_non_equivariant_network(name):
 def test_member_tta_validity_restricts_the_views(caplog):
     image = random_image(32, 32, seed=4)
     restricted = Member(asymmetric, 32, MEAN, STD, tta=("hflip",), name="m0")
-    with caplog.at_level(logging.INFO, logger="drac_algo.tta"):
+    with caplog.at_level(logging.INFO, logger="drac_algo.engine.tta"):
         out = predict_probability([restricted], image, tta="d4", precision="fp32")
     expected = explicit_tta(asymmetric, normalised(image), ["identity", "hflip"])
     np.testing.assert_allclose(out, expected, atol=1e-5)
@@ -209,7 +209,7 @@ def test_precision_option():
     ],
 )
 def test_auto_precision_follows_native_bf16(monkeypatch, device, native, expected):
-    monkeypatch.setattr("drac_algo.precision.native_bf16", lambda _device: native)
+    monkeypatch.setattr("drac_algo.engine.precision.native_bf16", lambda _device: native)
     assert resolve_precision("auto", torch.device(device)) is expected
 
 
@@ -258,7 +258,7 @@ def test_overflow_under_autocast_reruns_the_member_in_fp32(caplog):
     predictor = Predictor(
         [ClassEnsemble(1, (member,))], device="cpu", tta="flips", precision="fp16"
     )
-    with caplog.at_level(logging.WARNING, logger="drac_algo.inference"):
+    with caplog.at_level(logging.WARNING, logger="drac_algo.engine.core"):
         result = predictor.predict(image)
     np.testing.assert_allclose(result.probabilities[1], reference, atol=1e-6)
     assert "m: non-finite probabilities under fp16 autocast" in caplog.text
@@ -300,7 +300,7 @@ def test_oom_halves_the_views_per_batch_and_remembers_it(caplog):
     reference = predict_probability([Member(asymmetric, 32, MEAN, STD)], image, tta="d4")
     network = LimitedNetwork(max_batch=2)
     predictor = Predictor(one_class(network), device="cpu", tta="d4", max_views_per_batch=8)
-    with caplog.at_level(logging.WARNING, logger="drac_algo.inference"):
+    with caplog.at_level(logging.WARNING, logger="drac_algo.engine.core"):
         first = predictor.predict(image)
     np.testing.assert_allclose(first.probabilities[1], reference, atol=1e-6)
     assert len(first.warnings) == 2
@@ -320,7 +320,7 @@ def test_oom_with_one_view_falls_back_to_the_cpu(caplog):
     reference = predict_probability([Member(asymmetric, 32, MEAN, STD)], image, tta="flips")
     network = LimitedNetwork(cpu_only=True)
     predictor = Predictor(one_class(network), device="meta", tta="flips", max_views_per_batch=4)
-    with caplog.at_level(logging.WARNING, logger="drac_algo.inference"):
+    with caplog.at_level(logging.WARNING, logger="drac_algo.engine.core"):
         result = predictor.predict(image)
     np.testing.assert_allclose(result.probabilities[1], reference, atol=1e-6)
     assert [c for c in network.calls if c[0] == "meta"] == [("meta", 4), ("meta", 2), ("meta", 1)]
@@ -441,7 +441,7 @@ TINY_ENCODER = "tu-mobilenetv3_small_050"
 
 
 def tiny_spec(arch="unet"):
-    from drac_algo.models import ModelSpec
+    from drac_algo.networks.models import ModelSpec
 
     channels = (16,) if arch == "deeplabv3plus" else (16, 16, 8, 8, 4)
     return ModelSpec(arch, TINY_ENCODER, encoder_depth=5, decoder_channels=channels)
@@ -449,7 +449,7 @@ def tiny_spec(arch="unet"):
 
 @pytest.mark.parametrize("arch", ["unet", "unetplusplus", "deeplabv3plus"])
 def test_every_architecture_runs_on_sizes_that_are_not_multiples_of_32(arch):
-    from drac_algo.models import build_network
+    from drac_algo.networks.models import build_network
 
     torch.manual_seed(0)
     network = build_network(tiny_spec(arch)).eval()
@@ -460,10 +460,10 @@ def test_every_architecture_runs_on_sizes_that_are_not_multiples_of_32(arch):
 
 
 def test_predictor_from_bundle(tmp_path):
-    from drac_algo.bundle import build_member, save_bundle
-    from drac_algo.manifest import Bundle, ClassEntry, MemberSpec
-    from drac_algo.models import Normalization, build_network
-    from drac_algo.postprocess import postprocess_mask
+    from drac_algo.bundle.manifest import Bundle, ClassEntry, MemberSpec
+    from drac_algo.bundle.store import build_member, save_bundle
+    from drac_algo.engine.postprocess import postprocess_mask
+    from drac_algo.networks.models import Normalization, build_network
 
     torch.manual_seed(0)
     specs = {

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from drac_algo.classes import LESION_CLASSES
-from drac_algo.errors import DracInputError
-from drac_algo.job_settings import (
+from drac_algo.common.classes import LESION_CLASSES
+from drac_algo.common.errors import DracInputError
+from drac_algo.serve.job_settings import (
     COMMAND_LINE,
     DEFAULT,
     OutputSocket,

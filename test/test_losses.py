@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from drac_algo.errors import DracInputError
-from drac_algo.losses import LOSSES, DiceLoss, PositiveDiceLoss, build_loss, focal_loss
+from drac_algo.common.errors import DracInputError
+from drac_algo.training.losses import LOSSES, DiceLoss, PositiveDiceLoss, build_loss, focal_loss
 
 
 def logit(p: float) -> float:

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from drac_algo.errors import DracInputError
-from drac_algo.metrics import dice_iou, score
+from drac_algo.common.errors import DracInputError
+from drac_algo.data.metrics import dice_iou, score
 
 
 def _mask(rows, cols, shape=(8, 8)):
@@ -68,7 +68,7 @@ def _stacks():
 
 def test_score_hand_computed_with_empty_ground_truth(caplog):
     gt, pred = _stacks()
-    with caplog.at_level(logging.WARNING, logger="drac_algo.metrics"):
+    with caplog.at_level(logging.WARNING, logger="drac_algo.data.metrics"):
         scores = score(gt, pred)
     c1, c2, c3 = scores.classes[1], scores.classes[2], scores.classes[3]
     assert c1.dice == pytest.approx((4 / 6 + 0) / 2) and c1.iou == pytest.approx((2 / 4 + 0) / 2)

@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from drac_algo import models
-from drac_algo.attention import ChannelAttention
-from drac_algo.errors import DracInputError
-from drac_algo.models import (
+from drac_algo.common.errors import DracInputError
+from drac_algo.networks import models
+from drac_algo.networks.attention import ChannelAttention
+from drac_algo.networks.models import (
     ARCHITECTURES,
     ModelSpec,
     build_model,
@@ -261,7 +261,7 @@ def empty_hf_cache(tmp_path, monkeypatch):
 
 def test_build_model_without_weights_logs_random_init_once(caplog, monkeypatch):
     monkeypatch.setattr(models, "_logged_random_init", set())
-    with caplog.at_level(logging.INFO, logger="drac_algo.models"):
+    with caplog.at_level(logging.INFO, logger="drac_algo.networks.models"):
         build_model(tiny_spec("unet"))
         build_model(tiny_spec("unet"))
     messages = [r.getMessage() for r in caplog.records if "random initialisation" in r.getMessage()]

@@ -11,13 +11,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from drac_algo import onnx_backend, onnx_export
-from drac_algo.bundle import build_member, load_bundle
-from drac_algo.errors import DracInputError
-from drac_algo.manifest import MANIFEST
-from drac_algo.onnx_backend import OnnxNetwork, choose_backend
-from drac_algo.onnx_export import OnnxExportError, add_onnx
-from drac_algo.predictor import Predictor
+from drac_algo.bundle.manifest import MANIFEST
+from drac_algo.bundle.store import build_member, load_bundle
+from drac_algo.common.errors import DracInputError
+from drac_algo.engine import onnx_backend
+from drac_algo.engine.onnx_backend import OnnxNetwork, choose_backend
+from drac_algo.engine.predictor import Predictor
+from drac_algo.training import onnx_export
+from drac_algo.training.onnx_export import OnnxExportError, add_onnx
 
 pytest.importorskip("onnxruntime")  # a requirement; the skip keeps the reason readable
 

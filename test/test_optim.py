@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from drac_algo.config import load_config
-from drac_algo.errors import DracInputError
-from drac_algo.optim import (
+from drac_algo.common.errors import DracInputError
+from drac_algo.training.config import load_config
+from drac_algo.training.optim import (
     OPTIMIZERS,
     SCHEDULES,
     lr_factor,

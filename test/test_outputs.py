@@ -4,10 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
-from drac_algo.classes import LESION_CLASSES
-from drac_algo.errors import DracInputError
-from drac_algo.evaluate import evaluate_paths
-from drac_algo.outputs import (
+from drac_algo.common.classes import LESION_CLASSES
+from drac_algo.common.errors import DracInputError
+from drac_algo.data.submission import read_submission, write_submission
+from drac_algo.serve.outputs import (
     StackCollector,
     case_record,
     lesion_stats,
@@ -15,8 +15,8 @@ from drac_algo.outputs import (
     write_mask_pngs,
     write_overlay_png,
 )
-from drac_algo.results import read_results, write_results
-from drac_algo.submission import read_submission, write_submission
+from drac_algo.serve.results import read_results, write_results
+from drac_algo.tools.evaluate import evaluate_paths
 
 
 def test_lesion_stats_counts_8_connected_components():

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from drac_algo.errors import DracInputError
-from drac_algo.overlay import CLASS_COLOURS, overlay
+from drac_algo.common.errors import DracInputError
+from drac_algo.serve.overlay import CLASS_COLOURS, overlay
 
 
 def _image(value=100, size=20):

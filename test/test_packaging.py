@@ -12,7 +12,7 @@ import click
 import pytest
 
 import process
-from drac_algo import process_cli
+from drac_algo.serve import cli as process_cli
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = {
@@ -40,10 +40,13 @@ def test_wheel_holds_the_packages_recipes_pins_and_commands(tmp_path):
         entry_points = zf.read(f"{info}/entry_points.txt").decode()
     assert sorted(top_level) == ["drac_algo", "train"]
     assert not any(n.startswith(("test/", "runs/", "quickstart/")) for n in names)
-    recipes = {p.relative_to(REPO).as_posix() for p in (REPO / "drac_algo/recipes").rglob("*.toml")}
+    recipes = {
+        p.relative_to(REPO).as_posix()
+        for p in (REPO / "drac_algo/training/recipes").rglob("*.toml")
+    }
     assert recipes and recipes <= names
-    assert {"process.py", "drac_algo/process_cli.py", "train/cli.py"} & names == {
-        "drac_algo/process_cli.py",
+    assert {"process.py", "drac_algo/serve/cli.py", "train/cli.py"} & names == {
+        "drac_algo/serve/cli.py",
         "train/cli.py",
     }  # the checkout's process.py is a thin wrapper, not installed as a top-level module
     pins = [
@@ -95,7 +98,7 @@ _RUN_WITHOUT_TRAINING_PACKAGES = """
 import json, sys
 for name in {blocked!r}:
     sys.modules[name] = None  # any import of it now fails
-from drac_algo.process_cli import main
+from drac_algo.serve.cli import main
 for args in {runs!r}:
     main(args, standalone_mode=False)
 print(json.dumps(sorted(m for m in sys.modules if m.startswith("drac_algo"))))
@@ -123,10 +126,10 @@ def test_inference_imports_nothing_the_image_leaves_out(tmp_path):
         for line in (REPO / ".dockerignore").read_text().splitlines()
         if line.startswith("drac_algo/")
     ]
-    assert "drac_algo.bench" in excluded and "drac_algo.training" in excluded
+    assert "drac_algo.tools" in excluded and "drac_algo.training" in excluded
     leaked = [m for m in imported if any(m == e or m.startswith(e + ".") for e in excluded)]
     assert not leaked, f"process.py imports modules the image leaves out: {leaked}"
-    assert "drac_algo.onnx_backend" in imported and "drac_algo.pipeline" in imported
+    assert "drac_algo.engine.onnx_backend" in imported and "drac_algo.serve.pipeline" in imported
 
 
 def _image_exclusions() -> list[str]:
@@ -139,12 +142,11 @@ def _image_exclusions() -> list[str]:
 
 
 def test_every_path_the_image_leaves_out_is_in_the_checkout():
-    """A stale line (the benchmark's bench.py after it became a package) keeps nothing out."""
+    """A stale line (a module that moved into a stage package) keeps nothing out."""
     entries = _image_exclusions()
-    assert "drac_algo/bench/" in entries
+    assert {"drac_algo/training/", "drac_algo/tools/"} <= set(entries)
     missing = [e for e in entries if not (REPO / e).exists()]
     assert not missing, f".dockerignore names paths the checkout lacks: {missing}"
-    assert (REPO / "drac_algo/bench").is_dir()
 
 
 @pytest.mark.slow
@@ -167,8 +169,8 @@ def test_test_sh_leaves_the_excluded_folders_out_of_the_code_it_compares():
         if p.is_file() and p.suffix != ".pyc" and "__pycache__" not in p.parts
     }
     excluded = {f for f in code_files if any(f == e or f.startswith(e + "/") for e in entries)}
-    assert {f for f in code_files if f.startswith("drac_algo/bench/")} <= excluded
-    assert "drac_algo/bench/cli.py" in excluded
+    assert {f for f in code_files if f.startswith("drac_algo/tools/bench/")} <= excluded
+    assert "drac_algo/tools/bench/cli.py" in excluded
     assert not listed & excluded, sorted(listed & excluded)[:10]
     assert code_files - excluded <= listed
-    assert {"process.py", "drac_algo/inference.py"} <= listed
+    assert {"process.py", "drac_algo/engine/core.py"} <= listed

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from drac_algo.errors import DracInputError
-from drac_algo.postprocess import (
+from drac_algo.common.errors import DracInputError
+from drac_algo.engine.postprocess import (
     fill_holes,
     postprocess_mask,
     remove_small_components,

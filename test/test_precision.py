@@ -4,9 +4,9 @@ test_inference.py)."""
 import pytest
 import torch
 
-from drac_algo.errors import DracInputError
-from drac_algo.hardware import native_bf16
-from drac_algo.precision import (
+from drac_algo.common.errors import DracInputError
+from drac_algo.common.hardware import native_bf16
+from drac_algo.engine.precision import (
     AUTOCAST_DTYPES,
     PRECISIONS,
     autocast,
@@ -61,7 +61,7 @@ def test_training_policy_on_the_cpu():
     ],
 )
 def test_training_policy_on_cuda(monkeypatch, native, amp, expected):
-    monkeypatch.setattr("drac_algo.precision.native_bf16", lambda device: native)
+    monkeypatch.setattr("drac_algo.engine.precision.native_bf16", lambda device: native)
     assert training_dtype(amp, torch.device("cuda")) is expected
 
 

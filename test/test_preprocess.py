@@ -5,17 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from drac_algo.augment import AugmentConfig, apply_transform, train_transform
-from drac_algo.config import load_config
-from drac_algo.dataset import Sample
-from drac_algo.distributed import init_distributed
-from drac_algo.ensemble import ClassEnsemble, Member
-from drac_algo.errors import DracInputError
-from drac_algo.losses import build_loss
-from drac_algo.models import Normalization
-from drac_algo.predictor import Predictor
-from drac_algo.preprocess import from_network_output, plan_geometry, to_network_input
-from drac_algo.training import validate
+from drac_algo.common.errors import DracInputError
+from drac_algo.data.preprocess import from_network_output, plan_geometry, to_network_input
+from drac_algo.engine.ensemble import ClassEnsemble, Member
+from drac_algo.engine.predictor import Predictor
+from drac_algo.networks.models import Normalization
+from drac_algo.training.augment import AugmentConfig, apply_transform, train_transform
+from drac_algo.training.config import load_config
+from drac_algo.training.dataset import Sample
+from drac_algo.training.distributed import init_distributed
+from drac_algo.training.loop import validate
+from drac_algo.training.losses import build_loss
 
 MEAN, STD = 0.5, 0.25
 

@@ -21,17 +21,17 @@ import SimpleITK as sitk
 import torch
 from click.testing import CliRunner
 
-from drac_algo.batch import OWNED_MARKER
-from drac_algo.bundle import save_bundle
-from drac_algo.classes import BY_INDEX, LESION_CLASSES
-from drac_algo.gpu import GpuStatus
-from drac_algo.hardware import native_bf16
-from drac_algo.images import load_image
-from drac_algo.manifest import TTA_NAMES, Bundle, ClassEntry, MemberSpec
-from drac_algo.models import ModelSpec, build_network
-from drac_algo.postprocess import postprocess_mask, threshold_probability
-from drac_algo.predictor import Predictor
-from drac_algo.submission import read_submission
+from drac_algo.bundle.manifest import TTA_NAMES, Bundle, ClassEntry, MemberSpec
+from drac_algo.bundle.store import save_bundle
+from drac_algo.common.classes import BY_INDEX, LESION_CLASSES
+from drac_algo.common.hardware import native_bf16
+from drac_algo.data.images import load_image
+from drac_algo.data.submission import read_submission
+from drac_algo.engine.gpu import GpuStatus
+from drac_algo.engine.postprocess import postprocess_mask, threshold_probability
+from drac_algo.engine.predictor import Predictor
+from drac_algo.networks.models import ModelSpec, build_network
+from drac_algo.serve.batch import OWNED_MARKER
 from process import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -518,7 +518,7 @@ UNUSABLE = GpuStatus(
 
 
 def test_a_visible_but_unusable_gpu_is_loud_and_can_be_required(bundle, tmp_path, monkeypatch):
-    monkeypatch.setattr("drac_algo.pipeline.gpu_status", lambda: UNUSABLE)
+    monkeypatch.setattr("drac_algo.serve.pipeline.gpu_status", lambda: UNUSABLE)
     job = write_job(tmp_path / "input")
     out = tmp_path / "output"
     args = ("--input", job, "--bundle", bundle, "--tta", "none", "--device", "auto")
@@ -721,7 +721,7 @@ def test_cuda_on_a_machine_without_it(bundle, tmp_path):
 @pytest.mark.slow
 def test_backend_flag_is_recorded_and_onnxruntime_needs_onnx_files(bundle, tmp_path):
     pytest.importorskip("onnxruntime")
-    from drac_algo.onnx_export import add_onnx
+    from drac_algo.training.onnx_export import add_onnx
 
     images = tmp_path / "images"
     write_png(images / "001.png", gray(1))
@@ -779,7 +779,7 @@ def test_classes_runs_only_those_classes(bundle, tmp_path):
 
 
 def test_classes_loads_no_network_of_the_other_classes(bundle, monkeypatch):
-    from drac_algo import predictor as predictor_module
+    from drac_algo.engine import predictor as predictor_module
 
     built = []
     original = predictor_module.build_member
@@ -869,7 +869,7 @@ def test_saved_probabilities_reproduce_the_masks(bundle, tmp_path):
 
 def _counting_predictions(monkeypatch):
     """Record which images the engine runs in this process."""
-    from drac_algo.predictor import Predictor
+    from drac_algo.engine.predictor import Predictor
 
     ran = []
     original = Predictor.predict_many

@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from drac_algo.progress import RunProgress, eta_seconds, format_duration, progress_line
+from drac_algo.common.progress import RunProgress, eta_seconds, format_duration, progress_line
 
 
 @pytest.mark.parametrize(
@@ -40,7 +40,7 @@ class Terminal(io.StringIO):
 def test_without_a_terminal_progress_goes_to_the_log_at_a_bounded_rate(caplog):
     clock = Clock()
     stream = io.StringIO()
-    caplog.set_level(logging.INFO, logger="drac_algo.progress")
+    caplog.set_level(logging.INFO, logger="drac_algo.common.progress")
     with RunProgress(6, "case", "inference", every_s=30, stream=stream, clock=clock) as p:
         for _ in range(6):
             clock.now += 10  # 10 s per case: a line at most every 30 s, and the last one
@@ -56,7 +56,7 @@ def test_without_a_terminal_progress_goes_to_the_log_at_a_bounded_rate(caplog):
 
 def test_on_a_terminal_a_bar_instead_of_lines(caplog):
     stream = Terminal()
-    caplog.set_level(logging.INFO, logger="drac_algo.progress")
+    caplog.set_level(logging.INFO, logger="drac_algo.common.progress")
     with RunProgress(4, "epoch", "training", stream=stream) as p:
         p.advance(3)
         assert p.bar is not None and p.bar.n == 3
@@ -69,7 +69,7 @@ def test_on_a_terminal_a_bar_instead_of_lines(caplog):
 
 def test_disabled_progress_says_nothing(caplog):
     stream = Terminal()
-    caplog.set_level(logging.INFO, logger="drac_algo.progress")
+    caplog.set_level(logging.INFO, logger="drac_algo.common.progress")
     with RunProgress(3, "epoch", "training", enabled=False, stream=stream) as p:
         p.advance(3)
     assert p.bar is None and not caplog.records and stream.getvalue() == ""

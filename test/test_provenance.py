@@ -3,8 +3,8 @@ import re
 import subprocess
 
 import drac_algo
-from drac_algo import provenance
-from drac_algo.cli import add_log_file, setup_logging
+from drac_algo.common import provenance
+from drac_algo.common.cli import add_log_file, setup_logging
 
 
 def test_environment_records_every_package_and_the_torch_build():

@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 from click.testing import CliRunner
 
-from drac_algo.errors import DracInputError
-from drac_algo.submission import (
+from drac_algo.common.errors import DracInputError
+from drac_algo.data.submission import (
     NiftiHeader,
     main,
     read_header,
@@ -169,7 +169,7 @@ def test_header_matches_the_organisers_example(tmp_path):
     assert set(ours.metadata) == set(example.metadata)
     differing = {k for k in example.metadata if ours.metadata[k] != example.metadata[k]}
     # xyzt_units: ITK 5.4 sets the time-unit bits (10 = mm + s), the example has 2 (mm only);
-    # the spatial unit must agree. See the drac_algo.submission docstring.
+    # the spatial unit must agree. See the drac_algo.data.submission docstring.
     assert differing <= SIZE_KEYS | {"xyzt_units"}
     assert int(ours.metadata["xyzt_units"]) & 0x07 == int(example.metadata["xyzt_units"]) & 0x07
     assert [ours.metadata[k] for k in sorted(SIZE_KEYS)] == ["7", "8", "3"]

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from drac_algo import data
-from drac_algo.classes import LESION_CLASSES
-from drac_algo.errors import DracInputError
-from drac_algo.synth import case_ids, generate_case, preview_grid, write_dataset
-from drac_algo.synth import dataset as synth_dataset
-from drac_algo.synth.__main__ import main
+from drac_algo.common.classes import LESION_CLASSES
+from drac_algo.common.errors import DracInputError
+from drac_algo.data import release as data
+from drac_algo.tools.synth import case_ids, generate_case, preview_grid, write_dataset
+from drac_algo.tools.synth import dataset as synth_dataset
+from drac_algo.tools.synth.__main__ import main
 
 TASK = "A. Segmentation"
 IMAGES = f"{TASK}/1. Original Images"

@@ -12,23 +12,23 @@ import numpy as np
 import pytest
 import torch
 
-from drac_algo.augment import train_transform
-from drac_algo.bundle import build_member, load_bundle
-from drac_algo.checkpoint import load_checkpoint, save_checkpoint
-from drac_algo.config import load_config
-from drac_algo.data import find_layout, list_cases
-from drac_algo.dataset import LesionDataset, load_samples
-from drac_algo.deep_supervision import DeepSupervisionNet, output_weights, supervised_loss
-from drac_algo.distributed import init_distributed
-from drac_algo.errors import DracInputError
-from drac_algo.experiment import plan_members
-from drac_algo.export import export_bundle
-from drac_algo.metrics import dice_iou
-from drac_algo.models import build_model, load_initial_weights
-from drac_algo.splits import kfold_split, stratified_kfold_split
-from drac_algo.synth import write_dataset
-from drac_algo.training import amp_dtype, train_member
-from drac_algo.validation import best_threshold, challenge_dice, overlap_counts
+from drac_algo.bundle.store import build_member, load_bundle
+from drac_algo.common.errors import DracInputError
+from drac_algo.data.metrics import dice_iou
+from drac_algo.data.release import find_layout, list_cases
+from drac_algo.networks.models import build_model, load_initial_weights
+from drac_algo.tools.synth import write_dataset
+from drac_algo.training.augment import train_transform
+from drac_algo.training.bundle_export import export_bundle
+from drac_algo.training.checkpoint import load_checkpoint, save_checkpoint
+from drac_algo.training.config import load_config
+from drac_algo.training.dataset import LesionDataset, load_samples
+from drac_algo.training.deep_supervision import DeepSupervisionNet, output_weights, supervised_loss
+from drac_algo.training.distributed import init_distributed
+from drac_algo.training.experiment import plan_members
+from drac_algo.training.loop import amp_dtype, train_member
+from drac_algo.training.splits import kfold_split, stratified_kfold_split
+from drac_algo.training.validation import best_threshold, challenge_dice, overlap_counts
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -114,7 +114,7 @@ def test_best_threshold_prefers_the_one_nearest_half_on_ties():
 
 @pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, None)])
 def test_auto_amp_on_the_cpu_follows_native_bf16(monkeypatch, native, expected):
-    monkeypatch.setattr("drac_algo.precision.native_bf16", lambda _device: native)
+    monkeypatch.setattr("drac_algo.engine.precision.native_bf16", lambda _device: native)
     cpu = torch.device("cpu")
     assert amp_dtype(tiny_config(), cpu) is expected
     assert amp_dtype(tiny_config(amp=False), cpu) is None

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from drac_algo.errors import DracInputError
-from drac_algo.tta import TRANSFORMS, TTA_SETS, get_transform, select_transforms, tta_set
+from drac_algo.common.errors import DracInputError
+from drac_algo.engine.tta import TRANSFORMS, TTA_SETS, get_transform, select_transforms, tta_set
 
 # A 2 x 3 matrix and each transform's result written out by hand (rows top to bottom), so the
 # names are pinned to a meaning independent of the implementation.
@@ -60,7 +60,7 @@ def test_explicit_names_and_duplicates():
 
 
 def test_select_intersects_with_the_valid_names_and_logs_what_is_dropped(caplog):
-    with caplog.at_level(logging.INFO, logger="drac_algo.tta"):
+    with caplog.at_level(logging.INFO, logger="drac_algo.engine.tta"):
         kept = select_transforms("d4", ["hflip", "vflip", "rot180"], where="member x")
     assert [t.name for t in kept] == ["identity", "hflip", "vflip", "rot180"]
     assert "member x" in caplog.text
@@ -70,7 +70,7 @@ def test_select_intersects_with_the_valid_names_and_logs_what_is_dropped(caplog)
 def test_select_with_nothing_valid_keeps_identity_and_none_means_all(caplog):
     assert [t.name for t in select_transforms(["rot90"], ["hflip"])] == ["identity"]
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="drac_algo.tta"):
+    with caplog.at_level(logging.INFO, logger="drac_algo.engine.tta"):
         assert len(select_transforms("d4", None)) == 8
         assert len(select_transforms("flips", list(TRANSFORMS))) == 4
     assert caplog.text == ""
@@ -87,6 +87,6 @@ def test_transforms_match_numpy_equivalents():
 
 
 def test_the_bundle_validates_against_the_same_names():
-    from drac_algo.manifest import TTA_NAMES
+    from drac_algo.bundle.manifest import TTA_NAMES
 
     assert tuple(TTA_NAMES) == tuple(TRANSFORMS)

@@ -1,5 +1,5 @@
 """The ``python -m train`` command: parse options, resolve every task's config (so a bad config
-fails before any training), then hand over to :func:`drac_algo.experiment.run_training`."""
+fails before any training), then hand over to :func:`drac_algo.training.experiment.run_training`."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from drac_algo.choices import DEFAULT_RECIPE, RECIPE_FAMILIES
-from drac_algo.classes import LESION_CLASSES
-from drac_algo.cli import device_option, tool_command
-from drac_algo.errors import DracInputError
+from drac_algo.common.choices import DEFAULT_RECIPE, RECIPE_FAMILIES
+from drac_algo.common.classes import LESION_CLASSES
+from drac_algo.common.cli import device_option, tool_command
+from drac_algo.common.errors import DracInputError
 
 if TYPE_CHECKING:
-    from drac_algo.config import TrainConfig
+    from drac_algo.training.config import TrainConfig
 
 log = logging.getLogger("train")
 TASKS = [c.key for c in LESION_CLASSES]
@@ -48,7 +48,7 @@ def resolve_configs(
 ) -> list[TrainConfig]:
     """One resolved config per task, in class order."""
     # Imported here: the config pulls in torch, smp and albumentations, not needed for --help.
-    from drac_algo.config import load_config
+    from drac_algo.training.config import load_config
 
     chosen = [t for t in TASKS if t in tasks] if tasks else TASKS
     return [load_config(task, list(config_files), recipe, **overrides) for task in chosen]
@@ -95,7 +95,7 @@ def check_run_dir(out: Path, resume: bool) -> None:
     default=DEFAULT_RECIPE,
     show_default=True,
     help="Recipe family: 'method' reproduces the published method, 'best' is the team's "
-    "measured best (drac_algo/recipes/<family>/<task>.toml).",
+    "measured best (drac_algo/training/recipes/<family>/<task>.toml).",
 )
 @click.option(
     "--config",
@@ -187,14 +187,14 @@ def main(
         num_workers=workers,
     )
     # Imported here: torch's distributed package, not needed to print --help.
-    from drac_algo.distributed import init_distributed, shutdown
+    from drac_algo.training.distributed import init_distributed, shutdown
 
     ctx = init_distributed(device)
     try:
         if ctx.is_main:
             check_run_dir(out, resume)
         # Imported here: it pulls in torch's training stack, not needed to print --help.
-        from drac_algo.experiment import run_training, summary_table
+        from drac_algo.training.experiment import run_training, summary_table
 
         summary = run_training(data_root, out, configs, ctx, resume=resume)
         if ctx.is_main:

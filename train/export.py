@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from drac_algo.cli import tool_command
+from drac_algo.common.cli import tool_command
 
 _BUNDLE = click.Path(path_type=Path, file_okay=False)
 
@@ -18,7 +18,7 @@ _BUNDLE = click.Path(path_type=Path, file_okay=False)
 def main(run_dir: Path, bundle: Path | None) -> None:
     """Write the model bundle of RUN_DIR's finished members."""
     # Imported here: the export pulls in torch and the ONNX exporter, not needed for --help.
-    from drac_algo.export import export_bundle
+    from drac_algo.training.bundle_export import export_bundle
 
     click.echo(export_bundle(run_dir, bundle))
 

@@ -13,7 +13,7 @@ Each step runs the project's own command (printed before it runs), on the CPU, s
    each one's verified ONNX export, 1.7 MB)
 3. ``inputs/batch/``: the three phantom test images (``003.png 605.png 1324.png``: integer
    names, one of 4 digits). ``inputs/gc-job/``: one more phantom image (``python -m
-   drac_algo.synth WORK/gc --n-train 0 --n-test 1 --size 256 --seed 1``) cut to 224 x 256
+   drac_algo.tools.synth WORK/gc --n-train 0 --n-test 1 --size 256 --seed 1``) cut to 224 x 256
    (H x W; not square, not the model's input size), saved as ``.mha`` with a uuid name,
    non-default spacing, origin and direction, in its socket folder beside ``inputs.json``, as the
    platform lays out a job.
@@ -77,7 +77,7 @@ def replace_dir(target: Path, source: Path) -> None:
 def synth(out: Path, n_train: int, n_test: int, size: int, seed: int) -> Path:
     """Write phantom data; returns its test image folder."""
     run(
-        [sys.executable, "-m", "drac_algo.synth", str(out), "--n-train", str(n_train)]
+        [sys.executable, "-m", "drac_algo.tools.synth", str(out), "--n-train", str(n_train)]
         + ["--n-test", str(n_test), "--size", str(size), "--seed", str(seed), "--no-preview"]
     )
     return out / "A. Segmentation" / "1. Original Images" / "b. Testing Set"
@@ -106,7 +106,7 @@ def make_batch_inputs(work: Path) -> None:
 def make_gc_job_inputs(work: Path) -> None:
     import SimpleITK as sitk
 
-    from drac_algo.images import load_image
+    from drac_algo.data.images import load_image
 
     (source,) = synth(work / "gc", n_train=0, n_test=1, size=256, seed=1).glob("*.png")
     pixels = load_image(source).pixels[: GC_SHAPE[0], : GC_SHAPE[1]]
@@ -118,7 +118,7 @@ def make_gc_job_inputs(work: Path) -> None:
     image.SetOrigin(GC_ORIGIN)
     image.SetDirection(GC_DIRECTION)
     sitk.WriteImage(image, str(job / relative_path / f"{GC_IMAGE_PK}.mha"), useCompression=True)
-    # One socket value as the platform writes it (see drac_algo/gc_io.py).
+    # One socket value as the platform writes it (see drac_algo/serve/gc_io.py).
     inputs = [
         {
             "pk": 1,

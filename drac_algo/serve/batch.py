@@ -1,0 +1,263 @@
+"""The batch mode: a folder of images -> ``masks/``, ``overlays/``, optionally
+``probabilities/``, the submission stacks (layout in :mod:`drac_algo.serve.outputs`).
+
+A plain run fills hidden temporary folders and swaps them in only after every image succeeded
+(see :mod:`drac_algo.serve.pipeline`); a ``--continue`` run writes case by case and records each
+case
+last (:mod:`drac_algo.serve.resume`), so that a rerun keeps what is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from drac_algo.common.classes import BY_INDEX, LESION_CLASSES
+from drac_algo.common.errors import DracInputError
+from drac_algo.common.fsutil import atomic_dir, remove_stale_partials, remove_stale_partials_within
+from drac_algo.common.progress import RunProgress
+from drac_algo.data.images import LoadedImage, load_image
+from drac_algo.data.submission import SUBMISSION_FILES, write_submission
+from drac_algo.engine.predictor import Predictor
+from drac_algo.serve.outputs import (
+    MASKS_DIR,
+    OVERLAYS_DIR,
+    PROBABILITIES_DIR,
+    StackCollector,
+    mask_png_path,
+    write_mask_pngs,
+    write_overlay_png,
+    write_probabilities,
+)
+from drac_algo.serve.results import RESULTS_FILE
+from drac_algo.serve.resume import (
+    CASES_DIR,
+    fingerprint,
+    read_case_masks,
+    read_complete_case,
+    remove_other_cases,
+    write_case_record,
+)
+from drac_algo.serve.run_state import RunState, log_case, note_conversion, record_case
+
+log = logging.getLogger("drac_algo.serve.pipeline")
+
+# Marks the output folders as written by this program, so that a later run may replace them.
+OWNED_MARKER = ".drac-algo-output"
+
+
+def check_replaceable(folder: Path) -> None:
+    if folder.exists() and (
+        not folder.is_dir() or (any(folder.iterdir()) and not (folder / OWNED_MARKER).is_file())
+    ):
+        raise DracInputError(
+            f"refusing to replace {folder}: it exists and was not written by this program "
+            f"(no {OWNED_MARKER} inside); move it away or choose another --output"
+        )
+
+
+def retire_previous_summary(output_dir: Path) -> None:
+    """Remove the previous run's results.json and stacks: from here on they would describe
+    masks that are about to be replaced."""
+    for name in (RESULTS_FILE, *SUBMISSION_FILES.values()):
+        (output_dir / name).unlink(missing_ok=True)
+
+
+def write_stacks(run: RunState, collector: StackCollector) -> dict[str, Any]:
+    """The submission stacks, or why not: ``cause`` is None (written), ``"not asked"``
+    (``submission=False``), ``"classes"`` (the bundle lacks a class) or ``"sizes"`` (the images
+    differ in size, so they cannot form one stack; :func:`run`'s caller treats it as an error)."""
+    if not run.config.submission:
+        return {"written": False, "files": [], "reason": "not asked for", "cause": "not asked"}
+    if run.config.classes is not None and len(run.config.classes) < len(LESION_CLASSES):
+        keys = ",".join(BY_INDEX[i].key for i in run.config.classes)
+        reason = f"--classes {keys}: the submission needs all three classes"
+        return {"written": False, "files": [], "reason": reason, "cause": "not asked"}
+    missing = [c for c in LESION_CLASSES if c.index not in collector.classes]
+    cause, reason = None, None
+    if missing:
+        cause = "classes"
+        reason = "the model bundle lacks " + ", ".join(
+            f"class {c.index} ({c.key})" for c in missing
+        )
+    elif problem := collector.size_problem():
+        cause, reason = "sizes", problem
+    if reason:
+        run.warn(f"submission files {', '.join(SUBMISSION_FILES.values())} not written: {reason}")
+        return {"written": False, "files": [], "reason": reason, "cause": cause}
+    paths = write_submission(run.config.output_dir, collector.stacks())
+    log.info("submission: %s", ", ".join(str(p) for p in paths))
+    return {"written": True, "files": [p.name for p in paths], "reason": None, "cause": None}
+
+
+def remove_leftovers(run: RunState, output_dir: Path) -> None:
+    """Remove the hidden ``.partial`` files and folders a killed earlier run left (SIGKILL, a
+    lost container: no cleanup ran), before this run writes the same outputs."""
+    names = [MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, CASES_DIR, RESULTS_FILE]
+    names += list(SUBMISSION_FILES.values())
+    removed = [p.name for name in names for p in remove_stale_partials(output_dir / name)]
+    # --continue writes case by case into the final folders: a kill mid-case leaves its
+    # temporaries inside them.
+    for name in (MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, CASES_DIR):
+        removed += [p.name for p in remove_stale_partials_within(output_dir / name)]
+    if removed:
+        run.warn(
+            f"removed {len(removed)} half-written output(s) of an interrupted earlier run in "
+            f"{output_dir}: {', '.join(removed[:6])}{' ...' if len(removed) > 6 else ''}"
+        )
+
+
+def run_batch(run: RunState, predictor: Predictor, images: list[Path]) -> dict[str, Any]:
+    output_dir = Path(run.config.output_dir)
+    masks_dir, overlays_dir = output_dir / MASKS_DIR, output_dir / OVERLAYS_DIR
+    collector = StackCollector(predictor.classes)
+    with contextlib.ExitStack() as staged:
+        masks_tmp = staged.enter_context(atomic_dir(masks_dir))
+        overlays_tmp = staged.enter_context(atomic_dir(overlays_dir))
+        staging = [masks_tmp, overlays_tmp]
+        probabilities_tmp = None
+        if run.config.save_probabilities:
+            probabilities_tmp = staged.enter_context(atomic_dir(output_dir / PROBABILITIES_DIR))
+            staging.append(probabilities_tmp)
+        for tmp in staging:
+            (tmp / OWNED_MARKER).write_text(
+                "written by drac_algo.serve.pipeline\n", encoding="utf-8"
+            )
+        # closing(): a failure in this loop must also stop the background decoding.
+
+        def load(path: Path) -> LoadedImage:
+            with run.timed("decode_s"):  # in the prefetch thread, beside inference
+                return load_image(path)
+
+        predictions = staged.enter_context(
+            contextlib.closing(predictor.predict_many(images, load=load))
+        )
+        progress = staged.enter_context(RunProgress(len(images), "case", "inference"))
+        for number, (path, loaded, prediction) in enumerate(predictions, start=1):
+            note_conversion(run, path, loaded)
+            name = path.name.split(".", 1)[0]
+            record = record_case(run, path, name, loaded, prediction)
+            with run.timed("write_s"):
+                write_mask_pngs(masks_tmp, name, prediction.masks)
+                write_overlay_png(overlays_tmp, name, loaded.pixels, prediction.masks)
+                if probabilities_tmp is not None:
+                    write_probabilities(probabilities_tmp, name, prediction.probabilities)
+            collector.add(name, prediction.masks)
+            log_case(f"{number}/{len(images)}", path.name, record)
+            progress.advance()
+        retire_previous_summary(output_dir)
+        # An earlier run's maps and --continue records (checked to be this program's) would
+        # not match these masks.
+        stale = [CASES_DIR] if probabilities_tmp else [CASES_DIR, PROBABILITIES_DIR]
+        for folder in stale:
+            shutil.rmtree(output_dir / folder, ignore_errors=True)
+    return _finish(run, predictor, collector, probabilities=probabilities_tmp is not None)
+
+
+def case_fingerprint(run: RunState, predictor: Predictor, bundle_id: str) -> str:
+    """What decides a case's files: a --continue run keeps only cases made with the same."""
+    ran = predictor.settings()
+    return fingerprint(
+        {
+            "bundle_id": bundle_id,
+            "tta": run.config.tta,
+            "autocast": ran["autocast"],
+            "backend": ran["backend"],
+            "classes": sorted(predictor.classes),
+            "save_probabilities": run.config.save_probabilities,
+        }
+    )
+
+
+def run_batch_continue(
+    run: RunState, predictor: Predictor, images: list[Path], bundle_id: str
+) -> dict[str, Any]:
+    """``--continue``: each case written as it is done (files, then its record, see
+    :mod:`drac_algo.serve.resume`); complete cases of an earlier run with the same settings are read
+    back instead of recomputed; the stacks and ``results.json`` are assembled at the end."""
+    output_dir = Path(run.config.output_dir)
+    folders = [MASKS_DIR, OVERLAYS_DIR, CASES_DIR]
+    if run.config.save_probabilities:
+        folders.append(PROBABILITIES_DIR)
+    else:
+        shutil.rmtree(output_dir / PROBABILITIES_DIR, ignore_errors=True)
+    for folder in folders:
+        (output_dir / folder).mkdir(parents=True, exist_ok=True)
+        (output_dir / folder / OWNED_MARKER).write_text("written by drac_algo.serve.pipeline\n")
+    retire_previous_summary(output_dir)  # results.json returns only once every case is done
+    case_fp = case_fingerprint(run, predictor, bundle_id)
+    names = [path.name.split(".", 1)[0] for path in images]
+    done: dict[str, dict[str, Any]] = {}
+    for name in names:
+        record, why = read_complete_case(output_dir, name, case_fp)
+        if record is not None:
+            done[name] = record
+        elif why is not None:
+            log.info("%s: recomputed, %s", name, why)
+    removed = remove_other_cases(output_dir, set(names))
+    if removed:
+        log.info("--continue: removed %d case(s) not in this input: %s", len(removed), removed)
+    to_run = [path for path, name in zip(images, names, strict=True) if name not in done]
+    log.info("--continue: %d case(s) complete, %d to run", len(done), len(to_run))
+    collector = StackCollector(predictor.classes)
+
+    def load(path: Path) -> LoadedImage:
+        with run.timed("decode_s"):
+            return load_image(path)
+
+    with contextlib.ExitStack() as stack:
+        predictions = stack.enter_context(
+            contextlib.closing(predictor.predict_many(to_run, load=load))
+        )
+        progress = stack.enter_context(RunProgress(len(to_run), "case", "inference"))
+        for number, (path, name) in enumerate(zip(images, names, strict=True), start=1):
+            if name in done:
+                run.cases.append(done[name])
+                masks = read_case_masks(output_dir / MASKS_DIR, name, predictor.classes)
+                collector.add(name, masks)
+                continue
+            predicted_path, loaded, prediction = next(predictions)
+            assert predicted_path == path, (predicted_path, path)  # same order as to_run
+            note_conversion(run, path, loaded)
+            record = record_case(run, path, name, loaded, prediction)
+            with run.timed("write_s"):
+                files = write_mask_pngs(output_dir / MASKS_DIR, name, prediction.masks)
+                files.append(
+                    write_overlay_png(
+                        output_dir / OVERLAYS_DIR, name, loaded.pixels, prediction.masks
+                    )
+                )
+                if run.config.save_probabilities:
+                    folder = output_dir / PROBABILITIES_DIR
+                    files.append(write_probabilities(folder, name, prediction.probabilities))
+                write_case_record(output_dir, name, record, case_fp, files)
+            collector.add(name, prediction.masks)
+            log_case(f"{number}/{len(images)}", path.name, record)
+            progress.advance()
+    continued = {"complete_before": len(done), "run": len(to_run)}
+    return _finish(run, predictor, collector, run.config.save_probabilities, continued=continued)
+
+
+def _finish(
+    run: RunState,
+    predictor: Predictor,
+    collector: StackCollector,
+    probabilities: bool,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Write the submission stacks; return what the batch mode adds to ``results.json``."""
+    with run.timed("write_s"):
+        submission = write_stacks(run, collector)
+    examples = {
+        str(i): mask_png_path(MASKS_DIR, i, "<case>").as_posix() for i in sorted(predictor.classes)
+    }
+    return {
+        "outputs": examples,
+        "overlays": f"{OVERLAYS_DIR}/<case>.png",
+        "probabilities": f"{PROBABILITIES_DIR}/<case>.npz" if probabilities else None,
+        **extra,
+        "submission": submission,
+    }

@@ -1,0 +1,219 @@
+"""The inference command: DRAC2022 Task 1 lesion segmentation (IRMA, nonperfusion areas,
+neovascularisation) on UW-OCTA images. Run as the container's entry point ``python -m process``,
+as ``python process.py`` from a checkout, or as ``drac-process`` once installed.
+
+    python -m process                       # in the container: /input -> /output, /opt/ml/model
+    python process.py --input IMAGES_DIR --output OUT_DIR --bundle BUNDLE_DIR \\
+        [--tta d4|flips|none] [--device auto|cpu|cuda|cuda:N] [--views-per-batch N] \\
+        [--precision auto|fp32|bf16|fp16] [--backend auto|torch|onnxruntime] \\
+        [--classes irma,na,nv] [--save-probabilities] [--continue] [--no-submission] \\
+        [--input-slug SLUG] [--output-slug CLASS=SLUG[:RELATIVE_PATH] ...] [--require-gpu]
+
+With ``INPUT/inputs.json`` present this is a Grand Challenge job (one image; one
+``images/<slug>/output.mha`` per class); otherwise every image in INPUT is segmented and the
+challenge submission, PNG masks and overlays are written (``--classes``, ``--save-probabilities``
+and ``--continue`` are for this mode). Both write ``results.json`` and ``process.log``. See
+:mod:`drac_algo.serve.pipeline` for the modes and :mod:`drac_algo.serve.outputs` for the layout.
+Sockets
+and ``--require-gpu`` can also come from the environment or the model folder's
+``platform.json`` (:mod:`drac_algo.serve.job_settings`), since a platform job takes no arguments.
+
+Exit status: 0 on success, 2 for bad input (message on stderr), 1 when an output cannot be
+written or the GPU is required but unusable.
+
+The spellings of earlier releases still work for one release, hidden from ``--help``:
+``--model-dir`` (now ``--bundle``) and ``--batch-size`` (now ``--views-per-batch``).
+"""
+
+import sys
+from pathlib import Path
+
+import click
+
+from drac_algo.common.choices import BACKENDS, PRECISIONS, TTA_CHOICES
+from drac_algo.common.classes import lesion_class
+from drac_algo.common.cli import device_option, tool_command
+from drac_algo.common.errors import DracInputError
+
+INPUT_PATH = Path("/input")
+OUTPUT_PATH = Path("/output")
+MODEL_PATH = Path("/opt/ml/model")  # where Grand Challenge extracts the model tarball
+
+_PATH = click.Path(path_type=Path, file_okay=True, dir_okay=True)
+
+
+def parse_classes(value: str | None) -> tuple[int, ...] | None:
+    """``--classes``: "irma,na" or "1,2" -> (1, 2), sorted, each once; None when not given."""
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise DracInputError(
+            f"--classes: expected class keys or indices (irma,na,nv or 1-3), found {value!r}"
+        )
+    return tuple(sorted({lesion_class(name).index for name in names}))
+
+
+@tool_command("drac-process")
+@click.option(
+    "--input",
+    "input_dir",
+    type=_PATH,
+    default=INPUT_PATH,
+    show_default=True,
+    help="Grand Challenge job folder (with inputs.json) or a folder of images.",
+)
+@click.option(
+    "--output",
+    "output_dir",
+    type=_PATH,
+    default=OUTPUT_PATH,
+    show_default=True,
+    help="Output folder (created if missing).",
+)
+@click.option(
+    "--bundle",
+    type=_PATH,
+    default=MODEL_PATH,
+    show_default=True,
+    help="Model bundle folder holding manifest.json and the member weights.",
+)
+@click.option("--model-dir", "bundle", type=_PATH, hidden=True)  # --bundle's old name
+@click.option(
+    "--tta",
+    type=click.Choice(TTA_CHOICES),
+    default="d4",
+    show_default=True,
+    help="Test-time augmentation: d4 = 8 flips/rotations, flips = 4, none = 1.",
+)
+@device_option()
+@click.option(
+    "--views-per-batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="At most this many TTA views per forward pass.  [default: 8 on CUDA, 1 on the CPU]",
+)
+@click.option(  # --views-per-batch's old name
+    "--batch-size", "views_per_batch", type=click.IntRange(min=1), hidden=True
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="auto",
+    show_default=True,
+    help="auto = bf16 autocast where the device computes bf16 natively (Ampere+ GPUs, CPUs "
+    "with AVX512-BF16/AMX), else fp16 on CUDA and fp32 on the CPU.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="auto",
+    show_default=True,
+    help="What runs the networks: auto = ONNX Runtime where the engine runs float32 on the CPU "
+    "and the bundle has ONNX files, else torch; onnxruntime (CPU, float32 only); torch.",
+)
+@click.option(
+    "--input-slug",
+    default=None,
+    help="Image socket to read when inputs.json holds several (env DRAC_INPUT_SOCKET).",
+)
+@click.option(
+    "--output-slug",
+    "output_specs",
+    multiple=True,
+    metavar="CLASS=SLUG[:PATH]",
+    help="Output socket of a class (irma, na, nv or 1-3): its slug and, when not images/SLUG, "
+    "its relative path under the output folder; repeatable (env DRAC_OUTPUT_SOCKETS, "
+    "comma-separated).",
+)
+@click.option(
+    "--require-gpu/--no-require-gpu",
+    default=None,
+    help="Exit 1 unless inference runs on an NVIDIA GPU (env DRAC_REQUIRE_GPU=1). Default: a "
+    "visible but unusable GPU is logged as an error and the run goes on on the CPU.",
+)
+@click.option(
+    "--no-submission",
+    is_flag=True,
+    help="Folder of images: skip the challenge submission stacks (1.nii.gz 2.nii.gz 3.nii.gz). "
+    "Without it, images that cannot form the stacks (mixed sizes) end the run with exit "
+    "status 2 once the masks and overlays are written.",
+)
+@click.option(
+    "--classes",
+    "class_list",
+    default=None,
+    metavar="irma,na,nv",
+    help="Folder of images: segment only these classes (keys or 1-3, comma-separated); the "
+    "other classes' networks are not loaded and the submission stacks, which need all three, "
+    "are not written.  [default: every class in the bundle]",
+)
+@click.option(
+    "--save-probabilities",
+    is_flag=True,
+    help="Folder of images: also write each case's ensemble probabilities, "
+    "probabilities/<case>.npz (one float16 (H, W) array per class key, values in [0, 1]).",
+)
+@click.option(
+    "--continue",
+    "resume",
+    is_flag=True,
+    help="Folder of images: write each case as it is done and keep the complete cases of an "
+    "earlier --continue run with the same settings; after a crash, run the same command again.",
+)
+def main(
+    input_dir: Path,
+    output_dir: Path,
+    bundle: Path,
+    tta: str,
+    device: str,
+    views_per_batch: int | None,
+    precision: str,
+    backend: str,
+    input_slug: str | None,
+    output_specs: tuple[str, ...],
+    require_gpu: bool | None,
+    no_submission: bool,
+    class_list: str | None,
+    save_probabilities: bool,
+    resume: bool,
+) -> None:
+    """Segment DRAC2022 Task 1 lesions in one Grand Challenge job or a folder of images."""
+    # Imported here: the pipeline pulls in torch (seconds), not needed to print --help.
+    from drac_algo.engine.gpu import GpuUnavailableError
+    from drac_algo.serve.pipeline import RunConfig, run
+
+    config = RunConfig(
+        input_dir=input_dir,
+        output_dir=output_dir,
+        model_dir=bundle,
+        tta=tta,
+        device=device,
+        batch_size=views_per_batch,
+        precision=precision,
+        backend=backend,
+        input_slug=input_slug,
+        output_specs=output_specs,
+        require_gpu=require_gpu,
+        submission=not no_submission,
+        classes=parse_classes(class_list),
+        save_probabilities=save_probabilities,
+        resume=resume,
+    )
+    try:
+        results = run(config)
+    except (OSError, GpuUnavailableError) as exc:
+        # Disk full, a read-only mount, ...: the message names the file; no traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    submission = results.get("submission") or {}
+    if submission.get("cause") == "sizes":
+        raise DracInputError(
+            f"the challenge submission stacks were not written: {submission['reason']}. The "
+            f"masks, overlays and results.json in {output_dir} are complete; pass "
+            "--no-submission when the stacks are not needed"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""One whole run of the algorithm: find the inputs, load the model bundle once, predict every
+image (the next one decoded in the background), write the outputs so that a failure never
+leaves a complete-looking result.
+
+Two modes, told apart by what the input folder holds:
+
+- **Grand Challenge job**: ``inputs.json`` present. One image (see :mod:`drac_algo.serve.gc_io` for
+  how it is chosen); one ``images/<slug>/output.mha`` per class plus ``results.json``.
+- **Batch folder**: anything else. Every ``.png``/``.mha``/``.tif``/``.tiff`` file (names are
+  case numbers, e.g. the DRAC test set); the submission stacks ``1.nii.gz 2.nii.gz 3.nii.gz``,
+  PNG masks, overlays and ``results.json`` (layout in :mod:`drac_algo.serve.outputs`).
+
+Failure and atomicity (batch mode): ``masks/`` and ``overlays/`` are filled in hidden
+temporary folders beside them and swapped in only after every image succeeded; then the
+submission stacks are written, and ``results.json`` last, so its presence means the whole run
+succeeded. A failed run leaves the output folder as it was, apart from the previous run's
+``results.json`` and stacks, which are removed once a run gets that far (they would describe
+other masks). Every file is written under a temporary name and renamed when complete.
+
+A class that the bundle lacks is skipped with a warning: no files are written for it (an
+all-zero mask would read as "no lesion found"), ``results.json`` lists it under
+``classes`` with ``"status": "missing from the model bundle"``, and the submission stacks,
+which need all three classes, are not written (the reason is logged and recorded).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from drac_algo.common.classes import BY_INDEX, LESION_CLASSES
+from drac_algo.common.cli import run_log
+from drac_algo.common.errors import DracInputError
+from drac_algo.data.images import IMAGE_SUFFIXES, LoadedImage, load_image
+from drac_algo.data.release import describe_folder, list_images
+from drac_algo.engine.devices import resolve_device
+from drac_algo.engine.gpu import GpuStatus, check_gpu, gpu_status
+from drac_algo.engine.predictor import Predictor
+from drac_algo.serve.batch import (
+    check_replaceable,
+    remove_leftovers,
+    run_batch,
+    run_batch_continue,
+)
+from drac_algo.serve.gc_io import find_job_image, is_grand_challenge_job, write_mask_mha
+from drac_algo.serve.job_settings import COMMAND_LINE, JobSettings, resolve_job_settings
+from drac_algo.serve.outputs import (
+    MASKS_DIR,
+    OVERLAYS_DIR,
+    PROBABILITIES_DIR,
+    PROCESS_LOG,
+)
+from drac_algo.serve.results import RESULTS_FILE, results_document, write_results
+from drac_algo.serve.resume import (
+    CASES_DIR,
+)
+from drac_algo.serve.run_state import (
+    BATCH,
+    GRAND_CHALLENGE,
+    RunConfig,
+    RunState,
+    log_case,
+    note_conversion,
+    record_case,
+)
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs, output folder, model
+
+
+def find_inputs(config: RunConfig, job: JobSettings) -> tuple[str, list[Path], str | None]:
+    """(mode, image files in processing order, image socket slug or None in batch mode)."""
+    input_dir = Path(config.input_dir)
+    if not input_dir.is_dir():
+        raise DracInputError(f"input folder not found: {describe_folder(input_dir)}")
+    if is_grand_challenge_job(input_dir):
+        socket, image = find_job_image(input_dir, job.input_slug)
+        return GRAND_CHALLENGE, [image], socket.slug
+    if job.input_slug is not None and job.sources["input_socket"] == COMMAND_LINE:
+        # From the environment or platform.json it describes the platform's jobs, not this.
+        raise DracInputError(
+            f"--input-slug {job.input_slug!r} given, but {input_dir} holds no inputs.json "
+            "(batch mode has no sockets)"
+        )
+    images = list_images(input_dir)
+    if not images:
+        raise DracInputError(
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) and no inputs.json in the input folder: "
+            f"{describe_folder(input_dir)}"
+        )
+    return BATCH, images, None
+
+
+def check_output_dir(output_dir: str | os.PathLike) -> Path:
+    """Create ``output_dir`` if needed and make sure a file can be written there."""
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-test."):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise DracInputError(f"output folder {output_dir} is not writable: {reason}") from None
+    return output_dir
+
+
+def load_predictor(config: RunConfig) -> tuple[Predictor, dict[str, Any], float]:
+    """Build every network of the bundle once; returns the predictor, the bundle's description
+    for ``results.json`` and the load time in seconds."""
+    start = time.perf_counter()
+    # from_bundle checks the manifest, the member files and their checksums.
+    predictor = Predictor.from_bundle(
+        config.model_dir,
+        device=config.device,
+        precision=config.precision,
+        tta=config.tta,
+        max_views_per_batch=config.batch_size,
+        classes=config.classes,
+        backend=config.backend,
+    )
+    seconds = time.perf_counter() - start
+    bundle = predictor.bundle  # parsed and checked once, by from_bundle
+    info = {
+        "path": str(config.model_dir),
+        "created": bundle.created,
+        "drac_algo_version": bundle.drac_algo_version,
+        "classes": sorted(bundle.classes),
+        "id": bundle.manifest_sha256[:12],
+    }
+    return predictor, info, seconds
+
+
+# --------------------------------------------------------------------------------------------
+# Per case
+
+
+# --------------------------------------------------------------------------------------------
+# The two modes
+
+
+def _run_job(
+    run: RunState, predictor: Predictor, image_path: Path, loaded: LoadedImage
+) -> dict[str, Any]:
+    config = run.config
+    prediction = predictor.predict(loaded.pixels)
+    record = record_case(run, image_path, image_path.stem, loaded, prediction)
+    log_case("job", image_path.name, record)
+    outputs = {}
+    sockets = run.job.output_sockets
+    with run.timed("write_s"):
+        for index, mask in prediction.masks.items():
+            path = sockets[index].mask_path(config.output_dir)
+            write_mask_mha(path, mask, loaded)
+            outputs[str(index)] = path.relative_to(config.output_dir).as_posix()
+        for index in set(sockets) - set(prediction.masks):
+            # A previous run's mask for a class this model lacks would read as this run's answer.
+            sockets[index].mask_path(config.output_dir).unlink(missing_ok=True)
+    return {"outputs": outputs}
+
+
+# --------------------------------------------------------------------------------------------
+# The whole run
+
+
+def _check_device(config: RunConfig, job: JobSettings) -> GpuStatus:
+    """Probe the GPU once: a visible but unusable one is logged as an error (or, when the GPU
+    is required, raises :class:`drac_algo.engine.gpu.GpuUnavailableError`)."""
+    if job.require_gpu and config.device != "auto" and resolve_device(config.device).type != "cuda":
+        raise DracInputError(
+            f"the GPU is required ({job.sources['require_gpu']}) but --device {config.device} "
+            "asks for the CPU; use --device auto or cuda"
+        )
+    status = check_gpu(job.require_gpu, gpu_status())
+    if status.usable:
+        log.info(
+            "GPU: %s (compute %s), driver %s, torch %s, CUDA %s, cuDNN %s",
+            status.device_name,
+            status.capability,
+            status.driver,
+            status.torch_version,
+            status.cuda_runtime,
+            status.cudnn,
+        )
+    elif not status.visible:
+        log.info("no NVIDIA GPU visible: running on the CPU (torch %s)", status.torch_version)
+    return status
+
+
+def run(config: RunConfig) -> dict[str, Any]:
+    """Run the whole job described by ``config`` and return what was written to
+    ``results.json``. Raises :class:`DracInputError` for bad input (inputs, output folder,
+    bundle, settings) and :class:`drac_algo.engine.gpu.GpuUnavailableError` when the GPU is required
+    but unusable; nothing that looks complete is left behind on failure (see the module
+    docstring).
+    """
+    started = time.perf_counter()
+    job = resolve_job_settings(
+        config.model_dir, config.input_slug, config.output_specs, config.require_gpu
+    )
+    mode, images, slug = find_inputs(config, job)
+    if mode == GRAND_CHALLENGE:
+        batch_only = [
+            flag
+            for flag, given in (
+                ("--classes", config.classes is not None),
+                ("--save-probabilities", config.save_probabilities),
+                ("--continue", config.resume),
+            )
+            if given
+        ]
+        if batch_only:
+            raise DracInputError(
+                f"{' and '.join(batch_only)}: for a folder of images only; {config.input_dir} "
+                "holds a Grand Challenge job (inputs.json), which writes every class's socket"
+            )
+    output_dir = check_output_dir(config.output_dir)
+    with run_log(output_dir / PROCESS_LOG, "drac-process"):
+        return _run_checked(config, job, mode, images, slug, output_dir, started)
+
+
+def _run_checked(
+    config: RunConfig,
+    job: JobSettings,
+    mode: str,
+    images: list[Path],
+    slug: str | None,
+    output_dir: Path,
+    started: float,
+) -> dict[str, Any]:
+    if mode == BATCH:
+        for folder in (MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, CASES_DIR):
+            check_replaceable(output_dir / folder)
+    log.info("mode: %s; %d image(s) from %s", mode, len(images), config.input_dir)
+    run_state = RunState(config, mode, job)
+    if mode == BATCH:
+        remove_leftovers(run_state, output_dir)
+    if mode == GRAND_CHALLENGE:
+        where = {i: job.sources[f"output_socket_{BY_INDEX[i].key}"] for i in job.output_sockets}
+        sockets = ", ".join(
+            f"{BY_INDEX[i].key} -> {s.relative_path}/ ({where[i]})"
+            for i, s in sorted(job.output_sockets.items())
+        )
+        log.info("sockets: input %s; outputs %s", slug, sockets)
+    gpu = _check_device(config, job)
+    job_image = None
+    if mode == GRAND_CHALLENGE:
+        # One image: read it before the (slower) model load, so a bad file fails fast.
+        with run_state.timed("decode_s"):
+            job_image = load_image(images[0])
+        note_conversion(run_state, images[0], job_image)
+
+    predictor, bundle_info, load_seconds = load_predictor(config)
+    ran = predictor.settings()
+    mixed = ran["autocast"] != "fp32"
+    log.info(
+        "model bundle %s (id %s) loaded in %.1f s: classes %s on %s, %s, %d view(s) per batch, "
+        "%s backend (%s)%s",
+        config.model_dir,
+        bundle_info["id"],
+        load_seconds,
+        list(predictor.classes),
+        predictor.device,
+        f"{ran['autocast']} autocast (--precision fp32 for float32)" if mixed else "fp32",
+        ran["max_views_per_batch"],
+        ran["backend"],
+        ran["backend_reason"],
+        f", {ran['threads']} thread(s)" if ran["threads"] else "",
+    )
+    if gpu.visible and predictor.device.type != "cuda":
+        run_state.warn(
+            f"the NVIDIA GPU is visible but this run uses {predictor.device}: "
+            f"{gpu.reason or 'the CPU was asked for'}"
+        )
+    for c in LESION_CLASSES:
+        if c.index not in predictor.classes and (
+            config.classes is None or c.index in config.classes
+        ):
+            run_state.warn(
+                f"model bundle {config.model_dir} has no class {c.index} ({c.key}, {c.name}): "
+                "no output is written for it"
+            )
+
+    if job_image is not None:
+        mode_results = _run_job(run_state, predictor, images[0], job_image)
+    else:
+        if config.resume:
+            mode_results = run_batch_continue(run_state, predictor, images, bundle_info["id"])
+        else:
+            mode_results = run_batch(run_state, predictor, images)
+
+    results = results_document(
+        run_state,
+        predictor,
+        gpu=gpu,
+        bundle=bundle_info,
+        load_seconds=load_seconds,
+        mode_results=mode_results,
+        input_slug=slug,
+        output_dir=output_dir,
+        started=started,
+    )
+    path = write_results(output_dir / RESULTS_FILE, results)
+    stages = results["diagnostics"]["stages"]
+    log.info(
+        "done: %d image(s) in %.1f s (model load %.1f s, decode %.1f s, inference %.1f s, "
+        "write %.1f s); %s",
+        results["timings"]["images"],
+        results["timings"]["total_s"],
+        load_seconds,
+        stages["decode_s"],
+        stages["inference_s"],
+        stages["write_s"],
+        path,
+    )
+    return results

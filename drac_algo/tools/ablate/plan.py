@@ -1,0 +1,116 @@
+"""What the ablation compares: trained variants, rows derived from them at inference, and the
+budget they share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drac_algo.training import RECIPES_DIR
+
+# The quickstart's budget, over either recipe family: every trained row gets the same one.
+BUDGET = RECIPES_DIR / "quickstart.toml"
+# A smoke-test budget: tiny images, 2 epochs and the container fixture's tiny network (timm's
+# LCNet-0.35 encoder, 4 stages, 16-channel decoder: ~0.25 M parameters instead of ~25 M, so the
+# smoke run writes megabytes, not ~4 GB of checkpoints). ``--quick``; CI runs it, no score is
+# meaningful.
+QUICK = {
+    "model__encoder": "tu-lcnet_035",
+    "model__encoder_depth": 4,
+    "model__decoder_channels": (16, 16, 16, 16),
+    "input_size": 64,
+    "crop_size": 32,
+    "epochs": 2,
+    "samples_per_epoch": 8,
+    "batch_size": 4,
+    "val__folds": 2,
+    "val__fold": 0,
+}
+TASKS = ("irma", "na", "nv")
+ATTENTION_TASKS = ("irma", "na")  # the tasks whose recipe has decoder attention (the card's)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A trained row: a recipe family plus config overrides per task (``"*"`` = every task),
+    written as :func:`drac_algo.training.config.load_config` keyword overrides."""
+
+    name: str
+    recipe: str
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    note: str = ""
+
+    def task_overrides(self, task: str) -> dict[str, Any]:
+        return {**self.overrides.get("*", {}), **self.overrides.get(task, {})}
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A row computed from the ``best`` variant's models at inference only."""
+
+    name: str
+    tta: str = "d4"
+    threshold: str = "tuned"  # "tuned" (the bundle's) or "0.5"
+    postprocess: str = "bundle"  # "bundle", "off" or "on"
+    ensemble_seeds: bool = False  # one ensemble of every seed's members (one value, no spread)
+    note: str = ""
+
+
+TRAINED = (
+    Variant("plain baseline", "baseline", note="drac_algo/tools/baseline.py, the reference row"),
+    Variant("method recipe", "method", note="the published method at this budget"),
+    Variant("best recipe", "best", note="the default"),
+    Variant(
+        "best, published CAM gates",
+        "best",
+        {t: {"model__attention": "cam"} for t in ATTENTION_TASKS},
+        "the method's sigmoid gates (start at 0.5) instead of 2 * sigmoid, IRMA and NA",
+    ),
+    Variant(
+        "best, no attention",
+        "best",
+        {t: {"model__attention": "none"} for t in ATTENTION_TASKS},
+        "IRMA and NA without CAM (NV has none)",
+    ),
+    Variant(
+        "best, scSE attention",
+        "best",
+        {t: {"model__attention": "scse"} for t in ATTENTION_TASKS},
+        "smp's scSE instead of CAM for IRMA and NA",
+    ),
+    Variant(
+        "best, per-image Dice + BCE",
+        "best",
+        {"*": {"loss__name": "positive_dice_bce"}},
+        "Dice per image over positive images + BCE instead of one Dice over the batch",
+    ),
+    Variant(
+        "best, no foreground sampling",
+        "best",
+        {"*": {"foreground_fraction": 0.0}},
+        "every crop at a random place",
+    ),
+)
+DERIVED = (
+    Derived("best, TTA none", tta="none"),
+    Derived("best, TTA flips", tta="flips"),
+    Derived("best, threshold 0.5", threshold="0.5"),
+    Derived("best, post-processing on", postprocess="on", note="see POSTPROCESS_ON"),
+    Derived("best, seeds ensembled", ensemble_seeds=True, note="one ensemble of all seeds"),
+)
+# "post-processing on": what the row turns on when the recipe has none, per task key:
+# (min_component_px as a fraction of the image's pixels, fill_holes).
+POSTPROCESS_ON = {"irma": (2e-4, False), "na": (1e-3, True), "nv": (2e-4, False)}
+
+
+def variant(name: str) -> Variant:
+    for v in TRAINED:
+        if v.name == name:
+            return v
+    raise KeyError(name)
+
+
+def budget_layers(quick: bool) -> tuple[list[Path], dict[str, Any]]:
+    """(overrides files, keyword overrides) that set the ablation's training budget."""
+    return [BUDGET], (dict(QUICK) if quick else {})

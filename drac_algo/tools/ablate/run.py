@@ -1,0 +1,182 @@
+"""Running the ablation: train each distinct (task, config, seed) once, compute its test-set
+probability maps once per TTA set, then score every row from those maps."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from drac_algo.bundle.manifest import MANIFEST
+from drac_algo.bundle.store import load_bundle
+from drac_algo.common.classes import lesion_class
+from drac_algo.common.fsutil import atomic_path
+from drac_algo.data.metrics import Scores, score
+from drac_algo.data.release import find_layout, list_cases
+from drac_algo.engine.postprocess import postprocess_mask, threshold_probability
+from drac_algo.engine.predictor import Predictor
+from drac_algo.tools.ablate.plan import POSTPROCESS_ON, TASKS, Derived, Variant, budget_layers
+from drac_algo.tools.baseline import predict_baseline, train_baseline
+from drac_algo.training.config import TrainConfig, load_config
+from drac_algo.training.dataset import Sample, load_samples
+from drac_algo.training.distributed import init_distributed
+from drac_algo.training.experiment import run_training
+from drac_algo.training.losses import loss_defaults
+from drac_algo.training.run_layout import bundle_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskRun:
+    """One trained task model: its test-set probabilities per TTA set, decision settings and
+    training time."""
+
+    bundle: Path
+    seconds: float
+    threshold: float
+    min_component_px: int
+    fill_holes: bool
+    probabilities: dict[str, np.ndarray] = field(default_factory=dict)  # tta -> (N, H, W)
+
+
+@dataclass
+class Ablation:
+    """The shared state of one ablation run."""
+
+    data: Path
+    workdir: Path
+    seeds: tuple[int, ...]
+    quick: bool = False
+    runs: dict[str, TaskRun] = field(default_factory=dict)
+    test: dict[int, list[Sample]] = field(default_factory=dict)  # class index -> test samples
+
+    def __post_init__(self) -> None:
+        cases = list_cases(find_layout(self.data), "test")
+        for task in TASKS:
+            index = lesion_class(task).index
+            self.test[index] = load_samples(cases, index)
+
+    def gt(self) -> dict[int, np.ndarray]:
+        return {i: np.stack([s.mask for s in samples]) for i, samples in self.test.items()}
+
+    # -- training ---------------------------------------------------------------------------
+
+    def config(self, v: Variant, task: str, seed: int) -> TrainConfig:
+        files, budget = budget_layers(self.quick)
+        return load_config(task, files, v.recipe, **budget, **v.task_overrides(task), seeds=[seed])
+
+    def task_run(self, cfg: TrainConfig) -> TaskRun:
+        """Train ``cfg`` (one task, one seed) unless a run of the same config exists."""
+        key = run_key(cfg)
+        if key in self.runs:
+            return self.runs[key]
+        run_dir = self.workdir / "runs" / key
+        bundle = bundle_dir(run_dir)
+        done = run_dir / "seconds.txt"
+        if done.is_file() and (bundle / MANIFEST).is_file():
+            seconds = float(done.read_text())
+        else:
+            log.info("ablation: training %s (%s)", key, cfg.task)
+            summary = run_training(self.data, run_dir, [cfg], init_distributed("cpu"))
+            seconds = summary.seconds
+            done.write_text(f"{seconds:.1f}\n")
+        entry = load_bundle(bundle).classes[cfg.lesion.index]
+        self.runs[key] = TaskRun(
+            bundle, seconds, entry.threshold, entry.min_component_px, entry.fill_holes
+        )
+        return self.runs[key]
+
+    def probabilities(self, run: TaskRun, index: int, tta: str) -> np.ndarray:
+        """(N, H, W) float32 test-set probabilities of one task run under one TTA set."""
+        if tta not in run.probabilities:
+            predictor = Predictor.from_bundle(run.bundle, device="cpu", tta=tta, classes=[index])
+            run.probabilities[tta] = np.stack(
+                [predictor.predict(s.image).probabilities[index] for s in self.test[index]]
+            )
+        return run.probabilities[tta]
+
+    # -- scoring ----------------------------------------------------------------------------
+
+    def score_trained(self, v: Variant, seed: int) -> tuple[Scores, float]:
+        """A trained row for one seed: (scores, training seconds over all tasks)."""
+        if v.recipe == "baseline":
+            return self._score_baseline(seed)
+        pred, seconds = {}, 0.0
+        for task in TASKS:
+            run = self.task_run(self.config(v, task, seed))
+            index = lesion_class(task).index
+            prob = self.probabilities(run, index, "d4")
+            pred[index] = _masks(prob, run.threshold, run.min_component_px, run.fill_holes)
+            seconds += run.seconds
+        return score(self.gt(), pred), seconds
+
+    def score_derived(self, best: Variant, d: Derived, seeds: Sequence[int]) -> Scores:
+        """A row from the best variant's runs of ``seeds`` (all of them in one ensemble when
+        ``d.ensemble_seeds``; else exactly one seed)."""
+        pred = {}
+        for task in TASKS:
+            index = lesion_class(task).index
+            runs = [self.task_run(self.config(best, task, s)) for s in seeds]
+            prob = np.mean([self.probabilities(r, index, d.tta) for r in runs], axis=0)
+            threshold = statistics.median(r.threshold for r in runs)
+            if d.threshold == "0.5":
+                threshold = 0.5
+            min_px, holes = runs[0].min_component_px, runs[0].fill_holes
+            if d.postprocess == "off":
+                min_px, holes = 0, False
+            elif d.postprocess == "on":
+                fraction, holes = POSTPROCESS_ON[task]
+                min_px = max(2, round(fraction * prob[0].size))
+            pred[index] = _masks(prob, threshold, min_px, holes)
+        return score(self.gt(), pred)
+
+    def _score_baseline(self, seed: int) -> tuple[Scores, float]:
+        """The plain baseline for one seed; its masks and time are kept in the work folder so a
+        rerun does not train it again."""
+        cache = self.workdir / "runs" / f"baseline-seed{seed}{'-quick' if self.quick else ''}.npz"
+        if cache.is_file():
+            saved = np.load(cache)
+            pred = {lesion_class(t).index: saved[t] for t in TASKS}
+            return score(self.gt(), pred), float(saved["seconds"])
+        cases = list_cases(find_layout(self.data), "train")
+        pred, seconds = {}, 0.0
+        for task in TASKS:
+            index = lesion_class(task).index
+            t0 = time.perf_counter()
+            epochs = 2 if self.quick else None
+            model = train_baseline(load_samples(cases, index), seed, **_epochs(epochs))
+            seconds += time.perf_counter() - t0
+            pred[index] = predict_baseline(model, [s.image for s in self.test[index]])
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(
+                fh, seconds=seconds, **{t: pred[lesion_class(t).index] for t in TASKS}
+            )
+        return score(self.gt(), pred), seconds
+
+
+def run_key(cfg: TrainConfig) -> str:
+    """``<task>-<hash>`` of the resolved config: equal for configs that train the same network,
+    a loss parameter written out at its default included."""
+    data = cfg.to_dict()
+    data["loss"]["params"] = {**loss_defaults(cfg.loss.name), **data["loss"]["params"]}
+    text = json.dumps(data, sort_keys=True)
+    return f"{cfg.task}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def _epochs(epochs: int | None) -> dict[str, int]:
+    return {} if epochs is None else {"epochs": epochs}
+
+
+def _masks(prob: np.ndarray, threshold: float, min_px: int, holes: bool) -> np.ndarray:
+    return np.stack(
+        [postprocess_mask(threshold_probability(p, threshold), min_px, holes) for p in prob]
+    )
