@@ -252,3 +252,45 @@ def test_per_task_tables_in_an_overrides_file_apply_to_their_task_only(tmp_path)
 def test_per_task_tables_are_checked(tmp_path, text, match):
     with pytest.raises(DracInputError, match=match):
         load_config("nv", write(tmp_path, text))
+
+
+def test_every_training_flag_sets_the_config_key_its_table_names(tmp_path):
+    """train/cli.py's CONFIG_FLAGS is the one map from flags to config keys: each key is one
+    load_config accepts, the flag reaches it through the real parser, and --help names it."""
+    from click.testing import CliRunner
+
+    from train import cli as train_cli
+
+    values = {
+        "--image-size": "256",
+        "--crop-size": "128",
+        "--epochs": "3",
+        "--batch-size": "2",
+        "--grad-accum": "2",
+        "--folds": "3",
+        "--fold": "1",
+        "--seeds": "4,5",
+        "--encoder": "resnet18",
+        "--encoder-weights": "imagenet",
+        "--init-from": str(tmp_path / "w.pt"),
+        "--foreground-fraction": "0.25",
+        "--deep-supervision/--no-deep-supervision": None,
+        "--workers": "1",
+    }
+    (tmp_path / "w.pt").write_bytes(b"")  # the config checks only that it exists
+    assert [f.flag for f in train_cli.CONFIG_FLAGS] == list(values)
+    args = []
+    for flag, value in values.items():
+        args += [flag.split("/")[0]] + ([value] if value is not None else [])
+    context = train_cli.main.make_context("train", ["--data", "d", "--out", "o", *args])
+    overrides = train_cli.config_overrides(context.params)
+    cfg = load_config("irma", None, "best", **overrides).to_dict()
+    for flag in train_cli.CONFIG_FLAGS:
+        node = cfg
+        for part in flag.key.split("__"):
+            node = node[part]
+        expected = overrides[flag.key]
+        assert node == (list(expected) if isinstance(expected, tuple) else expected), flag.flag
+    help_text = " ".join(CliRunner().invoke(train_cli.main, ["-h"]).output.split())
+    for flag in train_cli.CONFIG_FLAGS:
+        assert f"[config: {flag.key.replace('__', '.')}]" in help_text, flag.flag

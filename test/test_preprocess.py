@@ -14,7 +14,7 @@ from drac_algo.training.augment import AugmentConfig, apply_transform, train_tra
 from drac_algo.training.config import load_config
 from drac_algo.training.dataset import Sample
 from drac_algo.training.distributed import init_distributed
-from drac_algo.training.loop import validate
+from drac_algo.training.epoch import validate
 from drac_algo.training.losses import build_loss
 
 MEAN, STD = 0.5, 0.25

@@ -4,9 +4,10 @@ fails before any training), then hand over to :func:`drac_algo.training.experime
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -38,6 +39,102 @@ def _crop_size(value: str | None) -> int | str | None:
         return int(value)
     except ValueError:
         raise DracInputError(f"--crop-size takes an integer or 'none', got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class ConfigFlag:
+    """One command-line flag that overrides one key of every task's training config."""
+
+    flag: str  # the click declaration, e.g. "--image-size" or "--x/--no-x"
+    key: str  # the TrainConfig key ("a__b" = key b of table a), as load_config takes it
+    help: str
+    type: Any = None
+    convert: Callable[[Any], Any] | None = None  # flag value -> config value
+
+    @property
+    def param(self) -> str:
+        """The click parameter name: the first spelling without dashes."""
+        return self.flag.split("/")[0].removeprefix("--").replace("-", "_")
+
+    def option(self) -> Callable:
+        key = self.key.replace("__", ".")
+        extra = {"default": None} if "/" in self.flag else {"type": self.type}
+        return click.option(self.flag, self.param, help=f"{self.help} [config: {key}]", **extra)
+
+
+# Every training flag that sets a config key, in --help order: one table for the parser, the
+# help text and the overrides (a test checks that each key is one TrainConfig accepts).
+CONFIG_FLAGS = (
+    ConfigFlag("--image-size", "input_size", "Training input size (multiple of 32).", int),
+    ConfigFlag(
+        "--crop-size",
+        "crop_size",
+        "Training crop side (multiple of 32, at most the image size), or 'none' for whole images.",
+        convert=_crop_size,
+    ),
+    ConfigFlag("--epochs", "epochs", "Epochs per member.", int),
+    ConfigFlag("--batch-size", "batch_size", "Images per optimiser step (per process).", int),
+    ConfigFlag("--grad-accum", "grad_accum_steps", "Gradient accumulation steps.", int),
+    ConfigFlag(
+        "--folds", "val__folds", "K of K-fold cross-validation; every fold is trained.", int
+    ),
+    ConfigFlag("--fold", "val__fold", "Train only this fold (0-based) of the K folds.", int),
+    ConfigFlag(
+        "--seeds",
+        "seeds",
+        "Comma-separated seeds, one member per seed and fold, e.g. 0,1,2.",
+        convert=_seeds,
+    ),
+    ConfigFlag(
+        "--encoder", "model__encoder", "segmentation-models-pytorch encoder, e.g. resnet34."
+    ),
+    ConfigFlag(
+        "--encoder-weights",
+        "encoder_weights",
+        "'imagenet' (local cache only) or a local weights file.",
+    ),
+    ConfigFlag(
+        "--init-from",
+        "init_from",
+        "Start from this checkpoint's weights (a member's best.pt, or a bundle member file); "
+        "best with --task, since every task's model must fit it.",
+        click.Path(path_type=Path, dir_okay=False),
+        convert=str,
+    ),
+    ConfigFlag(
+        "--foreground-fraction",
+        "foreground_fraction",
+        "Share of training crops centred on a lesion pixel (0 to 1).",
+        float,
+    ),
+    ConfigFlag(
+        "--deep-supervision/--no-deep-supervision",
+        "deep_supervision",
+        "Unet++ auxiliary decoder heads during training (the method's option).",
+    ),
+    ConfigFlag("--workers", "num_workers", "Data-loading worker processes.", int),
+)
+
+
+def config_options(command: Callable) -> Callable:
+    """Add every :data:`CONFIG_FLAGS` option to ``command``, in the table's order."""
+    for flag in reversed(CONFIG_FLAGS):
+        command = flag.option()(command)
+    return command
+
+
+def config_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """The config overrides of the flags given (``None``: not given, the recipe's value)."""
+    overrides = {}
+    for flag in CONFIG_FLAGS:
+        value = values[flag.param]
+        overrides[flag.key] = (
+            value if value is None or flag.convert is None else flag.convert(value)
+        )
+    # --folds without --fold trains every fold (the recipe may name one).
+    if values["fold"] is None and values["folds"] is not None:
+        overrides["val__fold"] = "none"
+    return overrides
 
 
 def resolve_configs(
@@ -104,88 +201,19 @@ def check_run_dir(out: Path, resume: bool) -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="TOML file of overrides applied over each task's recipe (repeatable, in order).",
 )
-@click.option("--image-size", type=int, help="Training input size (multiple of 32).")
-@click.option(
-    "--crop-size",
-    help="Training crop side (multiple of 32, at most the image size), or 'none' for whole images.",
-)
-@click.option("--epochs", type=int, help="Epochs per member.")
-@click.option("--batch-size", type=int, help="Images per optimiser step (per process).")
-@click.option("--grad-accum", type=int, help="Gradient accumulation steps.")
-@click.option("--folds", type=int, help="K of K-fold cross-validation; every fold is trained.")
-@click.option("--fold", type=int, help="Train only this fold (0-based) of the K folds.")
-@click.option("--seeds", help="Comma-separated seeds, one member per seed and fold, e.g. 0,1,2.")
-@click.option("--encoder", help="segmentation-models-pytorch encoder, e.g. resnet34.")
-@click.option("--encoder-weights", help="'imagenet' (local cache only) or a local weights file.")
-@click.option(
-    "--init-from",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Start from this checkpoint's weights (a member's best.pt, or a bundle member file); "
-    "best with --task, since every task's model must fit it.",
-)
-@click.option(
-    "--foreground-fraction",
-    type=float,
-    help="Share of training crops centred on a lesion pixel (0 to 1).",
-)
-@click.option(
-    "--deep-supervision/--no-deep-supervision",
-    default=None,
-    help="Unet++ auxiliary decoder heads during training (the method's option).",
-)
-@click.option("--workers", type=int, help="Data-loading worker processes.")
+@config_options
 @device_option(
     "auto = CUDA when available, else the CPU. Under torchrun each process uses the GPU of its "
     "LOCAL_RANK (cuda:N is for one process)."
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
-def main(
-    data_root,
-    out,
-    tasks,
-    recipe,
-    config_files,
-    image_size,
-    crop_size,
-    epochs,
-    batch_size,
-    grad_accum,
-    folds,
-    fold,
-    seeds,
-    encoder,
-    encoder_weights,
-    init_from,
-    foreground_fraction,
-    deep_supervision,
-    workers,
-    device,
-    resume,
-):
+def main(data_root, out, tasks, recipe, config_files, device, resume, **flags):
     """Train one binary model per lesion class on DRAC2022 Task 1 data and write the model
     bundle to OUT/model."""
     for config_file in config_files:
         if not config_file.is_file():
             raise DracInputError(f"--config {config_file}: no such file")
-    configs = resolve_configs(
-        tasks,
-        config_files,
-        recipe,
-        input_size=image_size,
-        crop_size=_crop_size(crop_size),
-        epochs=epochs,
-        batch_size=batch_size,
-        grad_accum_steps=grad_accum,
-        val__folds=folds,
-        val__fold=fold if fold is not None else ("none" if folds is not None else None),
-        seeds=_seeds(seeds),
-        model__encoder=encoder,
-        encoder_weights=encoder_weights,
-        init_from=None if init_from is None else str(init_from),
-        foreground_fraction=foreground_fraction,
-        deep_supervision=deep_supervision,
-        num_workers=workers,
-    )
+    configs = resolve_configs(tasks, config_files, recipe, **config_overrides(flags))
     # Imported here: torch's distributed package, not needed to print --help.
     from drac_algo.training.distributed import init_distributed, shutdown
 
