@@ -3,6 +3,8 @@ requirements.txt's pins, and every console command points at an importable click
 
 import importlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -174,3 +176,41 @@ def test_test_sh_leaves_the_excluded_folders_out_of_the_code_it_compares():
     assert not listed & excluded, sorted(listed & excluded)[:10]
     assert code_files - excluded <= listed
     assert {"process.py", "drac_algo/engine/core.py"} <= listed
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "broken"),
+    [
+        # serve -> training: the image would import code it leaves out; and serve and training
+        # are independent siblings in the layers.
+        ("serve/results.py", "from drac_algo.training import RECIPES_DIR", "Stages import only"),
+        # training -> serve: allowed by neither.
+        ("training/curves.py", "from drac_algo.serve import results", "Stages import only"),
+        # engine -> tools: a stage importing upwards.
+        ("engine/tta.py", "from drac_algo.tools import evaluate", "never import what the image"),
+        # a stage importing a command module.
+        ("data/images.py", "import drac_algo.evaluate", "No stage imports a command"),
+    ],
+)
+def test_the_layer_contracts_catch_a_violation(tmp_path, module, line, broken):
+    """The contracts in pyproject.toml fail on a deliberate violation (a contract written with
+    the wrong separator, ':' instead of '|', once let serve import training unseen)."""
+    lint = Path(sys.executable).with_name("lint-imports")
+    if not lint.exists():
+        pytest.skip(f"lint-imports not installed beside {sys.executable}")
+    shutil.copytree(
+        REPO / "drac_algo", tmp_path / "drac_algo", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copytree(
+        REPO / "train", tmp_path / "train", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    clean = subprocess.run([lint], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stdout[-2000:]
+    with (tmp_path / "drac_algo" / module).open("a") as f:
+        f.write(f"\n{line}  # noqa\n")
+    done = subprocess.run([lint], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 1, done.stdout[-2000:]
+    report = " ".join(done.stdout.split())  # the report wraps long contract names
+    assert f"{broken}" in report.split("Broken contracts")[-1], report[-2000:]
