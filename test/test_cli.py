@@ -22,7 +22,7 @@ from drac_algo.data import submission
 from drac_algo.engine import onnx_backend, precision, tta
 from drac_algo.engine.devices import resolve_device
 from drac_algo.serve import cli as process_cli
-from drac_algo.serve import job_settings
+from drac_algo.serve import doctor, job_settings
 from drac_algo.tools import evaluate, quickstart
 from drac_algo.tools.ablate import __main__ as ablate_cli
 from drac_algo.tools.bench import cli as bench_cli
@@ -47,6 +47,7 @@ COMMANDS: dict[str, click.Command] = {
     "drac-onnx-export": onnx_export.main,
     "drac-bench": bench_cli.main,
     "drac-bundle": bundle_check.main,
+    "drac-doctor": doctor.main,
 }
 LOGGING = set(COMMANDS) - {"drac-submission", "drac-bundle"}  # these log in a subcommand
 
@@ -293,6 +294,7 @@ HELP_TARGETS = [
     ("run_module", "drac_algo.onnx_export", []),
     ("run_module", "drac_algo.bench", []),
     ("run_module", "drac_algo.bundle", ["check"]),
+    ("run_module", "drac_algo.doctor", []),
 ]
 
 
