@@ -250,6 +250,15 @@ for run in "${RUNS[@]}"; do
     fi
 done
 
+# The self-check of the README's first-upload checklist, with the platform's restrictions: the
+# doctor must find everything a run needs inside the image, on the uploaded model.
+log "doctor: docker run ${run_opts[*]} --entrypoint python $tag -m drac_algo.doctor --bundle /opt/ml/model"
+rc=0
+timeout "$RUN_TIMEOUT_S" docker run --rm "${run_opts[@]}" --volume "$work/model:/opt/ml/model:ro" \
+    --entrypoint python "$tag" -m drac_algo.doctor --bundle /opt/ml/model 2>&1 \
+    | sed "s/^/[doctor] /" || rc=$?
+[[ $rc -eq 0 ]] || failures+=("doctor: drac_algo.doctor --bundle exited with status $rc (above)")
+
 if [[ ${#failures[@]} -gt 0 ]]; then
     echo "[test] FAILED:" >&2
     printf '  %s\n' "${failures[@]}" >&2
