@@ -300,7 +300,7 @@ def as_version_1(folder):
         data["version"] = 1
         for entry in data["classes"].values():
             for member in entry["members"]:
-                del member["onnx"]["source_sha256"]
+                member["onnx"].pop("source_sha256", None)
 
     edit_manifest(folder, downgrade)
     return folder
