@@ -110,7 +110,7 @@ def test_manifest_layout(saved):
     data = json.loads((folder / MANIFEST).read_text())
     assert (data["format"], data["version"], data["drac_algo_version"]) == (
         "drac-algo-bundle",
-        1,
+        2,
         "0.1.0",
     )
     assert data["created"].endswith("+00:00")
@@ -174,7 +174,7 @@ def test_bad_manifest_lists_every_problem(saved):
     folder, _, _ = saved
 
     def break_it(data):
-        data["version"] = 2
+        data["version"] = 3
         data["classes"]["4"] = data["classes"].pop("3")
         irma = data["classes"]["1"]
         irma["threshold"] = 1.5
@@ -187,7 +187,7 @@ def test_bad_manifest_lists_every_problem(saved):
         load_bundle(folder)
     message = str(err.value)
     for expected in [
-        "version must be 1; got 2",
+        "version must be one of 1, 2; got 3",
         "unknown class '4'; valid: 1 (irma), 2 (na), 3 (nv)",
         "class 1: threshold must be in (0, 1); got 1.5",
         "class 1 member 0: tta must be a non-empty list of identity, hflip",

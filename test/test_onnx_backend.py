@@ -11,6 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from drac_algo.bundle import verify
 from drac_algo.bundle.manifest import MANIFEST
 from drac_algo.bundle.store import build_member, load_bundle
 from drac_algo.common.errors import DracInputError
@@ -124,7 +125,7 @@ def test_bad_onnx_entries_are_named(onnx_bundle, tmp_path):
     manifest = json.loads((folder / MANIFEST).read_text())
     members = [m for c in manifest["classes"].values() for m in c["members"]]
     members[0]["onnx"]["file"] = "../elsewhere.onnx"
-    members[1]["onnx"] = {"file": "x.onnx", "sha256": "abc", "opset": 0}
+    members[1]["onnx"] = {"file": "x.onnx", "sha256": "abc", "source_sha256": "abc", "opset": 0}
     members[2]["onnx"] = "yes"
     (folder / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(DracInputError) as caught:
@@ -132,7 +133,8 @@ def test_bad_onnx_entries_are_named(onnx_bundle, tmp_path):
     message = str(caught.value)
     assert "file must be a plain name ending in .onnx; got '../elsewhere.onnx'" in message
     assert "sha256 must be 64 lowercase hex digits" in message
-    assert "opset must be a positive integer; got 0" in message
+    assert "source_sha256 must be 64 lowercase hex digits" in message
+    assert "opset must be an integer in [1, 64]; got 0" in message
     assert "onnx: expected an object or null, got 'yes'" in message
 
 
@@ -156,8 +158,8 @@ def test_a_failed_export_leaves_the_bundle_as_it_was(bundle, monkeypatch):
 
 def test_an_export_that_differs_from_torch_is_not_kept(bundle, monkeypatch):
     before = sorted(p.name for p in bundle.iterdir())
-    original = OnnxNetwork.__call__
-    monkeypatch.setattr(OnnxNetwork, "__call__", lambda self, x: original(self, x) + 0.5)
+    original = verify.onnx_difference
+    monkeypatch.setattr(verify, "onnx_difference", lambda *args: original(*args) + 0.5)
     with pytest.raises(OnnxExportError, match="differ from torch's by"):
         add_onnx(bundle)
     assert sorted(p.name for p in bundle.iterdir()) == before

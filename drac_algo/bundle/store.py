@@ -11,9 +11,9 @@ Layout (the folder is e.g. ``/opt/ml/model``)::
                            (:mod:`drac_algo.engine.onnx_backend`,
                            :mod:`drac_algo.training.onnx_export`)
 
-Manifest (``format: "drac-algo-bundle"``, ``version: 1``)::
+Manifest (``format: "drac-algo-bundle"``, ``version: 2``)::
 
-    {"format": "drac-algo-bundle", "version": 1, "created": "<ISO 8601 UTC>",
+    {"format": "drac-algo-bundle", "version": 2, "created": "<ISO 8601 UTC>",
      "drac_algo_version": "0.1.0",
      "classes": {"1": {"key": "irma", "threshold": 0.5, "min_component_px": 0,
                        "fill_holes": false,
@@ -23,9 +23,13 @@ Manifest (``format: "drac-algo-bundle"``, ``version: 1``)::
                                     "tta": ["identity", "hflip"], "fold": 0, "seed": 0,
                                     "val_dice": 0.61,
                                     "onnx": {"file": "irma_f0_s0.onnx", "sha256": "<hex>",
+                                             "source_sha256": "<the member's sha256>",
                                              "opset": 17}}]}}}
 
-``onnx`` may be missing or null (a bundle without ONNX files runs on torch everywhere).
+``onnx`` may be missing or null (a bundle without ONNX files runs on torch everywhere). Its
+``source_sha256`` is the sha256 of the weights it was exported from and must equal the member's
+``sha256``; version 1 manifests lack it and their ONNX files are not used (the value ranges and
+the reasons: :mod:`drac_algo.bundle.manifest`).
 
 A bundle holds one to three classes; what to do about a missing class is inference's call.
 Each member's probabilities are computed on the image resized to ``input_size`` and normalised
@@ -40,6 +44,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -54,12 +59,15 @@ from drac_algo.bundle.manifest import (
     Bundle,
     MemberSpec,
     bundle_from_dict,
+    untied_onnx_warning,
 )
 from drac_algo.common.classes import BY_INDEX
 from drac_algo.common.errors import DracInputError
 from drac_algo.common.fsutil import atomic_dir
 from drac_algo.common.provenance import environment
 from drac_algo.networks.models import build_network, unwrapped_key
+
+log = logging.getLogger(__name__)
 
 
 def sha256_file(path: Path) -> str:
@@ -70,11 +78,18 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_bundle(folder: str | Path) -> Bundle:
-    """Read and check the bundle in ``folder``: manifest, member files, checksums.
+def load_bundle(
+    folder: str | Path, *, ignore_onnx: bool = False, warn_untied: bool = True
+) -> Bundle:
+    """Read and check the bundle in ``folder``: manifest, member files, checksums, and each
+    ONNX file's tie to its member's weights.
 
     Raises :class:`DracInputError` listing every problem found (missing manifest, bad JSON,
-    unknown class, missing member file, checksum mismatch, ...).
+    unknown class, missing member file, checksum mismatch, an ONNX file exported from other
+    weights, ...). A version 1 manifest's ONNX files are untied: logged as a warning, and
+    never run (:mod:`drac_algo.bundle.manifest`); ``warn_untied=False`` leaves the warning to
+    the caller. ``ignore_onnx`` reads the bundle as if it had no ONNX files (for the exporter,
+    which replaces them).
     """
     folder = Path(folder)
     manifest = folder / MANIFEST
@@ -90,6 +105,11 @@ def load_bundle(folder: str | Path) -> Bundle:
         data = json.loads(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DracInputError(f"{manifest} is not readable JSON: {exc}") from exc
+    if ignore_onnx and isinstance(data, dict) and isinstance(data.get("classes"), dict):
+        for entry in data["classes"].values():
+            for member in entry.get("members", []) if isinstance(entry, dict) else []:
+                if isinstance(member, dict):
+                    member.pop("onnx", None)
     bundle = dataclasses.replace(
         bundle_from_dict(data, str(manifest)), manifest_sha256=hashlib.sha256(raw).hexdigest()
     )
@@ -104,10 +124,16 @@ def load_bundle(folder: str | Path) -> Bundle:
                 problems.append(f"class {index}: member file {name} missing")
             elif sha256_file(path) != sha256:
                 problems.append(f"class {index}: member file {name} fails its sha256 check")
+    problems += [
+        line.replace("BUNDLE", str(folder)) for line in bundle.stale_onnx()
+    ]  # whatever backend would run: the check, torch and ONNX Runtime give one answer
     if problems:
         raise DracInputError(
-            f"model bundle {folder} is incomplete:\n  - " + "\n  - ".join(problems)
+            f"model bundle {folder} is incomplete or inconsistent:\n  - " + "\n  - ".join(problems)
         )
+    untied = bundle.untied_onnx()
+    if untied and warn_untied:
+        log.warning("%s", untied_onnx_warning(folder, untied))
     return bundle
 
 

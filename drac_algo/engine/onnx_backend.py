@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from drac_algo.bundle.manifest import REEXPORT_COMMAND
+from drac_algo.bundle.verify import runtime_problem
 from drac_algo.common.choices import BACKENDS
 from drac_algo.common.errors import DracInputError
 
@@ -44,17 +46,6 @@ log = logging.getLogger(__name__)
 
 # How to add the ONNX files to a bundle that has none (trained before this backend existed).
 ADD_ONNX_COMMAND = "python -m drac_algo.onnx_export BUNDLE"
-
-
-def runtime_problem() -> str | None:
-    """Why ONNX Runtime cannot run here (``None``: it can)."""
-    try:
-        import onnxruntime  # optional: torch alone runs every bundle
-    except ImportError as exc:
-        return f"onnxruntime is not installed ({exc})"
-    if "CPUExecutionProvider" not in onnxruntime.get_available_providers():
-        return "onnxruntime has no CPUExecutionProvider"
-    return None
 
 
 def backend_precision(backend: str, precision: str) -> str:
@@ -76,10 +67,13 @@ def choose_backend(
     device: torch.device,
     autocast: torch.dtype | None,
     without_onnx: Sequence[str] = (),
+    untied_onnx: Sequence[str] = (),
 ) -> BackendChoice:
     """The backend for ``requested`` (one of :data:`BACKENDS`) on ``device`` with the resolved
     autocast dtype (``None`` = float32); ``without_onnx`` names the members that have no ONNX
-    file. ``"onnxruntime"`` asked for where it cannot run raises :class:`DracInputError`;
+    file, ``untied_onnx`` those whose ONNX file is not tied to their weights (a version 1
+    manifest: :mod:`drac_algo.bundle.manifest`), which never runs. ``"onnxruntime"`` asked
+    for where it cannot run raises :class:`DracInputError`;
     ``"auto"`` falls back to torch and says why."""
     if requested not in BACKENDS:
         raise DracInputError(f"unknown backend {requested!r}; valid: {', '.join(BACKENDS)}")
@@ -97,6 +91,12 @@ def choose_backend(
     if without_onnx:
         problems.append(
             f"no ONNX file for {', '.join(without_onnx)} (add them with {ADD_ONNX_COMMAND})"
+        )
+    if untied_onnx:
+        problems.append(
+            f"the ONNX files of {', '.join(untied_onnx)} are not tied to their weights (a "
+            f"version 1 manifest records no source_sha256); re-export them with "
+            f"{REEXPORT_COMMAND}"
         )
     problem = runtime_problem()
     if problem:

@@ -126,9 +126,13 @@ class Predictor:
         wanted = requested_classes(bundle, folder, classes)
         resolved = resolve_device(device)
         precision = backend_precision(backend, precision)
-        without_onnx = [m.file for i in wanted for m in bundle.classes[i].members if not m.onnx]
+        specs = [m for i in wanted for m in bundle.classes[i].members]
         choice = choose_backend(
-            backend, resolved, resolve_precision(precision, resolved), without_onnx
+            backend,
+            resolved,
+            resolve_precision(precision, resolved),
+            without_onnx=[m.file for m in specs if m.onnx is None],
+            untied_onnx=[m.file for m in specs if m.onnx is not None and not m.onnx.tied],
         )
         threads = cpu_threads()  # the Predictor sets torch's to the same count
 

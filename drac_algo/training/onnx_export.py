@@ -4,9 +4,12 @@
 
 ``train.export`` calls :func:`add_onnx` on every bundle it writes; this command adds the files
 to a bundle written before (or where the export failed), and ``--force`` re-exports all. Each
-member ``<name>.pt`` gets ``<name>.onnx`` beside it and an ``onnx`` entry (file, sha256, opset)
-in the manifest, which is rewritten last and atomically: an interrupted export leaves the bundle
-as it was.
+member ``<name>.pt`` gets ``<name>.onnx`` beside it and an ``onnx`` entry (file, sha256,
+``source_sha256``: the sha256 of the weights it was exported from, opset) in the manifest, which
+is rewritten last and atomically: an interrupted export leaves the bundle as it was. Members whose
+ONNX file is untied (a version 1 manifest recorded no source) are exported again without
+``--force``; a bundle whose ONNX file was exported from other weights than the member's current
+ones is refused by every reader until ``--force`` replaces it.
 
 Why at export time, into the bundle, rather than at first load in the container: the bundle is
 read-only at run time (Grand Challenge mounts it), each platform job starts a fresh container
@@ -47,8 +50,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OPSET = 17
-# Largest |p_onnx - p_torch| accepted over a random image's probabilities: float32 reordering
-# gives ~1e-6 on trained networks; a wrong graph gives O(0.1).
+# Largest |p_onnx - p_torch| accepted over a random image's probabilities: the bundle check's
+# drac_algo.bundle.verify.AGREEMENT_ATOL (a test keeps them equal; that module needs torch).
 VERIFY_ATOL = 1e-4
 
 
@@ -87,14 +90,11 @@ def verify_export(network: nn.Module, path: Path, side: int, seed: int = 0) -> f
     side) batch; raises :class:`OnnxExportError` above :data:`VERIFY_ATOL`."""
     import torch  # heavy: kept out of the module import so that --help needs no torch
 
-    from drac_algo.engine.onnx_backend import OnnxNetwork  # imports torch
+    from drac_algo.bundle.verify import onnx_difference  # imports torch
 
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 1, side, side, generator=generator)
-    with torch.inference_mode():
-        expected = torch.sigmoid(network(x))
-    found = torch.sigmoid(OnnxNetwork(path, threads=torch.get_num_threads())(x))
-    difference = float((found - expected).abs().max())
+    difference = onnx_difference(network, path, x)
     if not np.isfinite(difference) or difference > VERIFY_ATOL:
         raise OnnxExportError(
             f"{path.name}: ONNX Runtime's probabilities differ from torch's by {difference:.2e} "
@@ -123,23 +123,27 @@ def export_member(folder: Path, member: MemberSpec, path: Path) -> OnnxFile:
     difference = verify_export(network, path, side)
     name = onnx_name(member)
     log.info("%s -> %s (max probability difference %.1e)", member.file, name, difference)
-    return OnnxFile(file=name, sha256=_sha256(path), opset=OPSET)
+    # member.sha256 is the weights file's, verified by load_bundle before build_member read it.
+    return OnnxFile(file=name, sha256=_sha256(path), opset=OPSET, source_sha256=member.sha256)
 
 
 def add_onnx(folder: str | Path, force: bool = False) -> Bundle:
-    """Give every member of the bundle in ``folder`` its ONNX export (only those without one,
-    unless ``force``); returns the bundle as rewritten. Needs ``onnx`` (the exporter) and
-    ``onnxruntime`` (the verification).
+    """Give every member of the bundle in ``folder`` its ONNX export, tied to its weights (only
+    those without one or with an untied one, unless ``force``, which also replaces ONNX files
+    exported from other weights); returns the bundle as rewritten (version 2). Needs ``onnx``
+    (the exporter) and ``onnxruntime`` (the verification).
 
     All exports are written under hidden temporary names and verified first; only then are they
     renamed and the manifest rewritten (atomically), so a failure leaves the bundle as it was."""
     # Import torch: kept out of the module import so that --help needs no torch.
     from drac_algo.bundle.manifest import MANIFEST
     from drac_algo.bundle.store import load_bundle
-    from drac_algo.engine.onnx_backend import runtime_problem
+    from drac_algo.bundle.verify import runtime_problem
 
     folder = Path(folder)
-    bundle = load_bundle(folder)
+    # With force every ONNX file is replaced, so one exported from other weights must not stop
+    # the bundle from loading (without force, load_bundle refuses it and names this option).
+    bundle = load_bundle(folder, ignore_onnx=force, warn_untied=False)
     problem = runtime_problem()
     if problem:
         raise OnnxExportError(f"cannot verify ONNX exports: {problem}")
@@ -148,7 +152,7 @@ def add_onnx(folder: str | Path, force: bool = False) -> Bundle:
         for index, entry in bundle.classes.items():
             members = []
             for member in entry.members:
-                if member.onnx is None or force:
+                if member.onnx is None or not member.onnx.tied or force:
                     partial = folder / f".{onnx_name(member)}.partial"
                     partials[partial] = folder / onnx_name(member)
                     member = dataclasses.replace(
