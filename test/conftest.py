@@ -1,10 +1,13 @@
-"""Shared fixtures: ``make_drac`` writes a tiny DRAC Task 1 tree of small PNGs."""
+"""Shared fixtures: ``make_drac`` writes a tiny DRAC Task 1 tree of small PNGs. Tests marked
+``gpu`` are skipped, with the reason, where torch cannot use CUDA."""
 
+import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from drac_algo.common.classes import LESION_CLASSES
 
@@ -43,3 +46,16 @@ def make_drac(tmp_path):
         return root
 
     return make
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the ``gpu`` tests where no GPU is usable, saying so once per test (not inside the
+    test bodies, so that a GPU machine runs exactly the tests ``-m gpu`` selects)."""
+    if torch.cuda.is_available() or os.environ.get("DRAC_GPU_TESTS_ON") == "cpu":
+        return
+    skip = pytest.mark.skip(
+        reason="needs a usable CUDA GPU (scripts/gpu-check.sh runs these where one is lent)"
+    )
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

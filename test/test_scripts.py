@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ["build.sh", "export.sh", "test.sh", ".ci/docker-setup.sh"]
+SCRIPTS = ["build.sh", "export.sh", "test.sh", ".ci/docker-setup.sh", "scripts/gpu-check.sh"]
 FIXTURE = REPO / "test/container/model"
 PLATFORM = REPO / "test/container/platform-sockets.json"
 

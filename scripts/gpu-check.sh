@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Prove the GPU path in one go, where a GPU is lent (about 10 minutes on one GPU), and write one
+# markdown table of what ran, what passed and how long it took.
+#
+#   scripts/gpu-check.sh [--dry-run] [--out FILE] [--budget SECONDS]
+#
+#   --dry-run        everything that can run without a GPU, on the CPU and at small sizes (what
+#                    CI runs, so the script cannot rot unseen): the same steps, the CPU as device
+#   --out FILE       the markdown table (default gpu-check.md)
+#   --budget SECONDS stop starting new steps after this many seconds (default 540)
+#
+# The steps, in order (each a row; a step that cannot apply here is "skipped" with the reason):
+#   1. doctor      python -m drac_algo.doctor --bundle test/container/model (driver, CUDA, a
+#                  convolution per GPU, every route of the bundle and its agreement)
+#   2. gpu tests   pytest -m gpu (test/test_gpu_path.py: CUDA vs CPU float32 masks, process.py
+#                  on CUDA, one training epoch per recipe with autocast and channels-last)
+#   3. bench       python -m drac_algo.bench --device cuda at 1024 x 1024, D4, precision auto
+#                  and fp32, with agreement against the naive float32 loop
+#   4. train 1024  one epoch of each recipe family at 1024 px on phantom data (autocast,
+#                  channels-last), through python -m train
+#   5. nccl        torchrun --nproc_per_node=2 -m train, one epoch, where two GPUs exist
+#   6. container   ./test.sh --gpus all, where a Docker engine with the NVIDIA runtime exists
+#
+# Environment: PYTHON (default .venv/bin/python, else python3). Exit status 0 when no step
+# failed, 1 otherwise, 2 for bad arguments.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/common.sh
+source "$ROOT/scripts/common.sh" gpu-check
+dry_run=0
+out=gpu-check.md
+budget=540
+
+while [[ $# -gt 0 ]]; do
+    opt_next "$@"
+    case $OPT in
+        --dry-run) opt_flag && dry_run=1 ;;
+        --out) opt_value out "a file" ;;
+        --budget) opt_value budget "a number of seconds" ;;
+        -h | --help) opt_flag && usage && exit 0 ;;
+        *) opt_unknown ;;
+    esac
+    shift "$OPT_SHIFT"
+done
+[[ $budget =~ ^[0-9]+$ ]] || usage_error "--budget takes whole seconds, got '$budget'"
+
+python=$(pick_python)
+cd "$ROOT"
+work=$(mktemp -d "${TMPDIR:-/tmp}/drac-gpu-check.XXXXXX")
+remove_on_exit "$work"
+logs=$work/logs
+mkdir -p "$logs"
+
+if [[ $dry_run -eq 1 ]]; then
+    device=cpu size=128 crop=64 bench_size=64
+    export DRAC_GPU_TESTS_ON=cpu # test/test_gpu_path.py runs on the CPU instead of skipping
+else
+    device=cuda size=1024 crop=512 bench_size=1024
+    nvidia-smi -L >/dev/null 2>&1 \
+        || die "no NVIDIA GPU answers nvidia-smi here; run with --dry-run, or see: $python -m drac_algo.doctor"
+fi
+# The GPUs the driver lists (whether torch can use them is the doctor's first finding).
+gpu_names=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | paste -sd, - || true)
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+
+rows=()
+failed=0
+# step NAME DETAIL CMD...: run CMD with its output in a log, add a row; the last 20 lines of a
+# failing step's log are shown.
+step() {
+    local name=$1 detail=$2 t0=$SECONDS rc=0
+    shift 2
+    if ((SECONDS >= budget)); then
+        rows+=("| $name | skipped | - | the budget of ${budget}s was spent |")
+        return
+    fi
+    log "$name: $*"
+    "$@" >"$logs/$name.log" 2>&1 || rc=$?
+    if [[ $rc -eq 0 ]]; then
+        rows+=("| $name | passed | $((SECONDS - t0)) | $detail |")
+    else
+        failed=1
+        rows+=("| $name | FAILED (exit $rc) | $((SECONDS - t0)) | $detail; see the log above |")
+        tail -n 20 "$logs/$name.log" | sed "s/^/[$name] /" >&2
+    fi
+}
+skip() { rows+=("| $1 | skipped | - | $2 |"); }
+
+step doctor "driver, CUDA, every route of the container test's bundle" \
+    "$python" -m drac_algo.doctor --bundle test/container/model
+
+step "gpu tests" "pytest -m gpu on $device" \
+    "$python" -m pytest -q -p no:cacheprovider -m gpu test/
+
+step bench "engine auto and fp32 vs the naive loop, ${bench_size} px, D4, $device" \
+    "$python" -m drac_algo.bench --device "$device" --image-size "$bench_size" --tta d4 \
+    --methods naive,engine --precision auto,fp32 --repeats 1 --json "$work/bench.json" \
+    $([[ $dry_run -eq 1 ]] && echo --quick)
+
+phantom=$work/phantom
+"$python" -m drac_algo.synth "$phantom" --n-train 8 --n-test 2 --image-size "$size" --no-preview \
+    >"$logs/synth.log" 2>&1 || die "the phantom data could not be written (see $logs/synth.log)"
+cat >"$work/one-epoch.toml" <<EOF
+input_size = $size
+crop_size = $crop
+epochs = 1
+batch_size = 2
+num_workers = 0
+
+[val]
+folds = 2
+fold = 0
+EOF
+for recipe in best method; do
+    step "train $recipe" "one epoch of irma at $size px, $device (autocast, channels-last)" \
+        "$python" -m train --data "$phantom" --out "$work/run-$recipe" --recipe "$recipe" \
+        --task irma --config "$work/one-epoch.toml" --device "$device"
+done
+
+if [[ $dry_run -eq 0 && $gpus -ge 2 ]]; then
+    step nccl "torchrun --nproc_per_node=2, one epoch of nv at $size px" \
+        "$python" -m torch.distributed.run --nproc_per_node=2 -m train --data "$phantom" \
+        --out "$work/run-ddp" --task nv --config "$work/one-epoch.toml"
+else
+    skip nccl "needs two GPUs (this machine: $gpus)"
+fi
+
+if [[ $dry_run -eq 0 ]] && command -v docker >/dev/null \
+    && docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"nvidia"'; then
+    step container "./test.sh --gpus all: the three platform runs on the GPU" ./test.sh --gpus all
+else
+    skip container "needs a Docker engine with the NVIDIA runtime"
+fi
+
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || echo unknown)
+{
+    echo "GPU check ($([[ $dry_run -eq 1 ]] && echo "dry run on the CPU" || echo "$device")):" \
+        "GPUs: ${gpu_names:-none}; CPU: $cpu; $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo
+    echo "| step | result | seconds | what |"
+    echo "|---|---|---|---|"
+    printf '%s\n' "${rows[@]}"
+} >"$out.partial"
+mv "$out.partial" "$out"
+cat "$out"
+[[ -f $work/bench.json ]] && cp "$work/bench.json" "${out%.md}-bench.json"
+((failed == 0)) || die "a step failed (the table above, $out)"
+log "all steps passed or were skipped with their reason ($out)"
