@@ -56,6 +56,7 @@ from drac_algo.bundle.manifest import (
     bundle_from_dict,
 )
 from drac_algo.common.classes import BY_INDEX
+from drac_algo.common.datafiles import parse_json, read_bytes
 from drac_algo.common.errors import DracInputError
 from drac_algo.common.fsutil import atomic_dir
 from drac_algo.common.provenance import environment
@@ -85,11 +86,8 @@ def load_bundle(folder: str | Path) -> Bundle:
         raise DracInputError(
             f"no model bundle at {folder}: {MANIFEST} missing (the folder holds: {found})"
         )
-    try:
-        raw = manifest.read_bytes()
-        data = json.loads(raw.decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DracInputError(f"{manifest} is not readable JSON: {exc}") from exc
+    raw = read_bytes(manifest, "bundle manifest")
+    data = parse_json(raw, f"bundle manifest {manifest}")
     bundle = dataclasses.replace(
         bundle_from_dict(data, str(manifest)), manifest_sha256=hashlib.sha256(raw).hexdigest()
     )

@@ -19,7 +19,6 @@ spacing, origin, direction, pixel type and every NIfTI header key agree except t
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import zipfile
@@ -38,6 +37,7 @@ from drac_algo.common.cli import (
     verbose_option,
     version_option,
 )
+from drac_algo.common.datafiles import read_json
 from drac_algo.common.errors import DracInputError
 from drac_algo.common.fsutil import atomic_path
 from drac_algo.data.images import image_size
@@ -216,19 +216,45 @@ def case_list(folder: Path, images: Path | None) -> tuple[list[tuple[str, tuple[
             raise DracInputError(f"no case images: {describe_folder(images)}")
         return [(p.name, image_size(p)) for p in found], str(images)
     results = folder / "results.json"
-    if not results.is_file():
+    if not results.exists() and not results.is_symlink():
         raise DracInputError(
             f"{folder} has no results.json to take the case list from; pass --images with the "
             "test images the stacks were made from"
         )
-    try:
-        data = json.loads(results.read_text(encoding="utf-8"))
-        cases = [(c["file"], tuple(c["shape"])) for c in data["cases"]]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DracInputError(f"{results}: not a process.py results.json ({exc!r})") from None
-    if data.get("mode") != "batch":
-        raise DracInputError(f"{results} is from a {data.get('mode')!r} run, not a batch run")
-    return cases, str(results)
+    return results_case_list(read_json(results, "results file"), str(results)), str(results)
+
+
+def results_case_list(data: dict, where: str) -> list[tuple[str, tuple[int, int]]]:
+    """(name, (H, W)) per case of a batch run's ``results.json`` document ``data``; anything
+    else (another run mode, a case without a file name or an (H, W) of two positive
+    integers) raises :class:`DracInputError` naming ``where``."""
+    if "mode" in data and data["mode"] != "batch":
+        raise DracInputError(f"{where} is from a {_short(data['mode'])} run, not a batch run")
+    cases = data.get("cases")
+    if not isinstance(cases, list) or "mode" not in data:
+        raise DracInputError(f"{where}: not a process.py results.json (no 'mode' and 'cases')")
+    found = []
+    for i, case in enumerate(cases):
+        name = case.get("file") if isinstance(case, dict) else None
+        shape = case.get("shape") if isinstance(case, dict) else None
+        if (
+            not isinstance(name, str)
+            or not isinstance(shape, list)
+            or len(shape) != 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+        ):
+            raise DracInputError(
+                f"{where}: case {i} is not {{'file': NAME, 'shape': [H, W]}} with a text name "
+                f"and two positive integers; found {_short(case)}"
+            )
+        found.append((name, (shape[0], shape[1])))
+    return found
+
+
+def _short(value: object, limit: int = 200) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @click.group(cls=Group)

@@ -33,7 +33,8 @@ from typing import Any
 
 from drac_algo.common.choices import DEFAULT_RECIPE, RECIPE_FAMILIES
 from drac_algo.common.classes import BY_KEY, LesionClass, lesion_class
-from drac_algo.common.dataclass_io import check_keys, convert, plain, read_toml
+from drac_algo.common.dataclass_io import check_keys, convert, plain
+from drac_algo.common.datafiles import read_toml
 from drac_algo.common.errors import DracInputError
 from drac_algo.networks.models import ModelSpec, Normalization, input_multiple
 from drac_algo.training import RECIPES_DIR
