@@ -40,7 +40,7 @@ import SimpleITK as sitk
 from drac_algo.common.datafiles import read_json
 from drac_algo.common.errors import DracInputError
 from drac_algo.common.fsutil import atomic_path
-from drac_algo.data.images import IMAGE_SUFFIXES, LoadedImage
+from drac_algo.data.images import IMAGE_SUFFIXES, LoadedImage, check_readable
 from drac_algo.data.release import describe_folder
 
 INPUTS_JSON = "inputs.json"
@@ -151,7 +151,9 @@ def choose_image_socket(
 
 
 def socket_image_file(input_dir: str | os.PathLike, socket: SocketValue) -> Path:
-    """The one image file in ``<input_dir>/<relative_path>/`` (hidden files skipped)."""
+    """The one image file in ``<input_dir>/<relative_path>/`` (hidden files skipped); an
+    entry with an image name that cannot be read (a dangling link, a folder) is named in the
+    error, not passed over."""
     folder = Path(input_dir) / socket.relative_path
     if not folder.is_dir():
         raise DracInputError(
@@ -161,8 +163,10 @@ def socket_image_file(input_dir: str | os.PathLike, socket: SocketValue) -> Path
     files = sorted(
         p
         for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in GC_IMAGE_SUFFIXES
+        if not p.name.startswith(".") and p.suffix.lower() in GC_IMAGE_SUFFIXES
     )
+    for path in files:
+        check_readable(path)
     if len(files) != 1:
         what = "no image file" if not files else f"{len(files)} image files"
         raise DracInputError(
