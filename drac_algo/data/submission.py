@@ -39,13 +39,26 @@ from drac_algo.common.cli import (
 )
 from drac_algo.common.datafiles import read_json
 from drac_algo.common.errors import DracInputError
-from drac_algo.common.fsutil import atomic_path
+from drac_algo.common.fsutil import atomic_path, check_output_file
 from drac_algo.data.images import image_size
 from drac_algo.data.metrics import check_binary
 from drac_algo.data.release import describe_folder, list_images
 
 SUBMISSION_FILES: dict[int, str] = {c.index: f"{c.index}.nii.gz" for c in LESION_CLASSES}
-_BAD_TEAM = re.compile(r"[/\\\x00]")
+# A team name becomes the folder inside the zip, extracted on any system: ASCII letters, digits,
+# '-', '_' and '.', 1 to 64 of them, not starting with '.' (hidden; '.' and '..').
+TEAM_RULE = "1 to 64 ASCII letters, digits, '-', '_' or '.', not starting with '.'"
+_TEAM = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+
+
+def check_team(team: str) -> str:
+    """``team`` if it follows :data:`TEAM_RULE`, else :class:`DracInputError` naming the rule
+    and the name found."""
+    if not isinstance(team, str) or not _TEAM.fullmatch(team):
+        raise DracInputError(
+            f"team name {_short(team)}: expected {TEAM_RULE} (it names the folder in the zip)"
+        )
+    return team
 
 
 def check_stack(stack: np.ndarray, where: str) -> None:
@@ -144,8 +157,7 @@ def zip_submission(
     order) when given: one slice per case, each of its case's size. The zip is written
     atomically and stored uncompressed (the NIfTI files are already gzip-compressed).
     """
-    if not team.strip() or _BAD_TEAM.search(team) or team in {".", ".."}:
-        raise DracInputError(f"team name {team!r} cannot be a zip folder name")
+    check_team(team)
     folder, zip_path = Path(folder), Path(zip_path)
     stacks = read_submission(folder)
     if cases is not None:
@@ -281,8 +293,13 @@ def zip_command(
 ) -> None:
     """Check FOLDER's stacks against the case list and pack them as TEAM_ZIP."""
     setup_logging(verbose)
+    check_team(team)
+    check_output_file(zip_path, "TEAM_ZIP")
     cases, source = case_list(folder, images)
-    written = zip_submission(folder, zip_path, team, cases)
+    try:
+        written = zip_submission(folder, zip_path, team, cases)
+    except OSError as exc:  # disk full, ...: the message names the file (OutputWriteError)
+        raise DracInputError(str(exc)) from None
     click.echo(f"{written}: {team}/1.nii.gz 2.nii.gz 3.nii.gz, {len(cases)} cases ({source})")
 
 
