@@ -62,6 +62,7 @@ from drac_algo.bundle.manifest import (
     untied_onnx_warning,
 )
 from drac_algo.common.classes import BY_INDEX
+from drac_algo.common.datafiles import parse_json, read_bytes
 from drac_algo.common.errors import DracInputError
 from drac_algo.common.fsutil import atomic_dir
 from drac_algo.common.provenance import environment
@@ -100,11 +101,8 @@ def load_bundle(
         raise DracInputError(
             f"no model bundle at {folder}: {MANIFEST} missing (the folder holds: {found})"
         )
-    try:
-        raw = manifest.read_bytes()
-        data = json.loads(raw.decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DracInputError(f"{manifest} is not readable JSON: {exc}") from exc
+    raw = read_bytes(manifest, "bundle manifest")
+    data = parse_json(raw, f"bundle manifest {manifest}")
     if ignore_onnx and isinstance(data, dict) and isinstance(data.get("classes"), dict):
         for entry in data["classes"].values():
             for member in entry.get("members", []) if isinstance(entry, dict) else []:

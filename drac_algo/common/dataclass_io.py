@@ -3,15 +3,15 @@
 :func:`plain` turns a dataclass into JSON/TOML-ready data; :func:`convert` builds a dataclass
 (or any supported field type: nested dataclasses, unions with ``None``, tuples, dicts, bool,
 int, float, str) from such data, naming the offending field on a wrong type;
-:func:`check_keys` refuses keys that are not fields, listing the valid ones; :func:`read_toml`
-reads a TOML file. TOML has no null: the string ``"none"`` gives ``None`` for an optional field.
-Every bad input raises :class:`drac_algo.common.errors.DracInputError`.
+:func:`check_keys` refuses keys that are not fields, listing the valid ones; files are read by
+:func:`drac_algo.common.datafiles.read_toml`. TOML has no null: the string ``"none"`` gives
+``None`` for an optional field. Every bad input raises
+:class:`drac_algo.common.errors.DracInputError`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from collections.abc import Mapping
@@ -114,15 +114,3 @@ def convert(value: Any, tp: Any, where: str) -> Any:
             raise DracInputError(f"{where}: expected {expected}, got {value!r}")
         return float(value) if tp is float else value
     raise TypeError(f"config field type {tp!r} is not supported")  # a bug here, not bad input
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    """The tables of the TOML file ``path``; an unreadable or invalid file raises
-    :class:`DracInputError` naming it."""
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except OSError as exc:
-        raise DracInputError(f"cannot read config file {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise DracInputError(f"config file {path} is not valid TOML: {exc}") from exc

@@ -8,6 +8,32 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from drac_algo.common.errors import DracInputError
+
+
+class OutputWriteError(OSError):
+    """Writing an output file failed (disk full, a read-only folder, a folder in the way): the
+    message names the output's final path, never only the temporary beside it. Still an
+    :class:`OSError` (same ``errno``), so callers that sort by type are unaffected."""
+
+    def __init__(self, path: Path, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause))
+        self.path = path
+        detail = cause.strerror or str(cause)
+        if cause.filename not in (None, str(path)) and ".partial" not in str(cause.filename):
+            detail = str(cause)  # about another file: keep its name too
+        self.message = f"cannot write {path}: {detail}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _names_output(exc: OSError, tmp: Path | None) -> bool:
+    """Whether ``exc`` is about writing the output (the temporary, its folder, the rename),
+    not about some input read inside the block."""
+    names = {None, str(tmp)} if tmp is not None else {None}
+    return exc.filename in names or (tmp is not None and exc.filename == str(tmp.parent))
+
 
 def _default_mode(mode: int) -> int:
     """``mode`` less the process umask: what ``open`` or ``mkdir`` would have created."""
@@ -24,9 +50,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     a format from the extension still work. On error the temporary file is removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent
+        )
+    except OSError as exc:
+        raise OutputWriteError(path, exc) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates 0600; outputs are read by other users (a container's uid, the platform).
@@ -34,9 +65,35 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        ours = isinstance(exc, OSError) and not isinstance(exc, OutputWriteError)
+        if ours and _names_output(exc, tmp_path):
+            raise OutputWriteError(path, exc) from exc
         raise
+
+
+def check_output_file(path: str | os.PathLike, what: str) -> Path:
+    """Refuse, before any work, an output file path that cannot be written: an existing folder,
+    or a folder (the nearest one that exists) where no file can be created, as probed by
+    creating and removing one (this catches read-only mounts, and is right for root too).
+    ``what`` names the option in the :class:`DracInputError`, e.g. "--json"."""
+    path = Path(path)
+    if path.is_dir():
+        raise DracInputError(f"{what} {path}: is a folder; expected the name of a file to write")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DracInputError(f"{what} {path}: cannot write there: {folder} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise DracInputError(
+            f"{what} {path}: cannot write in {folder}: {exc.strerror or exc}"
+        ) from None
+    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

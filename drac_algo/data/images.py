@@ -1,12 +1,21 @@
 """Image file I/O: one-channel uint8 pixels from PNG/MHA/TIFF, binary masks from PNG, PNG writing.
 
 Every reader turns a bad file into a :class:`DracInputError` that names the file and the problem,
-so a broken copy of the data set fails loudly instead of training or scoring on garbage.
+so a broken copy of the data set fails loudly instead of training or scoring on garbage:
+an entry that cannot be read (:func:`check_readable`: a dangling or looping link, a folder, no
+permission), an image larger than :data:`MAX_IMAGE_SIDE` per side or :data:`MAX_IMAGE_PIXELS`
+in all (checked on the header, before anything is decoded), an undecodable file. A file whose
+content is another format than its suffix says (a JPEG named ``.png``) is read, with a warning
+naming it.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import stat
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +26,33 @@ import SimpleITK as sitk
 from drac_algo.common.errors import DracInputError
 from drac_algo.common.fsutil import atomic_write_bytes
 
+log = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".mha", ".tif", ".tiff")
+
+# The largest image read: 16384 per side (16 times a DRAC image's 1024) and 2^28 pixels in all
+# (256 MiB as uint8; the engine holds several float32 copies of an image). Beyond these a
+# header is a corrupt or hostile file, and decoding it would exhaust memory or fail inside
+# OpenCV (whose resize takes at most 32767 per side).
+MAX_IMAGE_SIDE = 16384
+MAX_IMAGE_PIXELS = 2**28
+
+# Leading bytes -> format, to notice a file whose content is not what its suffix says.
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),
+    (b"MM\x00+", "TIFF"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"\x1f\x8b", "gzip"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+)
+_SUFFIX_FORMAT = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".mha": "MetaImage"}
+_HEAD_BYTES = 32
 
 
 @dataclass
@@ -52,15 +87,100 @@ def _check_suffix(path: Path) -> None:
         )
 
 
+def check_readable(path: str | os.PathLike) -> bytes:
+    """The first bytes of the file ``path``, or :class:`DracInputError` naming it and why it
+    cannot be read: missing, a symbolic link to nothing or one that loops, a folder or another
+    non-regular entry (a FIFO would block the reader), no read permission."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            reason = "a symbolic link that loops"
+        elif path.is_symlink():
+            reason = f"a symbolic link to {os.readlink(path)!r}, which does not exist"
+        elif isinstance(exc, FileNotFoundError):
+            reason = "no such file"
+        else:
+            reason = exc.strerror or str(exc)
+        raise DracInputError(f"{path}: cannot read this image file: {reason}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise DracInputError(f"{path}: cannot read this image file: it is a folder")
+    if not stat.S_ISREG(info.st_mode):
+        raise DracInputError(
+            f"{path}: cannot read this image file: not a regular file (a FIFO, socket or device)"
+        )
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(_HEAD_BYTES)
+    except OSError as exc:
+        raise DracInputError(
+            f"{path}: cannot read this image file: {exc.strerror or exc}"
+        ) from None
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The format whose signature ``head`` (a file's first bytes) starts with, else None."""
+    return next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+
+
+def _warn_on_mismatch(path: Path, head: bytes) -> None:
+    found, expected = sniff_format(head), _SUFFIX_FORMAT.get(path.suffix.lower())
+    if found is not None and expected is not None and found != expected:
+        lossy = " (lossy: its pixels are not the original's)" if found == "JPEG" else ""
+        log.warning(
+            "%s: named %s but its content is a %s file%s; reading it as %s",
+            path,
+            path.suffix,
+            found,
+            lossy,
+            found,
+        )
+
+
+def check_size(path: str | os.PathLike, size: tuple[int, ...]) -> None:
+    """Refuse an image whose header ``size`` ((W, H) or (W, H, D), SimpleITK's order) exceeds
+    :data:`MAX_IMAGE_SIDE` per side or :data:`MAX_IMAGE_PIXELS` in all."""
+    pixels = 1
+    for s in size:
+        pixels *= int(s)
+    if max(int(s) for s in size[:2]) > MAX_IMAGE_SIDE or pixels > MAX_IMAGE_PIXELS:
+        shown = " x ".join(str(int(s)) for s in size)
+        raise DracInputError(
+            f"{path}: image size {shown} ({'W x H x D' if len(size) > 2 else 'W x H'}) exceeds "
+            f"the bound of {MAX_IMAGE_SIDE} pixels per side and {MAX_IMAGE_PIXELS} (2^28) "
+            "pixels in all; not decoded"
+        )
+
+
+def _png_size(head: bytes) -> tuple[int, int] | None:
+    """(W, H) from a PNG's IHDR chunk, None when ``head`` is not a PNG's start."""
+    if sniff_format(head) != "PNG" or len(head) < 24 or head[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", head[16:24])
+    return width, height
+
+
 def _read_pixels(path: Path) -> tuple[np.ndarray, tuple, tuple, tuple]:
     """Decoded pixels, (H, W) or (H, W, C) with colour in RGB(A) order, and the 2D spacing,
-    origin and direction (4 values)."""
-    if not path.is_file():
-        raise DracInputError(f"{path}: no such file")
+    origin and direction (4 values). The size is checked on the header first
+    (:func:`check_size`)."""
+    head = check_readable(path)
+    _warn_on_mismatch(path, head)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
     except RuntimeError as exc:
         # ITK's message is long and ends in a stack of file names; keep its last line.
+        png_size = _png_size(head)
+        if png_size is not None:
+            check_size(path, png_size)
+        return _read_opencv(path, str(exc).strip().splitlines()[-1] if str(exc).strip() else "")
+    check_size(path, reader.GetSize())
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
         return _read_opencv(path, str(exc).strip().splitlines()[-1] if str(exc).strip() else "")
     arr = sitk.GetArrayFromImage(image)
     spacing, origin, direction = image.GetSpacing(), image.GetOrigin(), image.GetDirection()
@@ -175,8 +295,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """
     path = Path(path)
     _check_suffix(path)
-    if not path.is_file():
-        raise DracInputError(f"{path}: no such file")
+    check_readable(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -184,6 +303,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     except RuntimeError:
         return load_image(path).pixels.shape  # decodes, or names the file in its error
     size = reader.GetSize()
+    check_size(path, size)
     if len(size) == 3 and size[2] != 1:
         raise DracInputError(f"{path}: expected a 2D image, found a volume of size {size}")
     return int(size[1]), int(size[0])

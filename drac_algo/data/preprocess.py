@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from drac_algo.common.errors import DracInputError
+from drac_algo.data.images import MAX_IMAGE_SIDE
 
 PAD_MULTIPLE = 32
 
@@ -49,8 +50,12 @@ def plan_geometry(
     h, w = (int(s) for s in shape)
     if h < 1 or w < 1:
         raise DracInputError(f"image must have a positive size, found {h} x {w}")
-    if input_size < 1:
-        raise DracInputError(f"input_size must be >= 1, found {input_size}")
+    if not 1 <= input_size <= MAX_IMAGE_SIDE:
+        # A manifest's input_size beyond the largest image read would fail inside OpenCV.
+        raise DracInputError(
+            f"input_size must be within 1..{MAX_IMAGE_SIDE} (the largest image side read), "
+            f"found {input_size}"
+        )
     if max(h, w) == input_size:
         rh, rw = h, w
     else:

@@ -19,7 +19,7 @@ import numpy as np
 
 from drac_algo.common.classes import LESION_CLASSES
 from drac_algo.common.errors import DracInputError
-from drac_algo.data.images import IMAGE_SUFFIXES, image_size, read_mask_png
+from drac_algo.data.images import IMAGE_SUFFIXES, check_readable, image_size, read_mask_png
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +109,37 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     are skipped (image types that are not read, such as ``.jpg``, with a warning that names
     them); a non-integer image name is an error. The list may be empty: callers that need
     cases say so with :func:`describe_folder`.
+
+    An entry with an image name that cannot be read (a dangling or looping symbolic link, a
+    folder named ``086.png``, no read permission; :func:`drac_algo.data.images.check_readable`)
+    is an error naming every such entry and why, never skipped: a skipped case is a case
+    missing from the submission stacks, the scores or a training split, and for a medical
+    tool a run that silently answers for fewer images than it was given is worse than one that
+    stops and says which file to fix.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise DracInputError(f"image folder not found: {describe_folder(folder)}")
+    named = [
+        p
+        for p in folder.iterdir()
+        if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    problems = []
+    for path in sorted(named):
+        try:
+            check_readable(path)
+        except DracInputError as exc:
+            problems.append(str(exc))
+    if problems:
+        shown = "\n  - ".join(problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise DracInputError(
+            f"{folder}: {len(problems)} image entr{'y' if len(problems) == 1 else 'ies'} cannot "
+            f"be read, so their cases would be missing; fix or remove them:\n  - {shown}{more}"
+        )
+    files = named
     visible = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-    files = [p for p in visible if p.suffix.lower() in IMAGE_SUFFIXES]
     unread = sorted(p.name for p in visible if p.suffix.lower() in UNREAD_IMAGE_SUFFIXES)
     if unread:
         log.warning(

@@ -19,7 +19,6 @@ spacing, origin, direction, pixel type and every NIfTI header key agree except t
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import zipfile
@@ -38,14 +37,28 @@ from drac_algo.common.cli import (
     verbose_option,
     version_option,
 )
+from drac_algo.common.datafiles import read_json
 from drac_algo.common.errors import DracInputError
-from drac_algo.common.fsutil import atomic_path
+from drac_algo.common.fsutil import atomic_path, check_output_file
 from drac_algo.data.images import image_size
 from drac_algo.data.metrics import check_binary
 from drac_algo.data.release import describe_folder, list_images
 
 SUBMISSION_FILES: dict[int, str] = {c.index: f"{c.index}.nii.gz" for c in LESION_CLASSES}
-_BAD_TEAM = re.compile(r"[/\\\x00]")
+# A team name becomes the folder inside the zip, extracted on any system: ASCII letters, digits,
+# '-', '_' and '.', 1 to 64 of them, not starting with '.' (hidden; '.' and '..').
+TEAM_RULE = "1 to 64 ASCII letters, digits, '-', '_' or '.', not starting with '.'"
+_TEAM = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+
+
+def check_team(team: str) -> str:
+    """``team`` if it follows :data:`TEAM_RULE`, else :class:`DracInputError` naming the rule
+    and the name found."""
+    if not isinstance(team, str) or not _TEAM.fullmatch(team):
+        raise DracInputError(
+            f"team name {_short(team)}: expected {TEAM_RULE} (it names the folder in the zip)"
+        )
+    return team
 
 
 def check_stack(stack: np.ndarray, where: str) -> None:
@@ -144,8 +157,7 @@ def zip_submission(
     order) when given: one slice per case, each of its case's size. The zip is written
     atomically and stored uncompressed (the NIfTI files are already gzip-compressed).
     """
-    if not team.strip() or _BAD_TEAM.search(team) or team in {".", ".."}:
-        raise DracInputError(f"team name {team!r} cannot be a zip folder name")
+    check_team(team)
     folder, zip_path = Path(folder), Path(zip_path)
     stacks = read_submission(folder)
     if cases is not None:
@@ -216,19 +228,45 @@ def case_list(folder: Path, images: Path | None) -> tuple[list[tuple[str, tuple[
             raise DracInputError(f"no case images: {describe_folder(images)}")
         return [(p.name, image_size(p)) for p in found], str(images)
     results = folder / "results.json"
-    if not results.is_file():
+    if not results.exists() and not results.is_symlink():
         raise DracInputError(
             f"{folder} has no results.json to take the case list from; pass --images with the "
             "test images the stacks were made from"
         )
-    try:
-        data = json.loads(results.read_text(encoding="utf-8"))
-        cases = [(c["file"], tuple(c["shape"])) for c in data["cases"]]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DracInputError(f"{results}: not a process.py results.json ({exc!r})") from None
-    if data.get("mode") != "batch":
-        raise DracInputError(f"{results} is from a {data.get('mode')!r} run, not a batch run")
-    return cases, str(results)
+    return results_case_list(read_json(results, "results file"), str(results)), str(results)
+
+
+def results_case_list(data: dict, where: str) -> list[tuple[str, tuple[int, int]]]:
+    """(name, (H, W)) per case of a batch run's ``results.json`` document ``data``; anything
+    else (another run mode, a case without a file name or an (H, W) of two positive
+    integers) raises :class:`DracInputError` naming ``where``."""
+    if "mode" in data and data["mode"] != "batch":
+        raise DracInputError(f"{where} is from a {_short(data['mode'])} run, not a batch run")
+    cases = data.get("cases")
+    if not isinstance(cases, list) or "mode" not in data:
+        raise DracInputError(f"{where}: not a process.py results.json (no 'mode' and 'cases')")
+    found = []
+    for i, case in enumerate(cases):
+        name = case.get("file") if isinstance(case, dict) else None
+        shape = case.get("shape") if isinstance(case, dict) else None
+        if (
+            not isinstance(name, str)
+            or not isinstance(shape, list)
+            or len(shape) != 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+        ):
+            raise DracInputError(
+                f"{where}: case {i} is not {{'file': NAME, 'shape': [H, W]}} with a text name "
+                f"and two positive integers; found {_short(case)}"
+            )
+        found.append((name, (shape[0], shape[1])))
+    return found
+
+
+def _short(value: object, limit: int = 200) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @click.group(cls=Group)
@@ -255,8 +293,13 @@ def zip_command(
 ) -> None:
     """Check FOLDER's stacks against the case list and pack them as TEAM_ZIP."""
     setup_logging(verbose)
+    check_team(team)
+    check_output_file(zip_path, "TEAM_ZIP")
     cases, source = case_list(folder, images)
-    written = zip_submission(folder, zip_path, team, cases)
+    try:
+        written = zip_submission(folder, zip_path, team, cases)
+    except OSError as exc:  # disk full, ...: the message names the file (OutputWriteError)
+        raise DracInputError(str(exc)) from None
     click.echo(f"{written}: {team}/1.nii.gz 2.nii.gz 3.nii.gz, {len(cases)} cases ({source})")
 
 

@@ -138,9 +138,13 @@ def unusable_message(status: GpuStatus) -> str:
     )
 
 
-def check_gpu(require: bool, status: GpuStatus | None = None) -> GpuStatus:
+def check_gpu(
+    require: bool, status: GpuStatus | None = None, source: str = REQUIRE_GPU_ENV
+) -> GpuStatus:
     """Probe (or take) the GPU status; log a visible-but-unusable GPU as an error and go on on
-    the CPU, or raise :class:`GpuUnavailableError` when ``require`` and no GPU can be used."""
+    the CPU, or raise :class:`GpuUnavailableError` when ``require`` and no GPU can be used.
+    ``source`` says where the requirement came from ("command line", "environment
+    DRAC_REQUIRE_GPU", a platform.json path), for the message."""
     status = gpu_status() if status is None else status
     if status.usable:
         return status
@@ -149,7 +153,7 @@ def check_gpu(require: bool, status: GpuStatus | None = None) -> GpuStatus:
     else:
         message = f"no NVIDIA GPU visible to this process (torch {status.torch_version})"
     if require:
-        raise GpuUnavailableError(f"the GPU is required ({REQUIRE_GPU_ENV}) but {message}")
+        raise GpuUnavailableError(f"the GPU is required ({source}) but {message}")
     if status.visible:
         log.error("%s; running on the CPU instead", message)
     return status

@@ -28,7 +28,6 @@ the input in the platform's viewer.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -38,9 +37,10 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from drac_algo.common.datafiles import read_json
 from drac_algo.common.errors import DracInputError
 from drac_algo.common.fsutil import atomic_path
-from drac_algo.data.images import IMAGE_SUFFIXES, LoadedImage
+from drac_algo.data.images import IMAGE_SUFFIXES, LoadedImage, check_readable
 from drac_algo.data.release import describe_folder
 
 INPUTS_JSON = "inputs.json"
@@ -106,12 +106,9 @@ def read_inputs_json(input_dir: str | os.PathLike) -> list[SocketValue]:
     """Parse ``<input_dir>/inputs.json``; a malformed file raises :class:`DracInputError`
     naming it and the entry at fault."""
     path = Path(input_dir) / INPUTS_JSON
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DracInputError(f"{path}: no such file ({describe_folder(path.parent)})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DracInputError(f"{path}: not readable JSON: {exc}") from None
+    if not path.exists() and not path.is_symlink():
+        raise DracInputError(f"{path}: no such file ({describe_folder(path.parent)})")
+    data = read_json(path, INPUTS_JSON, expect=None)
     if not isinstance(data, list):
         raise DracInputError(
             f"{path}: expected a JSON list of socket values, found {type(data).__name__}"
@@ -154,7 +151,9 @@ def choose_image_socket(
 
 
 def socket_image_file(input_dir: str | os.PathLike, socket: SocketValue) -> Path:
-    """The one image file in ``<input_dir>/<relative_path>/`` (hidden files skipped)."""
+    """The one image file in ``<input_dir>/<relative_path>/`` (hidden files skipped); an
+    entry with an image name that cannot be read (a dangling link, a folder) is named in the
+    error, not passed over."""
     folder = Path(input_dir) / socket.relative_path
     if not folder.is_dir():
         raise DracInputError(
@@ -164,8 +163,10 @@ def socket_image_file(input_dir: str | os.PathLike, socket: SocketValue) -> Path
     files = sorted(
         p
         for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in GC_IMAGE_SUFFIXES
+        if not p.name.startswith(".") and p.suffix.lower() in GC_IMAGE_SUFFIXES
     )
+    for path in files:
+        check_readable(path)
     if len(files) != 1:
         what = "no image file" if not files else f"{len(files)} image files"
         raise DracInputError(

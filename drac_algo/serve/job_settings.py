@@ -27,7 +27,6 @@ path, and paths that leave the output folder are :class:`DracInputError` naming 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from drac_algo.common.classes import LESION_CLASSES, lesion_class
+from drac_algo.common.datafiles import read_json
 from drac_algo.common.errors import DracInputError
 from drac_algo.engine.gpu import REQUIRE_GPU_ENV, env_truthy
 from drac_algo.serve.gc_io import OUTPUT_FILENAME
@@ -166,16 +166,12 @@ def read_platform_file(
     model_dir: str | os.PathLike, path: str | os.PathLike | None = None
 ) -> tuple[dict[str, Any], str] | None:
     """``(settings, source name)`` from ``path``, by default ``<model_dir>/platform.json``;
-    None when absent."""
+    None when absent. One that is there but cannot be read (a folder, a dangling link, no
+    permission) is an error, never taken for absent: the job would run with the defaults."""
     path = Path(model_dir) / PLATFORM_FILE if path is None else Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DracInputError(f"{path}: not readable JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise DracInputError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    data = read_json(path, "platform settings")
     unknown = sorted(set(data) - set(_FILE_KEYS))
     if unknown:
         raise DracInputError(

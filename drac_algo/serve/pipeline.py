@@ -177,7 +177,7 @@ def _check_device(config: RunConfig, job: JobSettings) -> GpuStatus:
             f"the GPU is required ({job.sources['require_gpu']}) but --device {config.device} "
             "asks for the CPU; use --device auto or cuda"
         )
-    status = check_gpu(job.require_gpu, gpu_status())
+    status = check_gpu(job.require_gpu, gpu_status(), job.sources["require_gpu"])
     if status.usable:
         log.info(
             "GPU: %s (compute %s), driver %s, torch %s, CUDA %s, cuDNN %s",

@@ -20,6 +20,8 @@ from typing import Any
 
 import drac_algo
 from drac_algo.common.classes import LESION_CLASSES
+from drac_algo.common.datafiles import read_json
+from drac_algo.common.errors import DracInputError
 from drac_algo.common.fsutil import atomic_write_text
 from drac_algo.common.provenance import environment
 from drac_algo.engine.gpu import GpuStatus
@@ -138,9 +140,9 @@ def write_results(path: str | os.PathLike, results: dict[str, Any]) -> Path:
 def read_results(path: str | os.PathLike) -> dict[str, Any] | None:
     """The results file at ``path`` if it is one this project wrote, else None."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = read_json(path, "results file")
+    except DracInputError:
         return None
-    if isinstance(data, dict) and data.get("format") == RESULTS_FORMAT:
+    if data.get("format") == RESULTS_FORMAT:
         return data
     return None

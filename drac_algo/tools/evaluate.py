@@ -35,7 +35,7 @@ import numpy as np
 from drac_algo.common.classes import BY_INDEX
 from drac_algo.common.cli import tool_command
 from drac_algo.common.errors import DracInputError
-from drac_algo.common.fsutil import atomic_path, atomic_write_text
+from drac_algo.common.fsutil import atomic_path, atomic_write_text, check_output_file
 from drac_algo.data.metrics import Scores, score
 from drac_algo.data.release import (
     class_folders,
@@ -278,13 +278,35 @@ def main(
     plot_path: Path | None,
 ) -> None:
     """Score PRED against GT with the official DRAC2022 Task 1 Dice/IoU."""
-    for path in (json_path, per_case, plot_path):
-        if path is not None and not (path.parent.is_dir() and os.access(path.parent, os.W_OK)):
+    outputs = (("--json", json_path), ("--per-case", per_case), ("--plot", plot_path))
+    for option, path in outputs:
+        if path is None:
+            continue
+        if not path.parent.is_dir():
             raise DracInputError(
-                f"cannot write {path}: expected a writable folder {path.parent}; "
-                f"{'it is not writable' if path.parent.is_dir() else 'it does not exist'}"
+                f"cannot write {path}: expected a writable folder {path.parent}; it does not exist"
             )
+        check_output_file(path, option)
+    given = [path.resolve() for _, path in outputs if path is not None]
+    if len(set(given)) < len(given):
+        raise DracInputError("--json, --per-case and --plot must name different files")
     scores, names = evaluate_cases(gt, pred, images)
+    try:
+        _write_outputs(scores, names, gt, pred, json_path, per_case, plot_path)
+    except OSError as exc:  # disk full, ...: the message names the file (OutputWriteError)
+        raise DracInputError(str(exc)) from None
+
+
+def _write_outputs(
+    scores: Scores,
+    names: list[str],
+    gt: Path,
+    pred: Path,
+    json_path: Path | None,
+    per_case: Path | None,
+    plot_path: Path | None,
+) -> None:
+    """Print the table and the worst cases; write the files asked for, each atomically."""
     rows = case_rows(scores, names)
     click.echo(scores.table())
     worst = worst_cases(rows)

@@ -33,8 +33,10 @@ from typing import Any
 
 from drac_algo.common.choices import DEFAULT_RECIPE, RECIPE_FAMILIES
 from drac_algo.common.classes import BY_KEY, LesionClass, lesion_class
-from drac_algo.common.dataclass_io import check_keys, convert, plain, read_toml
+from drac_algo.common.dataclass_io import check_keys, convert, plain
+from drac_algo.common.datafiles import read_toml
 from drac_algo.common.errors import DracInputError
+from drac_algo.data.images import MAX_IMAGE_SIDE
 from drac_algo.networks.models import ModelSpec, Normalization, input_multiple
 from drac_algo.training import RECIPES_DIR
 from drac_algo.training.augment import AugmentConfig
@@ -164,10 +166,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "task", lesion_class(self.task).key)
         multiple = input_multiple(self.model)
-        if self.input_size < multiple or self.input_size % multiple:
+        if (
+            self.input_size < multiple
+            or self.input_size % multiple
+            or self.input_size > MAX_IMAGE_SIDE
+        ):
             raise DracInputError(
                 f"input_size must be a positive multiple of {multiple} for encoder_depth "
-                f"{self.model.encoder_depth}; got {self.input_size}"
+                f"{self.model.encoder_depth}, at most {MAX_IMAGE_SIDE}; got {self.input_size}"
             )
         if self.crop_size is not None and (
             self.crop_size < multiple
