@@ -150,6 +150,22 @@ def test_a_run_into_a_folder_another_run_writes_is_refused_and_touches_nothing(b
             assert (out / "process.log").read_bytes() == before_log
 
 
+def test_a_job_into_an_output_folder_another_run_writes_is_refused(bundle, tmp_path):
+    job = write_job(tmp_path / "input")
+    out = tmp_path / "output"
+    out.mkdir()
+    with open(out / LOCK, "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write(json.dumps({"pid": 4242, "started": "2025-01-02T03:04:05+00:00"}))
+        held.flush()
+        failed(
+            invoke("--input", job, "--output", out, "--bundle", bundle),
+            "error: another process.py run (pid 4242, started 2025-01-02T03:04:05+00:00) is "
+            f"writing into {out}\n",
+        )
+    assert sorted(p.name for p in out.iterdir()) == [LOCK]
+
+
 def _popen_run(images, out, bundle):
     """``process.py`` in a process of its own: two views per case, one thread (the test
     machine's cores are shared)."""
