@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -32,12 +33,22 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+class _AppendNoFollow(logging.FileHandler):
+    """A log file opened for appending, never through a symbolic link (``O_NOFOLLOW``: a link
+    there is an ``OSError``), so a log inside a run folder cannot write outside it."""
+
+    def _open(self) -> Any:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.baseFilename, flags, 0o666)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 def add_log_file(path: Path) -> logging.Handler:
     """Also write every log record the console shows to ``path`` (appended, with the date in each
-    timestamp, since a run folder outlives the day it ran). Returns the handler, for a caller
-    that wants to detach it again (``logging.getLogger().removeHandler``)."""
+    timestamp, since a run folder outlives the day it ran; never through a link). Returns the
+    handler, for a caller that wants to detach it again (``logging.getLogger().removeHandler``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _AppendNoFollow(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
     root = logging.getLogger()
     handler.setLevel(root.level)

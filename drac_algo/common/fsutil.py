@@ -1,12 +1,20 @@
-"""Atomic file and folder writes: a reader never sees a half-written file under its final name."""
+"""Atomic file and folder writes: a reader never sees a half-written file under its final name.
+Also what keeps a writer inside its folder: one writer at a time (:class:`FolderLock`), no
+writes through links (:func:`find_links`), and a folder pruned to what it should hold
+(:func:`remove_all_but`)."""
 
 import contextlib
+import datetime
+import fcntl
+import json
 import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from drac_algo.common.errors import DracInputError
 
@@ -162,3 +170,162 @@ def remove_stale_partials(path: str | os.PathLike) -> list[Path]:
     if not path.parent.is_dir():
         return []
     return _remove(sorted(path.parent.glob(f".{path.name}.*.partial*")))
+
+
+def find_links(root: str | os.PathLike, names: list[str]) -> list[Path]:
+    """The symbolic links a writer of ``root/<name>`` (``names``: paths relative to ``root``)
+    would go through: a link at any step of the way from ``root`` to it, or anywhere inside it
+    when it is a folder. Links are reported, never followed; sorted, each once."""
+    root = Path(root)
+    found: set[Path] = set()
+    for name in names:
+        path = root
+        for part in Path(name).parts:
+            path = path / part
+            if path.is_symlink():
+                found.add(path)
+                break
+            if not path.exists():
+                break
+        else:
+            if path.is_dir():
+                for folder, dirs, files in os.walk(path):  # never into a linked folder
+                    found.update(
+                        p for p in (Path(folder) / n for n in dirs + files) if p.is_symlink()
+                    )
+    return sorted(found)
+
+
+def remove_all_but(folder: str | os.PathLike, keep: set[Path]) -> list[Path]:
+    """Remove every file (and link) below ``folder`` that is not in ``keep``, then the folders
+    left empty (not ``folder`` itself); never follows a link. Returns what was removed, files
+    first. For a folder written file by file that must end holding exactly ``keep``."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    removed = []
+    for parent, dirs, files in os.walk(folder, topdown=False):
+        base = Path(parent)
+        for entry in sorted(files) + sorted(d for d in dirs if (base / d).is_symlink()):
+            if base / entry not in keep:
+                (base / entry).unlink()
+                removed.append(base / entry)
+        if base != folder and not any(base.iterdir()):
+            base.rmdir()
+            removed.append(base)
+    return removed
+
+
+class FolderBusy(Exception):
+    """:meth:`FolderLock.acquire` found the lock held; ``holder`` is what the holder wrote in
+    the lock file (``pid``, ``started``, ...; empty when it could not be read)."""
+
+    def __init__(self, path: Path, holder: dict[str, Any]) -> None:
+        super().__init__(f"{path} is locked by {holder or 'another process'}")
+        self.path = path
+        self.holder = holder
+
+
+class FolderLock:
+    """One writer per folder: an advisory ``flock(2)`` on the lock file ``folder/name``, taken by
+    :meth:`acquire` (or ``with``), which never waits, and held until :meth:`release`.
+
+    - The kernel drops a flock when its process ends, however it ends (``kill -9``, a lost
+      container): there is no stale lock to detect or break. A lock file left behind is only a
+      file; the next taker locks it.
+    - The file says who holds it: JSON with ``pid``, ``started`` (ISO 8601 with the offset) and
+      whatever :meth:`acquire` is given, for the message of a refused taker (:class:`FolderBusy`).
+    - :meth:`release` removes the file when it is the last holder, so a finished run leaves
+      nothing. A taker that opened the file just before it was removed holds a lock on a file
+      no longer in the folder: :meth:`acquire` checks that the file it locked is the one at the
+      path, and retries otherwise.
+    - The lock file is opened without following a link (a link there is an ``OSError``).
+    - Advisory: it excludes only programs that take it. flock works on local file systems and on
+      NFS (Linux maps it onto NFS byte-range locks).
+
+    Built for a sharded run to come (several processes writing one folder's per-case records,
+    then one assembler): the shards would take the lock shared (``fcntl.LOCK_SH``), the
+    assembler and every plain run exclusive, so a plain run still excludes every shard; the
+    last-holder rule of :meth:`release` already holds for shared holders.
+    """
+
+    RETRIES = 5
+
+    def __init__(self, folder: str | os.PathLike, name: str) -> None:
+        self.path = Path(folder) / name
+        self.holder: dict[str, Any] = {}
+        self._fd: int | None = None
+
+    def acquire(self, **info: Any) -> "FolderLock":
+        """Take the lock (exclusive) and write ``pid``, ``started`` and ``info`` into the file.
+        Raises :class:`FolderBusy` when another open file holds it (another process, or another
+        ``FolderLock`` in this one)."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        for _ in range(self.RETRIES):
+            fd = os.open(self.path, flags, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise FolderBusy(self.path, holder) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            if self._is_at_path(fd):
+                break
+            os.close(fd)  # removed by its last holder between our open and flock: anew
+        else:
+            raise OSError(f"could not lock {self.path}: the file keeps being replaced")
+        self.holder = {
+            "pid": os.getpid(),
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            **info,
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(self.holder) + "\n").encode("utf-8"), 0)
+        self._fd = fd
+        return self
+
+    def _is_at_path(self, fd: int) -> bool:
+        try:
+            here = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
+
+    def release(self) -> None:
+        """Give the lock back; the file goes too when no one else holds it."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            # Exclusive only when no other (shared) holder is left: then the file may go.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if self._is_at_path(fd):
+                self.path.unlink()
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire() if self._fd is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    """The lock file's JSON; the holder writes it just after taking the lock, so an empty file
+    is read again for up to a second."""
+    for _ in range(20):
+        text = os.pread(fd, 4096, 0).decode("utf-8", errors="replace")
+        try:
+            holder = json.loads(text)
+        except ValueError:
+            time.sleep(0.05)
+            continue
+        return holder if isinstance(holder, dict) else {}
+    return {}

@@ -3,8 +3,8 @@
 
 A plain run fills hidden temporary folders and swaps them in only after every image succeeded
 (see :mod:`drac_algo.serve.pipeline`); a ``--continue`` run writes case by case and records each
-case
-last (:mod:`drac_algo.serve.resume`), so that a rerun keeps what is complete.
+case last (:mod:`drac_algo.serve.resume`), so that a rerun keeps what is complete, and ends with
+the files a plain run writes (:func:`converge`): resumed equals fresh.
 """
 
 from __future__ import annotations
@@ -17,7 +17,12 @@ from typing import Any
 
 from drac_algo.common.classes import BY_INDEX, LESION_CLASSES
 from drac_algo.common.errors import DracInputError
-from drac_algo.common.fsutil import atomic_dir, remove_stale_partials, remove_stale_partials_within
+from drac_algo.common.fsutil import (
+    atomic_dir,
+    remove_all_but,
+    remove_stale_partials,
+    remove_stale_partials_within,
+)
 from drac_algo.common.progress import RunProgress
 from drac_algo.data.images import LoadedImage, load_image
 from drac_algo.data.submission import SUBMISSION_FILES, write_submission
@@ -36,9 +41,10 @@ from drac_algo.serve.results import RESULTS_FILE
 from drac_algo.serve.resume import (
     CASES_DIR,
     fingerprint,
+    input_identity,
     read_case_masks,
     read_complete_case,
-    remove_other_cases,
+    record_path,
     write_case_record,
 )
 from drac_algo.serve.run_state import RunState, log_case, note_conversion, record_case
@@ -184,6 +190,7 @@ def run_batch_continue(
         folders.append(PROBABILITIES_DIR)
     else:
         shutil.rmtree(output_dir / PROBABILITIES_DIR, ignore_errors=True)
+    had_records = (output_dir / CASES_DIR).is_dir() and any((output_dir / CASES_DIR).glob("*.json"))
     for folder in folders:
         (output_dir / folder).mkdir(parents=True, exist_ok=True)
         (output_dir / folder / OWNED_MARKER).write_text("written by drac_algo.serve.pipeline\n")
@@ -191,21 +198,26 @@ def run_batch_continue(
     case_fp = case_fingerprint(run, predictor, bundle_id)
     names = [path.name.split(".", 1)[0] for path in images]
     done: dict[str, dict[str, Any]] = {}
-    for name in names:
-        record, why = read_complete_case(output_dir, name, case_fp)
+    for path, name in zip(images, names, strict=True):
+        record, why = read_complete_case(output_dir, name, case_fp, path)
         if record is not None:
             done[name] = record
-        elif why is not None:
+        elif had_records:
             log.info("%s: recomputed, %s", name, why)
-    removed = remove_other_cases(output_dir, set(names))
-    if removed:
-        log.info("--continue: removed %d case(s) not in this input: %s", len(removed), removed)
+    if not had_records:
+        log.info("--continue: no case records in %s yet: every case runs", output_dir / CASES_DIR)
+    converge(output_dir, names, predictor.classes)
     to_run = [path for path, name in zip(images, names, strict=True) if name not in done]
     log.info("--continue: %d case(s) complete, %d to run", len(done), len(to_run))
     collector = StackCollector(predictor.classes)
 
+    sources: dict[Path, dict[str, Any]] = {}
+
     def load(path: Path) -> LoadedImage:
         with run.timed("decode_s"):
+            # Before decoding: should the file change in between, its record names the old
+            # bytes, and the next run recomputes the case rather than trust it.
+            sources[path] = input_identity(path)
             return load_image(path)
 
     with contextlib.ExitStack() as stack:
@@ -224,6 +236,7 @@ def run_batch_continue(
             note_conversion(run, path, loaded)
             record = record_case(run, path, name, loaded, prediction)
             with run.timed("write_s"):
+                source = {**sources.pop(path), "shape": list(loaded.pixels.shape[:2])}
                 files = write_mask_pngs(output_dir / MASKS_DIR, name, prediction.masks)
                 files.append(
                     write_overlay_png(
@@ -233,12 +246,44 @@ def run_batch_continue(
                 if run.config.save_probabilities:
                     folder = output_dir / PROBABILITIES_DIR
                     files.append(write_probabilities(folder, name, prediction.probabilities))
-                write_case_record(output_dir, name, record, case_fp, files)
+                write_case_record(output_dir, name, record, case_fp, files, source)
             collector.add(name, prediction.masks)
             log_case(f"{number}/{len(images)}", path.name, record)
             progress.advance()
     continued = {"complete_before": len(done), "run": len(to_run)}
     return _finish(run, predictor, collector, run.config.save_probabilities, continued=continued)
+
+
+def converge(output_dir: Path, names: list[str], classes: tuple[int, ...]) -> None:
+    """Prune the folders a ``--continue`` run writes case by case to what a plain run with these
+    settings writes there (and the records of these cases): the files of cases no longer in the
+    input, of classes not requested, and anything else a plain run's fresh folders would not
+    hold, go. The log says what went."""
+    expected = {output_dir / folder / OWNED_MARKER for folder in (MASKS_DIR, OVERLAYS_DIR)}
+    expected |= {
+        output_dir / CASES_DIR / OWNED_MARKER,
+        output_dir / PROBABILITIES_DIR / OWNED_MARKER,
+    }
+    for name in names:
+        expected |= {mask_png_path(output_dir / MASKS_DIR, i, name) for i in classes}
+        expected.add(output_dir / OVERLAYS_DIR / f"{name}.png")
+        expected.add(output_dir / PROBABILITIES_DIR / f"{name}.npz")
+        expected.add(record_path(output_dir, name))
+    removed = []
+    for folder in (MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, CASES_DIR):
+        removed += remove_all_but(output_dir / folder, expected)
+    gone = sorted(p.stem for p in removed if p.parent == output_dir / CASES_DIR)
+    if gone:
+        log.info("--continue: removed %d case(s) not in this input: %s", len(gone), gone)
+    others = [
+        p.relative_to(output_dir).as_posix() for p in removed if p.parent != output_dir / CASES_DIR
+    ]
+    if others:
+        log.info(
+            "--continue: removed %d file(s) a plain run with these settings would not write: %s",
+            len(others),
+            ", ".join(others[:6]) + (" ..." if len(others) > 6 else ""),
+        )
 
 
 def _finish(

@@ -37,6 +37,8 @@ from drac_algo.data.images import write_png
 from drac_algo.serve.overlay import overlay
 
 PROCESS_LOG = "process.log"  # the console's log lines of every run into this folder, appended
+# Held by the run writing into the folder (drac_algo.serve.pipeline.one_writer); gone after it.
+LOCK_FILE = ".drac-process.lock"
 MASKS_DIR = "masks"
 OVERLAYS_DIR = "overlays"
 PROBABILITIES_DIR = "probabilities"  # --save-probabilities: <case>.npz

@@ -17,6 +17,12 @@ succeeded. A failed run leaves the output folder as it was, apart from the previ
 ``results.json`` and stacks, which are removed once a run gets that far (they would describe
 other masks). Every file is written under a temporary name and renamed when complete.
 
+The output folder (both modes): one run writes into it at a time (:func:`one_writer`, a lock
+held for the whole run that dies with its process); a second run ends at once with exit status
+2, having written nothing, not even its log. No run writes through a symbolic link inside the
+folder (:func:`refuse_links`). A ``--continue`` run ends with exactly the files a plain run
+with its settings writes, plus its records in ``cases/`` (:func:`drac_algo.serve.batch.converge`).
+
 A class that the bundle lacks is skipped with a warning: no files are written for it (an
 all-zero mask would read as "no lesion found"), ``results.json`` lists it under
 ``classes`` with ``"status": "missing from the model bundle"``, and the submission stacks,
@@ -35,8 +41,10 @@ from typing import Any
 from drac_algo.common.classes import BY_INDEX, LESION_CLASSES
 from drac_algo.common.cli import run_log
 from drac_algo.common.errors import DracInputError
+from drac_algo.common.fsutil import FolderBusy, FolderLock, find_links
 from drac_algo.data.images import IMAGE_SUFFIXES, LoadedImage, load_image
 from drac_algo.data.release import describe_folder, list_images
+from drac_algo.data.submission import SUBMISSION_FILES
 from drac_algo.engine.devices import resolve_device
 from drac_algo.engine.gpu import GpuStatus, check_gpu, gpu_status
 from drac_algo.engine.predictor import Predictor
@@ -49,6 +57,7 @@ from drac_algo.serve.batch import (
 from drac_algo.serve.gc_io import find_job_image, is_grand_challenge_job, write_mask_mha
 from drac_algo.serve.job_settings import COMMAND_LINE, JobSettings, resolve_job_settings
 from drac_algo.serve.outputs import (
+    LOCK_FILE,
     MASKS_DIR,
     OVERLAYS_DIR,
     PROBABILITIES_DIR,
@@ -109,6 +118,54 @@ def check_output_dir(output_dir: str | os.PathLike) -> Path:
         reason = exc.strerror or str(exc)
         raise DracInputError(f"output folder {output_dir} is not writable: {reason}") from None
     return output_dir
+
+
+def one_writer(output_dir: Path) -> FolderLock:
+    """The output folder's lock (:class:`drac_algo.common.fsutil.FolderLock` on
+    :data:`LOCK_FILE`), taken, for a ``with`` block around the whole run; a run that finds it
+    held ends at once, touching nothing. Two runs into one folder would otherwise each take the
+    other's half-written folders for an interrupted run's and remove them, and both end "done"
+    over a folder that holds neither's output."""
+    lock = FolderLock(output_dir, LOCK_FILE)
+    try:
+        return lock.acquire(program="process.py")
+    except FolderBusy as busy:
+        pid = busy.holder.get("pid", "unknown")
+        started = busy.holder.get("started", "unknown")
+        raise DracInputError(
+            f"another process.py run (pid {pid}, started {started}) is writing into {output_dir}"
+        ) from None
+
+
+def written_paths(mode: str, job: JobSettings) -> list[str]:
+    """What a run of ``mode`` writes under the output folder (relative paths): the files, and
+    the folders it writes into."""
+    paths = [PROCESS_LOG, RESULTS_FILE]
+    if mode == BATCH:
+        paths += [MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, CASES_DIR]
+        paths += list(SUBMISSION_FILES.values())
+    else:
+        paths += [s.mask_path(".").as_posix() for _, s in sorted(job.output_sockets.items())]
+    return paths
+
+
+def refuse_links(output_dir: Path, paths: list[str]) -> None:
+    """Raise :class:`DracInputError` for the first symbolic link on the way to, or inside, any of
+    ``paths`` (relative to ``output_dir``; see :func:`drac_algo.common.fsutil.find_links`).
+
+    Refused, not replaced: a link in an output folder is either a mistake or someone's
+    deliberate redirection (overlays onto a web server's folder, say), and the run cannot tell
+    which; following it writes, and a plain run's replacement deletes, outside the folder the
+    user named, and silently replacing it would undo what someone set up. Either way the
+    user decides, once, with the link named. ``--output`` itself may be a link: the user named
+    it."""
+    links = find_links(output_dir, paths)
+    if links:
+        raise DracInputError(
+            f"{links[0]} is a symbolic link (to {os.readlink(links[0])}): a run writes only "
+            "inside its output folder and never through a link; remove the link or choose "
+            "another --output"
+        )
 
 
 def load_predictor(config: RunConfig) -> tuple[Predictor, dict[str, Any], float]:
@@ -221,8 +278,12 @@ def run(config: RunConfig) -> dict[str, Any]:
                 "holds a Grand Challenge job (inputs.json), which writes every class's socket"
             )
     output_dir = check_output_dir(config.output_dir)
-    with run_log(output_dir / PROCESS_LOG, "drac-process"):
-        return _run_checked(config, job, mode, images, slug, output_dir, started)
+    refuse_links(output_dir, [LOCK_FILE])
+    # Nothing is written (the log included) before the lock is ours, nor through a link after.
+    with one_writer(output_dir):
+        refuse_links(output_dir, written_paths(mode, job))
+        with run_log(output_dir / PROCESS_LOG, "drac-process"):
+            return _run_checked(config, job, mode, images, slug, output_dir, started)
 
 
 def _run_checked(

@@ -2,11 +2,18 @@
 
 A ``--continue`` run writes each case's files straight into the output folders (each file
 atomically) and then, last, ``cases/<case>.json``: the case's ``results.json`` entry, the
-fingerprint of the settings that produced it, and the sha256 of each of its files. A later
-``--continue`` run skips a case only when that record reads, its fingerprint equals the new
-run's, and every file it lists is there with the same sha256; anything else (no record, a
-truncated one, other settings or bundle, a file missing or changed) is recomputed, never
-trusted, and the log says why.
+fingerprint of the settings that produced it, its input (file name, size in bytes, sha256 of
+the file, decoded shape) and the sha256 of each of its files. A later ``--continue`` run skips
+a case only when that record reads, its fingerprint equals the new run's, its input file is
+byte for byte the one recorded, and every file it lists is there with the same sha256; anything
+else (no record, a truncated one, other settings or bundle, another image under the same name,
+a file missing or changed) is recomputed, never trusted, and the log says why.
+
+The input is identified by its bytes, not its modification time: the sha256 of a file is exact
+and costs milliseconds beside a case's inference, while a modification time survives neither
+``cp`` nor a download (it moves when nothing changed) and stays put under some tools that do
+change the file. The decoded shape is recorded for the reader of the record (what size the
+kept masks are); the digest already decides whether the case is kept.
 """
 
 from __future__ import annotations
@@ -39,13 +46,27 @@ def record_path(output_dir: Path, name: str) -> Path:
     return output_dir / CASES_DIR / f"{name}.json"
 
 
+def input_identity(path: Path) -> dict[str, Any]:
+    """What a record keeps of a case's input file: its name, size in bytes and sha256 (the
+    writer adds ``shape``, the decoded image's ``[H, W]``)."""
+    data = path.read_bytes()
+    return {"file": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
 def write_case_record(
-    output_dir: Path, name: str, record: dict[str, Any], run_fingerprint: str, files: list[Path]
+    output_dir: Path,
+    name: str,
+    record: dict[str, Any],
+    run_fingerprint: str,
+    files: list[Path],
+    source: dict[str, Any],
 ) -> Path:
-    """Write ``cases/<name>.json`` after the case's ``files`` (paths under ``output_dir``)."""
+    """Write ``cases/<name>.json`` after the case's ``files`` (paths under ``output_dir``);
+    ``source`` is its input's :func:`input_identity` with ``shape``."""
     data = {
         "format": RECORD_FORMAT,
         "fingerprint": run_fingerprint,
+        "input": source,
         "files": {p.relative_to(output_dir).as_posix(): _sha256(p) for p in files},
         "record": record,
     }
@@ -55,28 +76,40 @@ def write_case_record(
 
 
 def read_complete_case(
-    output_dir: Path, name: str, run_fingerprint: str
-) -> tuple[dict[str, Any] | None, str | None]:
-    """``(record, None)`` when case ``name`` is complete for ``run_fingerprint``, else
-    ``(None, why)``; ``why`` is ``None`` when there is no record at all (never written)."""
+    output_dir: Path, name: str, run_fingerprint: str, image: Path
+) -> tuple[dict[str, Any] | None, str]:
+    """``(record, "")`` when case ``name`` (input file ``image``) is complete for
+    ``run_fingerprint``, else ``(None, why)``, ``why`` ready for the log."""
     path = record_path(output_dir, name)
+    rel = path.relative_to(output_dir).as_posix()
     if not path.is_file():
-        return None, None
+        return None, f"no record {rel} (never finished, or removed)"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        files, record = data["files"], data["record"]
+        files, record, source = data["files"], data["record"], data.get("input")
         assert data["format"] == RECORD_FORMAT and isinstance(files, dict)
+        assert isinstance(record, dict)
     except (OSError, ValueError, KeyError, TypeError, AssertionError):
         return None, f"its record {path.name} is unreadable"
     if data.get("fingerprint") != run_fingerprint:
         return None, "it was made with other settings or another model bundle"
+    if not isinstance(source, dict):
+        return None, f"its record {path.name} does not identify its input (an older version's)"
+    now = image.read_bytes()
+    if (source.get("file"), source.get("bytes"), source.get("sha256")) != (
+        image.name,
+        len(now),
+        hashlib.sha256(now).hexdigest(),
+    ):
+        return None, f"its input {image.name} changed since the case was written"
     for rel, digest in files.items():
         file = output_dir / rel
         if not file.is_file():
             return None, f"{rel} is missing"
         if _sha256(file) != digest:
             return None, f"{rel} changed since it was written"
-    return record, None
+    # What a fresh run would record: the input as found now (the folder may have moved).
+    return {**record, "file": str(image)}, ""
 
 
 def read_case_masks(masks_dir: Path, name: str, classes: tuple[int, ...]) -> dict[int, np.ndarray]:
@@ -86,26 +119,3 @@ def read_case_masks(masks_dir: Path, name: str, classes: tuple[int, ...]) -> dic
         pixels = cv2.imread(str(mask_png_path(masks_dir, index, name)), cv2.IMREAD_UNCHANGED)
         masks[index] = (pixels != 0).astype(np.uint8)
     return masks
-
-
-def remove_other_cases(output_dir: Path, names: set[str]) -> list[str]:
-    """Remove the records, and the files they list, of cases that are not in ``names`` (an
-    earlier run's inputs that this run does not have); returns their names."""
-    removed = []
-    folder = output_dir / CASES_DIR
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        name = path.name.removesuffix(".json")
-        if name in names:
-            continue
-        try:
-            files = json.loads(path.read_text(encoding="utf-8")).get("files", {})
-        except (OSError, ValueError, AttributeError):
-            files = {}
-        root = output_dir.resolve()
-        for rel in files:
-            target = (output_dir / rel).resolve()
-            if root in target.parents and target.is_file():  # never outside the output folder
-                target.unlink()
-        path.unlink(missing_ok=True)
-        removed.append(name)
-    return removed
