@@ -26,6 +26,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from drac_algo.common.datafiles import read_json
+from drac_algo.common.errors import DracInputError
 from drac_algo.common.fsutil import atomic_write_text
 from drac_algo.serve.outputs import mask_png_path
 
@@ -84,12 +86,16 @@ def read_complete_case(
     rel = path.relative_to(output_dir).as_posix()
     if not path.is_file():
         return None, f"no record {rel} (never finished, or removed)"
+    # A record is this program's own bookkeeping: one that cannot be read (half-written,
+    # edited, nested absurdly deep) means the case is recomputed, not that the run stops.
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        files, record, source = data["files"], data["record"], data.get("input")
-        assert data["format"] == RECORD_FORMAT and isinstance(files, dict)
-        assert isinstance(record, dict)
-    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        data = read_json(path, "case record")
+    except DracInputError:
+        return None, f"its record {path.name} is unreadable"
+    files, record, source = data.get("files"), data.get("record"), data.get("input")
+    if data.get("format") != RECORD_FORMAT or not (
+        isinstance(files, dict) and isinstance(record, dict)
+    ):
         return None, f"its record {path.name} is unreadable"
     if data.get("fingerprint") != run_fingerprint:
         return None, "it was made with other settings or another model bundle"
@@ -103,6 +109,8 @@ def read_complete_case(
     ):
         return None, f"its input {image.name} changed since the case was written"
     for rel, digest in files.items():
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            return None, f"its record {path.name} names a file outside the output folder"
         file = output_dir / rel
         if not file.is_file():
             return None, f"{rel} is missing"
