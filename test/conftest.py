@@ -1,20 +1,53 @@
-"""Shared fixtures: ``make_drac`` writes a tiny DRAC Task 1 tree of small PNGs. Tests marked
-``gpu`` are skipped, with the reason, where torch cannot use CUDA."""
+"""Shared fixtures, built on :mod:`helpers` (which test modules import for the plain helpers):
+
+- ``make_drac``: a tiny DRAC Task 1 tree of small PNGs;
+- ``tiny_bundle`` (one per test module, read-only) and ``make_bundle`` (a factory): tiny model
+  bundles, all built by :func:`helpers.write_bundle`;
+- ``container_bundle``: a writable copy of the container test's trained bundle.
+
+Tests marked ``gpu`` are skipped, with the reason, where torch cannot use CUDA."""
 
 import os
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import copy_container_bundle, tiny_manifest, write_bundle, write_png
 
 from drac_algo.common.classes import LESION_CLASSES
 
 
-def _png(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), array), path
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    """The tiny bundle: classes 1-3, one 32 px Unet member each, every TTA view valid, no ONNX
+    files; IRMA positive everywhere, NV nowhere, NA random (:data:`helpers.KNOWN_HEADS`).
+    Shared by the tests of a module: copy it before changing it."""
+    return write_bundle(tmp_path_factory.mktemp("tiny_bundle") / "model")
+
+
+@pytest.fixture
+def make_bundle(tmp_path):
+    """Factory for a tiny bundle in ``tmp_path / name``: ``make_bundle(name="model", *,
+    classes=(1, 2, 3), members=1, input_size=32, tta=TTA_NAMES, heads=KNOWN_HEADS, onnx=False,
+    bundle=None)``; ``bundle`` (a :class:`Bundle`) replaces the manifest the other knobs
+    describe. See :func:`helpers.tiny_manifest` and :func:`helpers.write_bundle`."""
+
+    def make(name="model", *, bundle=None, heads=None, onnx=False, seed=0, **manifest):
+        if bundle is None:
+            bundle = tiny_manifest(**manifest)
+        elif manifest:
+            raise TypeError(f"pass either bundle or {sorted(manifest)}, not both")
+        kwargs = {} if heads is None else {"heads": heads}
+        return write_bundle(tmp_path / name, bundle, onnx=onnx, seed=seed, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def container_bundle(tmp_path):
+    """A writable copy of the container fixture bundle (3 classes, 1 tiny member each at 128 px,
+    tied ONNX files) in ``tmp_path / "model"``."""
+    return copy_container_bundle(tmp_path / "model")
 
 
 @pytest.fixture
@@ -39,10 +72,10 @@ def make_drac(tmp_path):
                 (truths / c.folder.replace(". ", sep, 1)).mkdir(parents=True, exist_ok=True)
             for cid, masks in split_cases.items():
                 rng = np.random.default_rng(cid)
-                _png(images / f"{cid:03d}.png", rng.integers(0, 256, (size, size), np.uint8))
+                write_png(images / f"{cid:03d}.png", rng.integers(0, 256, (size, size), np.uint8))
                 for index, mask in masks.items() if gt else ():
                     folder = truths / LESION_CLASSES[index - 1].folder.replace(". ", sep, 1)
-                    _png(folder / f"{cid:03d}.png", (np.asarray(mask) * 255).astype(np.uint8))
+                    write_png(folder / f"{cid:03d}.png", (np.asarray(mask) * 255).astype(np.uint8))
         return root
 
     return make

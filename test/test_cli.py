@@ -12,6 +12,7 @@ import click
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import rejected
 
 from drac_algo.bundle import cli as bundle_check
 from drac_algo.common import choices
@@ -54,20 +55,6 @@ LOGGING = set(COMMANDS) - {"drac-submission", "drac-bundle"}  # these log in a s
 
 def invoke(command: click.Command, *args: object):
     return CliRunner().invoke(command, [str(a) for a in args])
-
-
-def rejected(result, *expected: str) -> str:
-    """The stderr of a command that refused its input: exit 2, ``error: ...``, no traceback."""
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert not isinstance(result.exception, Exception) or isinstance(
-        result.exception, SystemExit
-    ), result.exception
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert lines and lines[-1].startswith("error: "), result.stderr
-    for text in expected:
-        assert text in result.stderr, (text, result.stderr)
-    return result.stderr
 
 
 # --- --device ---

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import copy_container_bundle
 
 from drac_algo.bundle.store import sha256_file
 from drac_algo.engine.gpu import GpuStatus
@@ -74,7 +75,7 @@ def test_a_float32_route_that_disagrees_is_a_problem(monkeypatch, tmp_path):
     ONNX Runtime's probabilities differ from torch's, and the doctor says so."""
     monkeypatch.setattr(doctor, "gpu_findings", lambda: [])
     bundle = tmp_path / "model"
-    shutil.copytree(MODEL, bundle)
+    copy_container_bundle(bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
     irma = manifest["classes"]["1"]["members"][0]
     na = manifest["classes"]["2"]["members"][0]

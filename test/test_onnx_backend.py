@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import copy_container_bundle
 
 from drac_algo.bundle import verify
 from drac_algo.bundle.manifest import MANIFEST
@@ -23,32 +24,18 @@ from drac_algo.training.onnx_export import OnnxExportError, add_onnx
 
 pytest.importorskip("onnxruntime")  # a requirement; the skip keeps the reason readable
 
-FIXTURE_BUNDLE = Path(__file__).parent / "container" / "model"
 CPU = torch.device("cpu")
 
 
-def copy_without_onnx(folder):
-    """The container test's trained bundle (tiny LCNet networks) as a bundle trained before the
-    ONNX backend existed: weights and manifest only."""
-    folder.mkdir(parents=True)
-    for path in FIXTURE_BUNDLE.glob("*.pt"):
-        shutil.copy(path, folder / path.name)
-    manifest = json.loads((FIXTURE_BUNDLE / MANIFEST).read_text())
-    for entry in manifest["classes"].values():
-        for member in entry["members"]:
-            del member["onnx"]
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return folder
-
-
 @pytest.fixture
-def bundle(tmp_path):
-    return copy_without_onnx(tmp_path / "model")
+def container_bundle_without_onnx(tmp_path):
+    """The container fixture bundle as a bundle trained before the ONNX backend existed."""
+    return copy_container_bundle(tmp_path / "model", onnx=False)
 
 
 @pytest.fixture(scope="module")
 def onnx_bundle(tmp_path_factory):
-    folder = copy_without_onnx(tmp_path_factory.mktemp("onnx") / "model")
+    folder = copy_container_bundle(tmp_path_factory.mktemp("onnx") / "model", onnx=False)
     add_onnx(folder)
     return folder
 
@@ -138,9 +125,9 @@ def test_bad_onnx_entries_are_named(onnx_bundle, tmp_path):
     assert "onnx: expected an object or null, got 'yes'" in message
 
 
-def test_a_failed_export_leaves_the_bundle_as_it_was(bundle, monkeypatch):
+def test_a_failed_export_leaves_the_bundle_as_it_was(container_bundle_without_onnx, monkeypatch):
     """The second member fails: the first one's verified export is not kept either."""
-    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    before = {p.name: p.read_bytes() for p in container_bundle_without_onnx.iterdir()}
     real_export, calls = torch.onnx.export, []
 
     def broken(*args, **kwargs):
@@ -151,30 +138,30 @@ def test_a_failed_export_leaves_the_bundle_as_it_was(bundle, monkeypatch):
 
     monkeypatch.setattr(torch.onnx, "export", broken)
     with pytest.raises(OnnxExportError, match="ONNX export failed: Unsupported"):
-        add_onnx(bundle)
+        add_onnx(container_bundle_without_onnx)
     assert len(calls) == 2
-    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in container_bundle_without_onnx.iterdir()} == before
 
 
-def test_an_export_that_differs_from_torch_is_not_kept(bundle, monkeypatch):
-    before = sorted(p.name for p in bundle.iterdir())
+def test_an_export_that_differs_from_torch_is_not_kept(container_bundle_without_onnx, monkeypatch):
+    before = sorted(p.name for p in container_bundle_without_onnx.iterdir())
     original = verify.onnx_difference
     monkeypatch.setattr(verify, "onnx_difference", lambda *args: original(*args) + 0.5)
     with pytest.raises(OnnxExportError, match="differ from torch's by"):
-        add_onnx(bundle)
-    assert sorted(p.name for p in bundle.iterdir()) == before
-    assert all(m.onnx is None for _, m in load_bundle(bundle).members())
+        add_onnx(container_bundle_without_onnx)
+    assert sorted(p.name for p in container_bundle_without_onnx.iterdir()) == before
+    assert all(m.onnx is None for _, m in load_bundle(container_bundle_without_onnx).members())
 
 
 @pytest.mark.slow
-def test_the_command_adds_onnx_and_skips_members_that_have_it(bundle):
-    result = CliRunner().invoke(onnx_export.main, [str(bundle)])
+def test_the_command_adds_onnx_and_skips_members_that_have_it(container_bundle_without_onnx):
+    result = CliRunner().invoke(onnx_export.main, [str(container_bundle_without_onnx)])
     assert result.exit_code == 0, result.output
     assert "irma_fold0-seed0.pt -> irma_fold0-seed0.onnx" in result.output
-    stamp = (bundle / "irma_fold0-seed0.onnx").stat().st_mtime_ns
-    assert CliRunner().invoke(onnx_export.main, [str(bundle)]).exit_code == 0
-    assert (bundle / "irma_fold0-seed0.onnx").stat().st_mtime_ns == stamp
-    missing = CliRunner().invoke(onnx_export.main, [str(bundle / "nothing")])
+    stamp = (container_bundle_without_onnx / "irma_fold0-seed0.onnx").stat().st_mtime_ns
+    assert CliRunner().invoke(onnx_export.main, [str(container_bundle_without_onnx)]).exit_code == 0
+    assert (container_bundle_without_onnx / "irma_fold0-seed0.onnx").stat().st_mtime_ns == stamp
+    missing = CliRunner().invoke(onnx_export.main, [str(container_bundle_without_onnx / "nothing")])
     assert missing.exit_code == 2 and "no model bundle" in missing.output
 
 
@@ -226,7 +213,7 @@ def test_onnxruntime_with_auto_precision_means_float32(onnx_bundle):
         Predictor.from_bundle(onnx_bundle, device="cpu", precision="bf16", backend="onnxruntime")
 
 
-def test_a_bundle_without_onnx_runs_on_torch(bundle):
-    predictor = Predictor.from_bundle(bundle, device="cpu", precision="fp32")
+def test_a_bundle_without_onnx_runs_on_torch(container_bundle_without_onnx):
+    predictor = Predictor.from_bundle(container_bundle_without_onnx, device="cpu", precision="fp32")
     assert predictor.backend.name == "torch"
     assert "no ONNX file for irma_fold0-seed0.pt" in predictor.backend.reason

@@ -9,7 +9,6 @@ scripts parse their arguments and check the bundle before they look for a Docker
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import copy_container_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ["build.sh", "export.sh", "test.sh", ".ci/docker-setup.sh", "scripts/gpu-check.sh"]
@@ -126,7 +126,7 @@ def test_export_model_tarball_with_equals_forms_and_platform(tmp_path):
 
 
 def test_export_refuses_a_broken_bundle_and_leaves_nothing(tmp_path):
-    model = Path(shutil.copytree(FIXTURE, tmp_path / "model"))
+    model = copy_container_bundle(tmp_path / "model")
     with open(model / "na_fold0-seed0.pt", "ab") as fh:
         fh.write(b"\0")
     out = tmp_path / "dist"
@@ -156,7 +156,7 @@ def test_export_names_a_bad_platform_file(tmp_path):
 
 
 def test_build_checks_the_bundle_before_docker(tmp_path):
-    model = Path(shutil.copytree(FIXTURE, tmp_path / "model"))
+    model = copy_container_bundle(tmp_path / "model")
     (model / "nv_fold0-seed0.onnx").unlink()
     done = run([REPO / "build.sh", f"--bundle={model}"])
     assert done.returncode == 1

@@ -6,7 +6,6 @@ the weights, are not used."""
 import hashlib
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import CONTAINER_BUNDLE
 
 from drac_algo.bundle import cli as bundle_cli
 from drac_algo.bundle.manifest import MANIFEST, REEXPORT_COMMAND, bundle_from_dict
@@ -30,15 +30,7 @@ from process import main as process_main
 pytest.importorskip("onnxruntime")  # a requirement; the skip keeps the reason readable
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURE = REPO / "test/container/model"
 IRMA, NA = "irma_fold0-seed0", "na_fold0-seed0"
-
-
-@pytest.fixture
-def model(tmp_path):
-    """A writable copy of the container fixture bundle (3 classes, 1 tiny member each, tied ONNX
-    files)."""
-    return Path(shutil.copytree(FIXTURE, tmp_path / "model"))
 
 
 def edit_manifest(folder, change):
@@ -60,9 +52,10 @@ def check(folder):
     return CliRunner().invoke(bundle_cli.main, ["check", str(folder)])
 
 
-def replace_irma_weights(folder, content, model=None):
+def replace_irma_weights(folder, content, spec_override=None):
     """Write ``content`` (bytes, or a state dict) as IRMA's weights and update its sha256 (and
-    ``model`` spec) in the manifest, leaving its ONNX file as it was: (old sha256, new sha256)."""
+    its model spec to ``spec_override``) in the manifest, leaving its ONNX file as it was:
+    (old sha256, new sha256)."""
     path = folder / f"{IRMA}.pt"
     old = sha256(path)
     if isinstance(content, bytes):
@@ -73,8 +66,8 @@ def replace_irma_weights(folder, content, model=None):
 
     def update(data):
         irma_entry(data)["sha256"] = new
-        if model is not None:
-            irma_entry(data)["model"] = model
+        if spec_override is not None:
+            irma_entry(data)["model"] = spec_override
 
     edit_manifest(folder, update)
     return old, new
@@ -94,7 +87,7 @@ def swap_encoder(folder):
     spec = {**spec, "encoder": "tu-mobilenetv3_small_050"}
     torch.manual_seed(1)
     state = build_network(ModelSpec.from_dict(spec)).state_dict()
-    return replace_irma_weights(folder, state, model=spec)
+    return replace_irma_weights(folder, state, spec_override=spec)
 
 
 def retrain(folder):
@@ -136,65 +129,70 @@ def refused(result, *fragments):
 
 
 @pytest.mark.parametrize("swap", SWAPS.values(), ids=SWAPS.keys())
-def test_replaced_weights_are_refused_by_the_check_and_every_backend(model, tmp_path, swap):
-    old, new = swap(model)
+def test_replaced_weights_are_refused_by_the_check_and_every_backend(
+    container_bundle, tmp_path, swap
+):
+    old, new = swap(container_bundle)
     fragments = (f"class 1 member {IRMA}.pt", f"{IRMA}.onnx", old, new, "--force")
-    refused(check(model), *fragments)
+    refused(check(container_bundle), *fragments)
     for options in (
         ["--backend", "torch"],
         ["--precision", "fp32"],  # auto: ONNX Runtime on the CPU
         ["--precision", "fp32", "--backend", "onnxruntime"],
     ):
-        refused(run_process(model, tmp_path, *options), *fragments)
+        refused(run_process(container_bundle, tmp_path, *options), *fragments)
     for backend in ("torch", "onnxruntime", "auto"):
         with pytest.raises(DracInputError, match=f"{old}.*{new}"):
-            Predictor.from_bundle(model, device="cpu", precision="fp32", backend=backend)
+            Predictor.from_bundle(container_bundle, device="cpu", precision="fp32", backend=backend)
 
 
-def test_the_stale_onnx_message_names_the_member_both_hashes_and_the_remedy(model):
-    old, new = retrain(model)
+def test_the_stale_onnx_message_names_the_member_both_hashes_and_the_remedy(container_bundle):
+    old, new = retrain(container_bundle)
     with pytest.raises(DracInputError) as err:
-        load_bundle(model)
-    assert f"model bundle {model} is incomplete or inconsistent:" in str(err.value)
+        load_bundle(container_bundle)
+    assert f"model bundle {container_bundle} is incomplete or inconsistent:" in str(err.value)
     assert (
         f"class 1 member {IRMA}.pt: its ONNX file {IRMA}.onnx was exported from weights with "
         f"sha256 {old}, but the member's weights {IRMA}.pt have sha256 {new}: the ONNX file "
         f"would not run these weights; re-export it with: "
-        f"{REEXPORT_COMMAND.replace('BUNDLE', str(model))}"
+        f"{REEXPORT_COMMAND.replace('BUNDLE', str(container_bundle))}"
     ) in str(err.value)
 
 
-def test_a_forged_source_sha256_is_caught_by_the_agreement_check(model):
+def test_a_forged_source_sha256_is_caught_by_the_agreement_check(container_bundle):
     """Weights replaced and both hashes rewritten: only running the files can tell."""
-    _, new = swap_other_class(model)
-    edit_manifest(model, lambda d: irma_entry(d)["onnx"].update(source_sha256=new))
-    load_bundle(model)  # the hashes agree with each other
+    _, new = swap_other_class(container_bundle)
+    edit_manifest(container_bundle, lambda d: irma_entry(d)["onnx"].update(source_sha256=new))
+    load_bundle(container_bundle)  # the hashes agree with each other
     refused(
-        check(model),
+        check(container_bundle),
         f"class 1 member {IRMA}.pt: its ONNX file {IRMA}.onnx disagrees with the weights: "
         "probabilities differ by up to",
     )
 
 
-def test_weights_that_do_not_fit_the_declared_network_fail_the_check(model):
+def test_weights_that_do_not_fit_the_declared_network_fail_the_check(container_bundle):
     """The manifest's encoder changed, the weights not: torch cannot load them, so the check
     fails (the ONNX file, tied to the weights by its hash, would still run)."""
     edit_manifest(
-        model, lambda d: irma_entry(d)["model"].update(encoder="tu-mobilenetv3_small_050")
+        container_bundle,
+        lambda d: irma_entry(d)["model"].update(encoder="tu-mobilenetv3_small_050"),
     )
-    refused(check(model), f"class 1 member {IRMA}.pt:", "does not match its model spec")
+    refused(check(container_bundle), f"class 1 member {IRMA}.pt:", "does not match its model spec")
 
 
-def test_without_onnxruntime_the_check_warns_and_still_loads_the_weights(model, monkeypatch):
+def test_without_onnxruntime_the_check_warns_and_still_loads_the_weights(
+    container_bundle, monkeypatch
+):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
-    result = check(model)
+    result = check(container_bundle)
     assert result.exit_code == 0, result.output
     assert "warning: onnxruntime is not installed" in result.output
     assert "agreement with the weights was not checked" in result.output
     assert "ONNX Runtime agrees" not in result.output
-    edit_manifest(model, lambda d: irma_entry(d).update(onnx=None))
-    swap_garbage(model)  # no ONNX file to be tied to: only loading the weights shows it
-    refused(check(model), "cannot read model bundle member")
+    edit_manifest(container_bundle, lambda d: irma_entry(d).update(onnx=None))
+    swap_garbage(container_bundle)  # no ONNX file to be tied to: only loading the weights shows it
+    refused(check(container_bundle), "cannot read model bundle member")
 
 
 def test_the_export_and_the_check_share_one_tolerance():
@@ -205,22 +203,22 @@ def test_the_export_and_the_check_share_one_tolerance():
 
 
 @pytest.mark.parametrize("key", ["01", " 1", "1 ", "+1", "1.0", "\u0661", "\u00b2", "\uff11"])
-def test_class_keys_must_be_canonical(model, key):
+def test_class_keys_must_be_canonical(container_bundle, key):
     def rename(data):
         data["classes"][key] = data["classes"].pop("1")
 
-    edit_manifest(model, rename)
+    edit_manifest(container_bundle, rename)
     refused(
-        check(model),
+        check(container_bundle),
         f"unknown class {key!r}; valid: 1 (irma), 2 (na), 3 (nv); class keys are written "
         "exactly '1', '2', '3'",
     )
 
 
-def test_a_class_given_twice_is_refused(model):
+def test_a_class_given_twice_is_refused(container_bundle):
     """ "1" and "01" used to load, the later one winning."""
-    edit_manifest(model, lambda d: d["classes"].update({"01": d["classes"]["1"]}))
-    refused(check(model), "unknown class '01'")
+    edit_manifest(container_bundle, lambda d: d["classes"].update({"01": d["classes"]["1"]}))
+    refused(check(container_bundle), "unknown class '01'")
 
 
 # --- every value in its range -----------------------------------------------------------------
@@ -272,13 +270,13 @@ OUT_OF_RANGE = {
 
 
 @pytest.mark.parametrize("change, message", OUT_OF_RANGE.values(), ids=OUT_OF_RANGE.keys())
-def test_values_out_of_range_are_named(model, change, message):
-    edit_manifest(model, change)
-    refused(check(model), "is not a valid model bundle", message)
+def test_values_out_of_range_are_named(container_bundle, change, message):
+    edit_manifest(container_bundle, change)
+    refused(check(container_bundle), "is not a valid model bundle", message)
 
 
 def test_ranges_hold_in_memory_too():
-    data = json.loads((FIXTURE / MANIFEST).read_text())
+    data = json.loads((CONTAINER_BUNDLE / MANIFEST).read_text())
     data["classes"]["1"]["fill_holes"] = 1
     data["classes"]["1"]["threshold"] = math.nan
     irma_entry(data)["val_dice"] = math.inf
@@ -306,26 +304,33 @@ def as_version_1(folder):
     return folder
 
 
-def test_a_version_1_bundle_loads_runs_on_torch_and_says_why(model, caplog):
-    as_version_1(model)
-    assert load_bundle(model).untied_onnx() == [f"{c}_fold0-seed0.pt" for c in ("irma", "na", "nv")]
+def test_a_version_1_bundle_loads_runs_on_torch_and_says_why(container_bundle, caplog):
+    as_version_1(container_bundle)
+    assert load_bundle(container_bundle).untied_onnx() == [
+        f"{c}_fold0-seed0.pt" for c in ("irma", "na", "nv")
+    ]
     assert "are not tied to their weights" in caplog.text and "--force" in caplog.text
-    predictor = Predictor.from_bundle(model, device="cpu", precision="fp32")
+    predictor = Predictor.from_bundle(container_bundle, device="cpu", precision="fp32")
     assert predictor.backend.name == "torch"
     assert "not tied to their weights" in predictor.backend.reason
     with pytest.raises(DracInputError, match="not tied to their weights.*--force"):
-        Predictor.from_bundle(model, device="cpu", precision="fp32", backend="onnxruntime")
-    result = check(model)
+        Predictor.from_bundle(
+            container_bundle, device="cpu", precision="fp32", backend="onnxruntime"
+        )
+    result = check(container_bundle)
     assert result.exit_code == 0, result.output
     assert "warning: " in result.output and "not tied to their weights" in result.output
     assert "ONNX files: none" in result.output
 
 
-def test_a_version_1_bundle_with_replaced_weights_is_refused_everywhere(model, tmp_path):
-    as_version_1(model)
-    swap_garbage(model)
-    refused(check(model), "cannot read model bundle member")
-    refused(run_process(model, tmp_path, "--precision", "fp32"), "cannot read model bundle member")
+def test_a_version_1_bundle_with_replaced_weights_is_refused_everywhere(container_bundle, tmp_path):
+    as_version_1(container_bundle)
+    swap_garbage(container_bundle)
+    refused(check(container_bundle), "cannot read model bundle member")
+    refused(
+        run_process(container_bundle, tmp_path, "--precision", "fp32"),
+        "cannot read model bundle member",
+    )
 
 
 # --- the writers record the tie, and their bundles pass the check -----------------------------
@@ -347,23 +352,23 @@ def check_agrees(folder):
 
 
 @pytest.mark.slow
-def test_onnx_export_ties_old_and_stale_bundles_to_their_weights(model):
+def test_onnx_export_ties_old_and_stale_bundles_to_their_weights(container_bundle):
     def run(*args):
         return subprocess.run(
             [sys.executable, "-m", "drac_algo.onnx_export", *map(str, args)],
             capture_output=True, text=True, timeout=300, cwd=REPO,
         )  # fmt: skip
 
-    as_version_1(model)
-    done = run(model)  # untied files are exported again without --force
+    as_version_1(container_bundle)
+    done = run(container_bundle)  # untied files are exported again without --force
     assert done.returncode == 0, done.stderr
-    check_agrees(model)
-    retrain(model)
-    done = run(model)
+    check_agrees(container_bundle)
+    retrain(container_bundle)
+    done = run(container_bundle)
     assert done.returncode == 2 and "--force" in done.stderr
-    done = run(model, "--force")
+    done = run(container_bundle, "--force")
     assert done.returncode == 0, done.stderr
-    check_agrees(model)
+    check_agrees(container_bundle)
 
 
 @pytest.mark.slow

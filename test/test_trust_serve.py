@@ -1,4 +1,3 @@
-# ruff: noqa: F401, F811  (the fixture `bundle`, from test_process, is each test's argument)
 """Issue 21, the serving side: no run of ``process.py`` ends with a wrong result and exit status
 0, or with a broken output folder.
 
@@ -9,7 +8,7 @@
 - ``--continue`` converges to exactly what a plain run writes.
 - No run writes through a symbolic link inside its output folder.
 
-The tiny bundle and the helpers are :mod:`test_process`'s.
+The tiny bundle is conftest's ``tiny_bundle``; the helpers are :mod:`helpers`'.
 """
 
 import fcntl
@@ -23,17 +22,16 @@ import sys
 import time
 
 import pytest
-from test_process import (
+from helpers import (
     REPO,
     SIZE,
     SLUGS,
-    _counting_predictions,
-    bundle,
-    failed,
+    counting_predictions,
     gray,
     invoke,
     ok,
     read_png_mask,
+    rejected,
     results_of,
     tree,
     write_job,
@@ -52,7 +50,7 @@ def sha256(data):
 
 
 def outputs(folder):
-    """What a run leaves that a plain run would also write: :func:`test_process.tree` less the
+    """What a run leaves that a plain run would also write: :func:`helpers.tree` less the
     ``--continue`` records (``cases/``, the resumed run's own bookkeeping)."""
     return [rel for rel in tree(folder) if not rel.startswith("cases/")]
 
@@ -74,16 +72,18 @@ def same_outputs(resumed, fresh):
 
 
 @pytest.mark.slow
-def test_continue_recomputes_a_case_whose_input_changed_and_says_why(bundle, tmp_path, monkeypatch):
+def test_continue_recomputes_a_case_whose_input_changed_and_says_why(
+    tiny_bundle, tmp_path, monkeypatch
+):
     images = tmp_path / "images"
     for seed in (86, 90, 285):
         write_png(images / f"{seed:03d}.png", gray(seed))
-    args = ("--input", images, "--bundle", bundle, "--tta", "none")
+    args = ("--input", images, "--bundle", tiny_bundle, "--tta", "none")
     out = tmp_path / "out"
     ok(invoke(*args, "--output", out, "--continue"))
     write_png(images / "090.png", gray(9090))  # another image under the same name
     (out / "cases" / "285.json").unlink()
-    ran = _counting_predictions(monkeypatch)
+    ran = counting_predictions(monkeypatch)
     result = ok(invoke(*args, "--output", out, "--continue"))
     assert ran == ["090.png", "285.png"]
     assert "090: recomputed, its input 090.png changed since the case was written" in (
@@ -104,19 +104,19 @@ def test_continue_recomputes_a_case_whose_input_changed_and_says_why(bundle, tmp
 
 
 @pytest.mark.slow
-def test_a_resumed_run_refuses_the_stacks_a_fresh_run_refuses(bundle, tmp_path):
+def test_a_resumed_run_refuses_the_stacks_a_fresh_run_refuses(tiny_bundle, tmp_path):
     images = tmp_path / "images"
     for seed in (86, 90, 285):
         write_png(images / f"{seed:03d}.png", gray(seed))
-    args = ("--input", images, "--bundle", bundle, "--tta", "none")
+    args = ("--input", images, "--bundle", tiny_bundle, "--tta", "none")
     out = tmp_path / "out"
     ok(invoke(*args, "--output", out, "--continue"))
     assert (out / "1.nii.gz").is_file()
     write_png(images / "090.png", gray(90, (SIZE - 8, SIZE)))  # shrunk, same name
     fresh = tmp_path / "fresh"
-    refused = failed(invoke(*args, "--output", fresh), "images differ in size")
-    resumed = failed(invoke(*args, "--output", out, "--continue"), "images differ in size")
-    last = [r.stderr.strip().splitlines()[-1] for r in (refused, resumed)]
+    refused = rejected(invoke(*args, "--output", fresh), "images differ in size")
+    resumed = rejected(invoke(*args, "--output", out, "--continue"), "images differ in size")
+    last = [stderr.strip().splitlines()[-1] for stderr in (refused, resumed)]
     assert last[1] == last[0].replace(str(fresh), str(out))
     assert not any(rel.endswith(".nii.gz") for rel in tree(out))
     assert read_png_mask(out / "masks" / IRMA / "090.png").shape == (SIZE - 8, SIZE)
@@ -126,7 +126,9 @@ def test_a_resumed_run_refuses_the_stacks_a_fresh_run_refuses(bundle, tmp_path):
 # --- 2. One writer per output folder ----------------------------------------------------------
 
 
-def test_a_run_into_a_folder_another_run_writes_is_refused_and_touches_nothing(bundle, tmp_path):
+def test_a_run_into_a_folder_another_run_writes_is_refused_and_touches_nothing(
+    tiny_bundle, tmp_path
+):
     images = tmp_path / "images"
     write_png(images / "086.png", gray(86))
     out = tmp_path / "out"
@@ -141,8 +143,10 @@ def test_a_run_into_a_folder_another_run_writes_is_refused_and_touches_nothing(b
         before = {rel: (out / rel).read_bytes() for rel in tree(out)}
         before_log = (out / "process.log").read_bytes()
         for extra in ((), ("--continue",)):
-            result = failed(invoke("--input", images, "--output", out, "--bundle", bundle, *extra))
-            assert result.stderr.strip().splitlines()[-1] == (
+            stderr = rejected(
+                invoke("--input", images, "--output", out, "--bundle", tiny_bundle, *extra)
+            )
+            assert stderr.strip().splitlines()[-1] == (
                 "error: another process.py run (pid 4242, started 2025-01-02T03:04:05+00:00) "
                 f"is writing into {out}"
             )
@@ -150,7 +154,7 @@ def test_a_run_into_a_folder_another_run_writes_is_refused_and_touches_nothing(b
             assert (out / "process.log").read_bytes() == before_log
 
 
-def test_a_job_into_an_output_folder_another_run_writes_is_refused(bundle, tmp_path):
+def test_a_job_into_an_output_folder_another_run_writes_is_refused(tiny_bundle, tmp_path):
     job = write_job(tmp_path / "input")
     out = tmp_path / "output"
     out.mkdir()
@@ -158,19 +162,19 @@ def test_a_job_into_an_output_folder_another_run_writes_is_refused(bundle, tmp_p
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.write(json.dumps({"pid": 4242, "started": "2025-01-02T03:04:05+00:00"}))
         held.flush()
-        failed(
-            invoke("--input", job, "--output", out, "--bundle", bundle),
+        rejected(
+            invoke("--input", job, "--output", out, "--bundle", tiny_bundle),
             "error: another process.py run (pid 4242, started 2025-01-02T03:04:05+00:00) is "
             f"writing into {out}\n",
         )
     assert sorted(p.name for p in out.iterdir()) == [LOCK]
 
 
-def _popen_run(images, out, bundle):
+def _popen_run(images, out, tiny_bundle):
     """``process.py`` in a process of its own: two views per case, one thread (the test
     machine's cores are shared)."""
     command = [sys.executable, "process.py", "--input", images, "--output", out]
-    command += ["--bundle", bundle, "--tta", "flips", "--device", "cpu"]
+    command += ["--bundle", tiny_bundle, "--tta", "flips", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
 
@@ -185,17 +189,17 @@ def _wait_mid_run(proc, out):
 
 
 @pytest.mark.slow
-def test_two_processes_into_one_folder_the_second_is_refused(bundle, tmp_path):
+def test_two_processes_into_one_folder_the_second_is_refused(tiny_bundle, tmp_path):
     images = tmp_path / "images"
     names = [f"{i:03d}" for i in range(40)]
     for i, name in enumerate(names):
         write_png(images / f"{name}.png", gray(i))
     out = tmp_path / "out"
-    first = _popen_run(images, out, bundle)
+    first = _popen_run(images, out, tiny_bundle)
     try:
         _wait_mid_run(first, out)
         first.send_signal(signal.SIGSTOP)  # held mid-run, whatever the machine's speed
-        second = _popen_run(images, out, bundle)
+        second = _popen_run(images, out, tiny_bundle)
         _, stderr = second.communicate(timeout=120)
         assert second.returncode == 2, stderr[-2000:]
         assert re.search(
@@ -220,23 +224,25 @@ def test_two_processes_into_one_folder_the_second_is_refused(bundle, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_killed_with_sigkill_leaves_no_lock_that_refuses_the_next(bundle, tmp_path):
+def test_a_run_killed_with_sigkill_leaves_no_lock_that_refuses_the_next(tiny_bundle, tmp_path):
     images = tmp_path / "images"
     for i in range(40):
         write_png(images / f"{i:03d}.png", gray(i))
     out = tmp_path / "out"
-    first = _popen_run(images, out, bundle)
+    first = _popen_run(images, out, tiny_bundle)
     _wait_mid_run(first, out)
     first.kill()
     first.communicate(timeout=60)
     assert (out / LOCK).is_file()  # the file stays; the kernel dropped the lock
-    result = ok(invoke("--input", images, "--output", out, "--bundle", bundle, "--tta", "none"))
+    result = ok(
+        invoke("--input", images, "--output", out, "--bundle", tiny_bundle, "--tta", "none")
+    )
     assert "half-written output(s) of an interrupted earlier run" in result.stderr
     assert len(results_of(out)["cases"]) == 40
     assert not (out / LOCK).exists()
 
 
-def test_the_lock_is_held_for_the_run_and_released_after(bundle, tmp_path, monkeypatch):
+def test_the_lock_is_held_for_the_run_and_released_after(tiny_bundle, tmp_path, monkeypatch):
     images = tmp_path / "images"
     write_png(images / "086.png", gray(86))
     out = tmp_path / "out"
@@ -253,7 +259,7 @@ def test_the_lock_is_held_for_the_run_and_released_after(bundle, tmp_path, monke
         return original(config)
 
     monkeypatch.setattr(pipeline, "load_predictor", load_predictor)
-    ok(invoke("--input", images, "--output", out, "--bundle", bundle, "--tta", "none"))
+    ok(invoke("--input", images, "--output", out, "--bundle", tiny_bundle, "--tta", "none"))
     assert seen["holder"]["pid"] == os.getpid()
     assert not (out / LOCK).exists()
 
@@ -262,11 +268,11 @@ def test_the_lock_is_held_for_the_run_and_released_after(bundle, tmp_path, monke
 
 
 @pytest.mark.slow
-def test_continue_after_changes_writes_exactly_what_a_plain_run_writes(bundle, tmp_path):
+def test_continue_after_changes_writes_exactly_what_a_plain_run_writes(tiny_bundle, tmp_path):
     images = tmp_path / "images"
     for seed in (86, 90, 285, 1200):
         write_png(images / f"{seed:03d}.png", gray(seed))
-    args = ("--input", images, "--bundle", bundle, "--tta", "none")
+    args = ("--input", images, "--bundle", tiny_bundle, "--tta", "none")
     out = tmp_path / "out"
     ok(invoke(*args, "--output", out, "--save-probabilities"))  # a plain run first: no records
     (images / "285.png").unlink()  # a case gone from the input
@@ -306,7 +312,7 @@ LINKED = [
 
 @pytest.mark.parametrize("resume", [False, True], ids=["plain", "continue"])
 @pytest.mark.parametrize("where", LINKED)
-def test_a_symlink_in_the_output_folder_is_refused(bundle, tmp_path, where, resume):
+def test_a_symlink_in_the_output_folder_is_refused(tiny_bundle, tmp_path, where, resume):
     images = tmp_path / "images"
     write_png(images / "086.png", gray(86))
     out = tmp_path / "out"
@@ -326,8 +332,8 @@ def test_a_symlink_in_the_output_folder_is_refused(bundle, tmp_path, where, resu
     before = tree(out)
     outside_before = sorted(p.name for p in outside.iterdir()) if outside.is_dir() else None
     extra = ("--continue", "--save-probabilities") if resume else ("--save-probabilities",)
-    result = failed(invoke("--input", images, "--output", out, "--bundle", bundle, *extra))
-    assert result.stderr.strip().splitlines()[-1] == (
+    stderr = rejected(invoke("--input", images, "--output", out, "--bundle", tiny_bundle, *extra))
+    assert stderr.strip().splitlines()[-1] == (
         f"error: {out / where} is a symbolic link (to {outside}): a run writes only inside its "
         "output folder and never through a link; remove the link or choose another --output"
     )
@@ -338,7 +344,7 @@ def test_a_symlink_in_the_output_folder_is_refused(bundle, tmp_path, where, resu
         assert outside.read_text() == "not the run's\n"
 
 
-def test_a_symlinked_socket_folder_of_a_job_is_refused(bundle, tmp_path):
+def test_a_symlinked_socket_folder_of_a_job_is_refused(tiny_bundle, tmp_path):
     job = write_job(tmp_path / "input")
     out = tmp_path / "output"
     outside = tmp_path / "outside"
@@ -346,8 +352,8 @@ def test_a_symlinked_socket_folder_of_a_job_is_refused(bundle, tmp_path):
     link = out / "images" / SLUGS[2]
     link.parent.mkdir(parents=True)
     link.symlink_to(outside, target_is_directory=True)
-    failed(
-        invoke("--input", job, "--output", out, "--bundle", bundle, "--tta", "none"),
+    rejected(
+        invoke("--input", job, "--output", out, "--bundle", tiny_bundle, "--tta", "none"),
         f"error: {link} is a symbolic link (to {outside})",
     )
     assert list(outside.iterdir()) == [] and not (out / "process.log").exists()
