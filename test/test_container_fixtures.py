@@ -56,7 +56,7 @@ def outputs(tmp_path_factory):
                 RunConfig(
                     input_dir=FIXTURES / "inputs" / mode,
                     output_dir=folders[name],
-                    model_dir=FIXTURES / "model" if platform is None else model_sockets,
+                    bundle=FIXTURES / "model" if platform is None else model_sockets,
                     device="cpu",
                     precision="fp32",
                 )

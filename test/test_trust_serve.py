@@ -251,12 +251,12 @@ def test_the_lock_is_held_for_the_run_and_released_after(tiny_bundle, tmp_path, 
     seen = {}
     original = pipeline.load_predictor
 
-    def load_predictor(config):
+    def load_predictor(config, classes):
         # Mid-run: the lock file names this process, and a second taker is refused.
         seen["holder"] = json.loads((out / LOCK).read_text())
         with open(out / LOCK) as other, pytest.raises(BlockingIOError):
             fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return original(config)
+        return original(config, classes)
 
     monkeypatch.setattr(pipeline, "load_predictor", load_predictor)
     ok(invoke("--input", images, "--output", out, "--bundle", tiny_bundle, "--tta", "none"))

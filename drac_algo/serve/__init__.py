@@ -1,6 +1,7 @@
-"""A run of ``process.py``: the command (:mod:`.cli`), the two modes (:mod:`.pipeline`: a
-Grand Challenge job, a batch folder), what a run accumulates (:mod:`.run_state`), the batch writer
-and ``--continue`` (:mod:`.batch`, :mod:`.resume`), the output files (:mod:`.outputs`,
+"""A run of ``process.py``: the command (:mod:`.cli`), the run (:mod:`.pipeline`), the two modes
+(:mod:`.modes`: a Grand Challenge job; :mod:`.batch`: a batch folder), what a run
+accumulates (:mod:`.run_state`), ``--continue`` (:mod:`.batch`, :mod:`.resume`),
+the output files (:mod:`.outputs`,
 :mod:`.overlay`, :mod:`.results`), the platform's I/O (:mod:`.gc_io`, :mod:`.job_settings`).
 
 May import: :mod:`drac_algo.engine` and everything below it. Never training code or the tools.

@@ -1,10 +1,13 @@
-"""The batch mode: a folder of images -> ``masks/``, ``overlays/``, optionally
-``probabilities/``, the submission stacks (layout in :mod:`drac_algo.serve.outputs`).
+"""The batch mode (:class:`BatchFolder`, its own settings :class:`BatchOptions`): a folder of
+images -> ``masks/``, ``overlays/``, optionally ``probabilities/``, the submission stacks (layout
+in :mod:`drac_algo.serve.outputs`).
 
-A plain run fills hidden temporary folders and swaps them in only after every image succeeded
-(see :mod:`drac_algo.serve.pipeline`); a ``--continue`` run writes case by case and records each
-case last (:mod:`drac_algo.serve.resume`), so that a rerun keeps what is complete, and ends with
-the files a plain run writes (:func:`converge`): resumed equals fresh.
+One per-case loop (:func:`write_cases`) serves both writers, which differ only in where the
+files go and what happens around a case (:class:`CaseFolders`). A plain run fills hidden
+temporary folders and swaps them in only after every image succeeded (see
+:mod:`drac_algo.serve.pipeline`); a ``--continue`` run writes case by case into the final
+folders and records each case last (:mod:`drac_algo.serve.resume`), so that a rerun keeps what
+is complete, and ends with the files a plain run writes (:func:`converge`): resumed equals fresh.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,7 @@ from drac_algo.common.fsutil import (
 )
 from drac_algo.common.progress import RunProgress
 from drac_algo.data.images import LoadedImage, load_image
+from drac_algo.data.release import case_id
 from drac_algo.data.submission import SUBMISSION_FILES, write_submission
 from drac_algo.engine.predictor import Predictor
 from drac_algo.serve.outputs import (
@@ -53,6 +59,35 @@ log = logging.getLogger("drac_algo.serve.pipeline")
 
 # Marks the output folders as written by this program, so that a later run may replace them.
 OWNED_MARKER = ".drac-algo-output"
+# The folders a batch run writes into (and replaces, when they are this program's).
+FOLDERS = (MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, CASES_DIR)
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """The settings only a folder of images takes, named as their flags: ``classes``
+    (``--classes``: only these class indices; None: every class in the bundle),
+    ``save_probabilities``, ``resume`` (``--continue``: keep complete cases, write case by case)
+    and ``no_submission``."""
+
+    classes: tuple[int, ...] | None = None
+    save_probabilities: bool = False
+    resume: bool = False
+    no_submission: bool = False
+
+    def folder_only_flags(self) -> list[str]:
+        """The flags given that a Grand Challenge job refuses (it ignores ``--no-submission``)."""
+        flags = (
+            ("--classes", self.classes is not None),
+            ("--save-probabilities", self.save_probabilities),
+            ("--continue", self.resume),
+        )
+        return [flag for flag, given in flags if given]
+
+
+def case_name(path: Path) -> str:
+    """A case's name in the output files: the image's name without its suffixes."""
+    return path.name.split(".", 1)[0]
 
 
 def check_replaceable(folder: Path) -> None:
@@ -72,14 +107,15 @@ def retire_previous_summary(output_dir: Path) -> None:
         (output_dir / name).unlink(missing_ok=True)
 
 
-def write_stacks(run: RunState, collector: StackCollector) -> dict[str, Any]:
+def write_stacks(run: RunState, collector: StackCollector, options: BatchOptions) -> dict[str, Any]:
     """The submission stacks, or why not: ``cause`` is None (written), ``"not asked"``
-    (``submission=False``), ``"classes"`` (the bundle lacks a class) or ``"sizes"`` (the images
-    differ in size, so they cannot form one stack; :func:`run`'s caller treats it as an error)."""
-    if not run.config.submission:
+    (``--no-submission``, or ``--classes`` short of all three), ``"classes"`` (the bundle lacks
+    a class) or ``"sizes"`` (the images differ in size, so they cannot form one stack; the
+    command treats it as an error)."""
+    if options.no_submission:
         return {"written": False, "files": [], "reason": "not asked for", "cause": "not asked"}
-    if run.config.classes is not None and len(run.config.classes) < len(LESION_CLASSES):
-        keys = ",".join(BY_INDEX[i].key for i in run.config.classes)
+    if options.classes is not None and len(options.classes) < len(LESION_CLASSES):
+        keys = ",".join(BY_INDEX[i].key for i in options.classes)
         reason = f"--classes {keys}: the submission needs all three classes"
         return {"written": False, "files": [], "reason": reason, "cause": "not asked"}
     missing = [c for c in LESION_CLASSES if c.index not in collector.classes]
@@ -102,12 +138,11 @@ def write_stacks(run: RunState, collector: StackCollector) -> dict[str, Any]:
 def remove_leftovers(run: RunState, output_dir: Path) -> None:
     """Remove the hidden ``.partial`` files and folders a killed earlier run left (SIGKILL, a
     lost container: no cleanup ran), before this run writes the same outputs."""
-    names = [MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, CASES_DIR, RESULTS_FILE]
-    names += list(SUBMISSION_FILES.values())
+    names = [*FOLDERS, RESULTS_FILE, *SUBMISSION_FILES.values()]
     removed = [p.name for name in names for p in remove_stale_partials(output_dir / name)]
     # --continue writes case by case into the final folders: a kill mid-case leaves its
     # temporaries inside them.
-    for name in (MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, CASES_DIR):
+    for name in FOLDERS:
         removed += [p.name for p in remove_stale_partials_within(output_dir / name)]
     if removed:
         run.warn(
@@ -116,54 +151,201 @@ def remove_leftovers(run: RunState, output_dir: Path) -> None:
         )
 
 
-def run_batch(run: RunState, predictor: Predictor, images: list[Path]) -> dict[str, Any]:
-    output_dir = Path(run.config.output_dir)
-    masks_dir, overlays_dir = output_dir / MASKS_DIR, output_dir / OVERLAYS_DIR
-    collector = StackCollector(predictor.classes)
-    with contextlib.ExitStack() as staged:
-        masks_tmp = staged.enter_context(atomic_dir(masks_dir))
-        overlays_tmp = staged.enter_context(atomic_dir(overlays_dir))
-        staging = [masks_tmp, overlays_tmp]
-        probabilities_tmp = None
-        if run.config.save_probabilities:
-            probabilities_tmp = staged.enter_context(atomic_dir(output_dir / PROBABILITIES_DIR))
-            staging.append(probabilities_tmp)
-        for tmp in staging:
-            (tmp / OWNED_MARKER).write_text(
-                "written by drac_algo.serve.pipeline\n", encoding="utf-8"
-            )
-        # closing(): a failure in this loop must also stop the background decoding.
+class BatchFolder:
+    """The batch mode (:class:`drac_algo.serve.modes.Mode`): owns the folder's images (in
+    processing order), the :class:`BatchOptions`, and everything it writes under the output
+    folder: :data:`FOLDERS` and the submission stacks. ``results.json``'s ``mode`` is
+    ``"batch"``."""
 
-        def load(path: Path) -> LoadedImage:
-            with run.timed("decode_s"):  # in the prefetch thread, beside inference
-                return load_image(path)
+    name = "batch"
 
-        predictions = staged.enter_context(
-            contextlib.closing(predictor.predict_many(images, load=load))
+    def __init__(self, images: list[Path], options: BatchOptions) -> None:
+        self.images = images
+        self.options = options
+        self.classes = options.classes
+
+    def written_paths(self) -> list[str]:
+        return [*FOLDERS, *SUBMISSION_FILES.values()]
+
+    def check_output(self, output_dir: Path) -> None:
+        for folder in FOLDERS:
+            check_replaceable(output_dir / folder)
+
+    def prepare(self, run: RunState, output_dir: Path) -> None:
+        remove_leftovers(run, output_dir)
+
+    def preload(self, run: RunState) -> None:
+        """Nothing: the images are decoded in the background, beside inference."""
+
+    def case_id(self, path: Path) -> str | None:
+        return case_id(path)
+
+    def settings(self) -> dict[str, Any]:
+        return {}
+
+    def write(self, run: RunState, predictor: Predictor, bundle_id: str) -> dict[str, Any]:
+        """Predict and write every case, then the stacks; returns what ``results.json`` adds."""
+        collector = StackCollector(predictor.classes)
+        extra = {}
+        if self.options.resume:
+            extra["continued"] = self._write_continue(run, predictor, bundle_id, collector)
+        else:
+            self._write_staged(run, predictor, collector)
+        with run.timed("write_s"):
+            submission = write_stacks(run, collector, self.options)
+        examples = {
+            str(i): mask_png_path(MASKS_DIR, i, "<case>").as_posix()
+            for i in sorted(predictor.classes)
+        }
+        probabilities = self.options.save_probabilities
+        return {
+            "outputs": examples,
+            "overlays": f"{OVERLAYS_DIR}/<case>.png",
+            "probabilities": f"{PROBABILITIES_DIR}/<case>.npz" if probabilities else None,
+            **extra,
+            "submission": submission,
+        }
+
+    def _write_staged(self, run: RunState, predictor: Predictor, collector: StackCollector) -> None:
+        """A plain run: every case into hidden temporary folders, swapped in at the end."""
+        output_dir = Path(run.config.output_dir)
+        with contextlib.ExitStack() as staged:
+            masks_tmp = staged.enter_context(atomic_dir(output_dir / MASKS_DIR))
+            overlays_tmp = staged.enter_context(atomic_dir(output_dir / OVERLAYS_DIR))
+            staging = [masks_tmp, overlays_tmp]
+            probabilities_tmp = None
+            if self.options.save_probabilities:
+                probabilities_tmp = staged.enter_context(atomic_dir(output_dir / PROBABILITIES_DIR))
+                staging.append(probabilities_tmp)
+            for tmp in staging:
+                (tmp / OWNED_MARKER).write_text(
+                    "written by drac_algo.serve.pipeline\n", encoding="utf-8"
+                )
+            folders = CaseFolders(masks_tmp, overlays_tmp, probabilities_tmp)
+            write_cases(run, predictor, self.images, folders, collector)
+            retire_previous_summary(output_dir)
+            # An earlier run's maps and --continue records (checked to be this program's) would
+            # not match these masks.
+            stale = [CASES_DIR] if probabilities_tmp else [CASES_DIR, PROBABILITIES_DIR]
+            for folder in stale:
+                shutil.rmtree(output_dir / folder, ignore_errors=True)
+
+    def _write_continue(
+        self, run: RunState, predictor: Predictor, bundle_id: str, collector: StackCollector
+    ) -> dict[str, int]:
+        """``--continue``: each case written as it is done (files, then its record, see
+        :mod:`drac_algo.serve.resume`); complete cases of an earlier run with the same settings
+        are read back instead of recomputed."""
+        output_dir = Path(run.config.output_dir)
+        folders = [MASKS_DIR, OVERLAYS_DIR, CASES_DIR]
+        if self.options.save_probabilities:
+            folders.append(PROBABILITIES_DIR)
+        else:
+            shutil.rmtree(output_dir / PROBABILITIES_DIR, ignore_errors=True)
+        cases = output_dir / CASES_DIR
+        had_records = cases.is_dir() and any(cases.glob("*.json"))
+        for folder in folders:
+            (output_dir / folder).mkdir(parents=True, exist_ok=True)
+            (output_dir / folder / OWNED_MARKER).write_text("written by drac_algo.serve.pipeline\n")
+        retire_previous_summary(output_dir)  # results.json returns only once every case is done
+        case_fp = case_fingerprint(run, predictor, bundle_id, self.options)
+        names = [case_name(path) for path in self.images]
+        done: dict[str, dict[str, Any]] = {}
+        for path, name in zip(self.images, names, strict=True):
+            record, why = read_complete_case(output_dir, name, case_fp, path)
+            if record is not None:
+                done[name] = record
+            elif had_records:
+                log.info("%s: recomputed, %s", name, why)
+        if not had_records:
+            log.info("--continue: no case records in %s yet: every case runs", cases)
+        converge(output_dir, names, predictor.classes)
+        to_run = sum(name not in done for name in names)
+        log.info("--continue: %d case(s) complete, %d to run", len(done), to_run)
+
+        def record(name: str, entry: dict[str, Any], files: list[Path], source: dict) -> None:
+            write_case_record(output_dir, name, entry, case_fp, files, source)
+
+        probabilities = output_dir / PROBABILITIES_DIR if self.options.save_probabilities else None
+        where = CaseFolders(
+            output_dir / MASKS_DIR, output_dir / OVERLAYS_DIR, probabilities, done, record
         )
-        progress = staged.enter_context(RunProgress(len(images), "case", "inference"))
-        for number, (path, loaded, prediction) in enumerate(predictions, start=1):
+        write_cases(run, predictor, self.images, where, collector)
+        return {"complete_before": len(done), "run": to_run}
+
+
+@dataclass
+class CaseFolders:
+    """Where :func:`write_cases` puts each case's files (``masks``, ``overlays`` and, when
+    saved, ``probabilities``), which cases it keeps instead of computing (``kept``: name ->
+    its ``results.json`` entry, read back from an earlier ``--continue`` run) and, for
+    ``--continue``, ``record(name, entry, files, source)``, called after a case's files are
+    written (``source``: its input's identity, taken before decoding)."""
+
+    masks: Path
+    overlays: Path
+    probabilities: Path | None = None
+    kept: dict[str, dict[str, Any]] = field(default_factory=dict)
+    record: Callable[[str, dict[str, Any], list[Path], dict[str, Any]], None] | None = None
+
+
+def write_cases(
+    run: RunState,
+    predictor: Predictor,
+    images: list[Path],
+    folders: CaseFolders,
+    collector: StackCollector,
+) -> None:
+    """The per-case loop of both writers: each case of ``images``, in order, either kept (its
+    entry and masks read back) or predicted (the next one decoded in the background), recorded
+    in ``run``, written to ``folders``, added to ``collector`` and logged."""
+    names = [case_name(path) for path in images]
+    to_run = [path for path, name in zip(images, names, strict=True) if name not in folders.kept]
+    sources: dict[Path, dict[str, Any]] = {}
+
+    def load(path: Path) -> LoadedImage:
+        with run.timed("decode_s"):  # in the prefetch thread, beside inference
+            if folders.record is not None:
+                # Before decoding: should the file change in between, its record names the old
+                # bytes, and the next run recomputes the case rather than trust it.
+                sources[path] = input_identity(path)
+            return load_image(path)
+
+    with contextlib.ExitStack() as stack:
+        # closing(): a failure in this loop must also stop the background decoding.
+        predictions = stack.enter_context(
+            contextlib.closing(predictor.predict_many(to_run, load=load))
+        )
+        progress = stack.enter_context(RunProgress(len(to_run), "case", "inference"))
+        for number, (path, name) in enumerate(zip(images, names, strict=True), start=1):
+            if name in folders.kept:
+                run.cases.append(folders.kept[name])
+                collector.add(name, read_case_masks(folders.masks, name, predictor.classes))
+                continue
+            predicted_path, loaded, prediction = next(predictions)
+            assert predicted_path == path, (predicted_path, path)  # same order as to_run
             note_conversion(run, path, loaded)
-            name = path.name.split(".", 1)[0]
             record = record_case(run, path, name, loaded, prediction)
             with run.timed("write_s"):
-                write_mask_pngs(masks_tmp, name, prediction.masks)
-                write_overlay_png(overlays_tmp, name, loaded.pixels, prediction.masks)
-                if probabilities_tmp is not None:
-                    write_probabilities(probabilities_tmp, name, prediction.probabilities)
+                files = write_mask_pngs(folders.masks, name, prediction.masks)
+                files.append(
+                    write_overlay_png(folders.overlays, name, loaded.pixels, prediction.masks)
+                )
+                if folders.probabilities is not None:
+                    files.append(
+                        write_probabilities(folders.probabilities, name, prediction.probabilities)
+                    )
+                if folders.record is not None:
+                    source = {**sources.pop(path), "shape": list(loaded.pixels.shape[:2])}
+                    folders.record(name, record, files, source)
             collector.add(name, prediction.masks)
             log_case(f"{number}/{len(images)}", path.name, record)
             progress.advance()
-        retire_previous_summary(output_dir)
-        # An earlier run's maps and --continue records (checked to be this program's) would
-        # not match these masks.
-        stale = [CASES_DIR] if probabilities_tmp else [CASES_DIR, PROBABILITIES_DIR]
-        for folder in stale:
-            shutil.rmtree(output_dir / folder, ignore_errors=True)
-    return _finish(run, predictor, collector, probabilities=probabilities_tmp is not None)
 
 
-def case_fingerprint(run: RunState, predictor: Predictor, bundle_id: str) -> str:
+def case_fingerprint(
+    run: RunState, predictor: Predictor, bundle_id: str, options: BatchOptions
+) -> str:
     """What decides a case's files: a --continue run keeps only cases made with the same."""
     ran = predictor.settings()
     return fingerprint(
@@ -173,85 +355,9 @@ def case_fingerprint(run: RunState, predictor: Predictor, bundle_id: str) -> str
             "autocast": ran["autocast"],
             "backend": ran["backend"],
             "classes": sorted(predictor.classes),
-            "save_probabilities": run.config.save_probabilities,
+            "save_probabilities": options.save_probabilities,
         }
     )
-
-
-def run_batch_continue(
-    run: RunState, predictor: Predictor, images: list[Path], bundle_id: str
-) -> dict[str, Any]:
-    """``--continue``: each case written as it is done (files, then its record, see
-    :mod:`drac_algo.serve.resume`); complete cases of an earlier run with the same settings are read
-    back instead of recomputed; the stacks and ``results.json`` are assembled at the end."""
-    output_dir = Path(run.config.output_dir)
-    folders = [MASKS_DIR, OVERLAYS_DIR, CASES_DIR]
-    if run.config.save_probabilities:
-        folders.append(PROBABILITIES_DIR)
-    else:
-        shutil.rmtree(output_dir / PROBABILITIES_DIR, ignore_errors=True)
-    had_records = (output_dir / CASES_DIR).is_dir() and any((output_dir / CASES_DIR).glob("*.json"))
-    for folder in folders:
-        (output_dir / folder).mkdir(parents=True, exist_ok=True)
-        (output_dir / folder / OWNED_MARKER).write_text("written by drac_algo.serve.pipeline\n")
-    retire_previous_summary(output_dir)  # results.json returns only once every case is done
-    case_fp = case_fingerprint(run, predictor, bundle_id)
-    names = [path.name.split(".", 1)[0] for path in images]
-    done: dict[str, dict[str, Any]] = {}
-    for path, name in zip(images, names, strict=True):
-        record, why = read_complete_case(output_dir, name, case_fp, path)
-        if record is not None:
-            done[name] = record
-        elif had_records:
-            log.info("%s: recomputed, %s", name, why)
-    if not had_records:
-        log.info("--continue: no case records in %s yet: every case runs", output_dir / CASES_DIR)
-    converge(output_dir, names, predictor.classes)
-    to_run = [path for path, name in zip(images, names, strict=True) if name not in done]
-    log.info("--continue: %d case(s) complete, %d to run", len(done), len(to_run))
-    collector = StackCollector(predictor.classes)
-
-    sources: dict[Path, dict[str, Any]] = {}
-
-    def load(path: Path) -> LoadedImage:
-        with run.timed("decode_s"):
-            # Before decoding: should the file change in between, its record names the old
-            # bytes, and the next run recomputes the case rather than trust it.
-            sources[path] = input_identity(path)
-            return load_image(path)
-
-    with contextlib.ExitStack() as stack:
-        predictions = stack.enter_context(
-            contextlib.closing(predictor.predict_many(to_run, load=load))
-        )
-        progress = stack.enter_context(RunProgress(len(to_run), "case", "inference"))
-        for number, (path, name) in enumerate(zip(images, names, strict=True), start=1):
-            if name in done:
-                run.cases.append(done[name])
-                masks = read_case_masks(output_dir / MASKS_DIR, name, predictor.classes)
-                collector.add(name, masks)
-                continue
-            predicted_path, loaded, prediction = next(predictions)
-            assert predicted_path == path, (predicted_path, path)  # same order as to_run
-            note_conversion(run, path, loaded)
-            record = record_case(run, path, name, loaded, prediction)
-            with run.timed("write_s"):
-                source = {**sources.pop(path), "shape": list(loaded.pixels.shape[:2])}
-                files = write_mask_pngs(output_dir / MASKS_DIR, name, prediction.masks)
-                files.append(
-                    write_overlay_png(
-                        output_dir / OVERLAYS_DIR, name, loaded.pixels, prediction.masks
-                    )
-                )
-                if run.config.save_probabilities:
-                    folder = output_dir / PROBABILITIES_DIR
-                    files.append(write_probabilities(folder, name, prediction.probabilities))
-                write_case_record(output_dir, name, record, case_fp, files, source)
-            collector.add(name, prediction.masks)
-            log_case(f"{number}/{len(images)}", path.name, record)
-            progress.advance()
-    continued = {"complete_before": len(done), "run": len(to_run)}
-    return _finish(run, predictor, collector, run.config.save_probabilities, continued=continued)
 
 
 def converge(output_dir: Path, names: list[str], classes: tuple[int, ...]) -> None:
@@ -284,25 +390,3 @@ def converge(output_dir: Path, names: list[str], classes: tuple[int, ...]) -> No
             len(others),
             ", ".join(others[:6]) + (" ..." if len(others) > 6 else ""),
         )
-
-
-def _finish(
-    run: RunState,
-    predictor: Predictor,
-    collector: StackCollector,
-    probabilities: bool,
-    **extra: Any,
-) -> dict[str, Any]:
-    """Write the submission stacks; return what the batch mode adds to ``results.json``."""
-    with run.timed("write_s"):
-        submission = write_stacks(run, collector)
-    examples = {
-        str(i): mask_png_path(MASKS_DIR, i, "<case>").as_posix() for i in sorted(predictor.classes)
-    }
-    return {
-        "outputs": examples,
-        "overlays": f"{OVERLAYS_DIR}/<case>.png",
-        "probabilities": f"{PROBABILITIES_DIR}/<case>.npz" if probabilities else None,
-        **extra,
-        "submission": submission,
-    }

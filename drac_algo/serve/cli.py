@@ -181,27 +181,29 @@ def main(
     """Segment DRAC2022 Task 1 lesions in one Grand Challenge job or a folder of images."""
     # Imported here: the pipeline pulls in torch (seconds), not needed to print --help.
     from drac_algo.engine.gpu import GpuUnavailableError
-    from drac_algo.serve.pipeline import RunConfig, run
+    from drac_algo.serve.pipeline import BatchOptions, RunConfig, run
 
     config = RunConfig(
         input_dir=input_dir,
         output_dir=output_dir,
-        model_dir=bundle,
+        bundle=bundle,
         tta=tta,
         device=device,
-        batch_size=views_per_batch,
+        views_per_batch=views_per_batch,
         precision=precision,
         backend=backend,
         input_slug=input_slug,
         output_specs=output_specs,
         require_gpu=require_gpu,
-        submission=not no_submission,
+    )
+    batch = BatchOptions(
         classes=parse_classes(class_list),
         save_probabilities=save_probabilities,
         resume=resume,
+        no_submission=no_submission,
     )
     try:
-        results = run(config)
+        results = run(config, batch)
     except (OSError, GpuUnavailableError) as exc:
         # Disk full, a read-only mount, ...: the message names the file; no traceback.
         print(f"error: {exc}", file=sys.stderr)

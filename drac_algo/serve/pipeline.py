@@ -2,7 +2,8 @@
 image (the next one decoded in the background), write the outputs so that a failure never
 leaves a complete-looking result.
 
-Two modes, told apart by what the input folder holds:
+Two modes, told apart by what the input folder holds (:func:`drac_algo.serve.modes.find_mode`;
+each is an object the run asks, :class:`drac_algo.serve.modes.Mode`):
 
 - **Grand Challenge job**: ``inputs.json`` present. One image (see :mod:`drac_algo.serve.gc_io` for
   how it is chosen); one ``images/<slug>/output.mha`` per class plus ``results.json``.
@@ -38,73 +39,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-from drac_algo.common.classes import BY_INDEX, LESION_CLASSES
+from drac_algo.common.classes import LESION_CLASSES
 from drac_algo.common.cli import run_log
 from drac_algo.common.errors import DracInputError
 from drac_algo.common.fsutil import FolderBusy, FolderLock, find_links
-from drac_algo.data.images import IMAGE_SUFFIXES, LoadedImage, load_image
-from drac_algo.data.release import describe_folder, list_images
-from drac_algo.data.submission import SUBMISSION_FILES
 from drac_algo.engine.devices import resolve_device
 from drac_algo.engine.gpu import GpuStatus, check_gpu, gpu_status
 from drac_algo.engine.predictor import Predictor
-from drac_algo.serve.batch import (
-    check_replaceable,
-    remove_leftovers,
-    run_batch,
-    run_batch_continue,
-)
-from drac_algo.serve.gc_io import find_job_image, is_grand_challenge_job, write_mask_mha
-from drac_algo.serve.job_settings import COMMAND_LINE, JobSettings, resolve_job_settings
-from drac_algo.serve.outputs import (
-    LOCK_FILE,
-    MASKS_DIR,
-    OVERLAYS_DIR,
-    PROBABILITIES_DIR,
-    PROCESS_LOG,
-)
+from drac_algo.serve.batch import BatchOptions
+from drac_algo.serve.job_settings import JobSettings, resolve_job_settings
+from drac_algo.serve.modes import Mode, find_mode
+from drac_algo.serve.outputs import LOCK_FILE, PROCESS_LOG
 from drac_algo.serve.results import RESULTS_FILE, results_document, write_results
-from drac_algo.serve.resume import (
-    CASES_DIR,
-)
-from drac_algo.serve.run_state import (
-    BATCH,
-    GRAND_CHALLENGE,
-    RunConfig,
-    RunState,
-    log_case,
-    note_conversion,
-    record_case,
-)
+from drac_algo.serve.run_state import RunConfig, RunState
+
+__all__ = ["BatchOptions", "RunConfig", "run"]
 
 log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------
 # Inputs, output folder, model
-
-
-def find_inputs(config: RunConfig, job: JobSettings) -> tuple[str, list[Path], str | None]:
-    """(mode, image files in processing order, image socket slug or None in batch mode)."""
-    input_dir = Path(config.input_dir)
-    if not input_dir.is_dir():
-        raise DracInputError(f"input folder not found: {describe_folder(input_dir)}")
-    if is_grand_challenge_job(input_dir):
-        socket, image = find_job_image(input_dir, job.input_slug)
-        return GRAND_CHALLENGE, [image], socket.slug
-    if job.input_slug is not None and job.sources["input_socket"] == COMMAND_LINE:
-        # From the environment or platform.json it describes the platform's jobs, not this.
-        raise DracInputError(
-            f"--input-slug {job.input_slug!r} given, but {input_dir} holds no inputs.json "
-            "(batch mode has no sockets)"
-        )
-    images = list_images(input_dir)
-    if not images:
-        raise DracInputError(
-            f"no images ({', '.join(IMAGE_SUFFIXES)}) and no inputs.json in the input folder: "
-            f"{describe_folder(input_dir)}"
-        )
-    return BATCH, images, None
 
 
 def check_output_dir(output_dir: str | os.PathLike) -> Path:
@@ -137,18 +92,6 @@ def one_writer(output_dir: Path) -> FolderLock:
         ) from None
 
 
-def written_paths(mode: str, job: JobSettings) -> list[str]:
-    """What a run of ``mode`` writes under the output folder (relative paths): the files, and
-    the folders it writes into."""
-    paths = [PROCESS_LOG, RESULTS_FILE]
-    if mode == BATCH:
-        paths += [MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, CASES_DIR]
-        paths += list(SUBMISSION_FILES.values())
-    else:
-        paths += [s.mask_path(".").as_posix() for _, s in sorted(job.output_sockets.items())]
-    return paths
-
-
 def refuse_links(output_dir: Path, paths: list[str]) -> None:
     """Raise :class:`DracInputError` for the first symbolic link on the way to, or inside, any of
     ``paths`` (relative to ``output_dir``; see :func:`drac_algo.common.fsutil.find_links`).
@@ -168,58 +111,32 @@ def refuse_links(output_dir: Path, paths: list[str]) -> None:
         )
 
 
-def load_predictor(config: RunConfig) -> tuple[Predictor, dict[str, Any], float]:
-    """Build every network of the bundle once; returns the predictor, the bundle's description
-    for ``results.json`` and the load time in seconds."""
+def load_predictor(
+    config: RunConfig, classes: tuple[int, ...] | None
+) -> tuple[Predictor, dict[str, Any], float]:
+    """Build every network of the bundle once (of ``classes`` only, when given); returns the
+    predictor, the bundle's description for ``results.json`` and the load time in seconds."""
     start = time.perf_counter()
     # from_bundle checks the manifest, the member files and their checksums.
     predictor = Predictor.from_bundle(
-        config.model_dir,
+        config.bundle,
         device=config.device,
         precision=config.precision,
         tta=config.tta,
-        max_views_per_batch=config.batch_size,
-        classes=config.classes,
+        max_views_per_batch=config.views_per_batch,
+        classes=classes,
         backend=config.backend,
     )
     seconds = time.perf_counter() - start
     bundle = predictor.bundle  # parsed and checked once, by from_bundle
     info = {
-        "path": str(config.model_dir),
+        "path": str(config.bundle),
         "created": bundle.created,
         "drac_algo_version": bundle.drac_algo_version,
         "classes": sorted(bundle.classes),
         "id": bundle.manifest_sha256[:12],
     }
     return predictor, info, seconds
-
-
-# --------------------------------------------------------------------------------------------
-# Per case
-
-
-# --------------------------------------------------------------------------------------------
-# The two modes
-
-
-def _run_job(
-    run: RunState, predictor: Predictor, image_path: Path, loaded: LoadedImage
-) -> dict[str, Any]:
-    config = run.config
-    prediction = predictor.predict(loaded.pixels)
-    record = record_case(run, image_path, image_path.stem, loaded, prediction)
-    log_case("job", image_path.name, record)
-    outputs = {}
-    sockets = run.job.output_sockets
-    with run.timed("write_s"):
-        for index, mask in prediction.masks.items():
-            path = sockets[index].mask_path(config.output_dir)
-            write_mask_mha(path, mask, loaded)
-            outputs[str(index)] = path.relative_to(config.output_dir).as_posix()
-        for index in set(sockets) - set(prediction.masks):
-            # A previous run's mask for a class this model lacks would read as this run's answer.
-            sockets[index].mask_path(config.output_dir).unlink(missing_ok=True)
-    return {"outputs": outputs}
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,80 +167,44 @@ def _check_device(config: RunConfig, job: JobSettings) -> GpuStatus:
     return status
 
 
-def run(config: RunConfig) -> dict[str, Any]:
-    """Run the whole job described by ``config`` and return what was written to
-    ``results.json``. Raises :class:`DracInputError` for bad input (inputs, output folder,
-    bundle, settings) and :class:`drac_algo.engine.gpu.GpuUnavailableError` when the GPU is required
-    but unusable; nothing that looks complete is left behind on failure (see the module
-    docstring).
+def run(config: RunConfig, batch: BatchOptions | None = None) -> dict[str, Any]:
+    """Run the whole job described by ``config`` (and, for a folder of images, ``batch``) and
+    return what was written to ``results.json``. Raises :class:`DracInputError` for bad input
+    (inputs, output folder, bundle, settings) and
+    :class:`drac_algo.engine.gpu.GpuUnavailableError` when the GPU is required but unusable;
+    nothing that looks complete is left behind on failure (see the module docstring).
     """
     started = time.perf_counter()
     job = resolve_job_settings(
-        config.model_dir, config.input_slug, config.output_specs, config.require_gpu
+        config.bundle, config.input_slug, config.output_specs, config.require_gpu
     )
-    mode, images, slug = find_inputs(config, job)
-    if mode == GRAND_CHALLENGE:
-        batch_only = [
-            flag
-            for flag, given in (
-                ("--classes", config.classes is not None),
-                ("--save-probabilities", config.save_probabilities),
-                ("--continue", config.resume),
-            )
-            if given
-        ]
-        if batch_only:
-            raise DracInputError(
-                f"{' and '.join(batch_only)}: for a folder of images only; {config.input_dir} "
-                "holds a Grand Challenge job (inputs.json), which writes every class's socket"
-            )
+    mode = find_mode(config, job, batch or BatchOptions())
     output_dir = check_output_dir(config.output_dir)
     refuse_links(output_dir, [LOCK_FILE])
     # Nothing is written (the log included) before the lock is ours, nor through a link after.
     with one_writer(output_dir):
-        refuse_links(output_dir, written_paths(mode, job))
+        refuse_links(output_dir, [PROCESS_LOG, RESULTS_FILE, *mode.written_paths()])
         with run_log(output_dir / PROCESS_LOG, "drac-process"):
-            return _run_checked(config, job, mode, images, slug, output_dir, started)
+            return _run_checked(config, job, mode, output_dir, started)
 
 
 def _run_checked(
-    config: RunConfig,
-    job: JobSettings,
-    mode: str,
-    images: list[Path],
-    slug: str | None,
-    output_dir: Path,
-    started: float,
+    config: RunConfig, job: JobSettings, mode: Mode, output_dir: Path, started: float
 ) -> dict[str, Any]:
-    if mode == BATCH:
-        for folder in (MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, CASES_DIR):
-            check_replaceable(output_dir / folder)
-    log.info("mode: %s; %d image(s) from %s", mode, len(images), config.input_dir)
+    mode.check_output(output_dir)
+    log.info("mode: %s; %d image(s) from %s", mode.name, len(mode.images), config.input_dir)
     run_state = RunState(config, mode, job)
-    if mode == BATCH:
-        remove_leftovers(run_state, output_dir)
-    if mode == GRAND_CHALLENGE:
-        where = {i: job.sources[f"output_socket_{BY_INDEX[i].key}"] for i in job.output_sockets}
-        sockets = ", ".join(
-            f"{BY_INDEX[i].key} -> {s.relative_path}/ ({where[i]})"
-            for i, s in sorted(job.output_sockets.items())
-        )
-        log.info("sockets: input %s; outputs %s", slug, sockets)
+    mode.prepare(run_state, output_dir)
     gpu = _check_device(config, job)
-    job_image = None
-    if mode == GRAND_CHALLENGE:
-        # One image: read it before the (slower) model load, so a bad file fails fast.
-        with run_state.timed("decode_s"):
-            job_image = load_image(images[0])
-        note_conversion(run_state, images[0], job_image)
+    mode.preload(run_state)
 
-    predictor, bundle_info, load_seconds = load_predictor(config)
+    predictor, bundle_info, load_seconds = load_predictor(config, mode.classes)
     ran = predictor.settings()
     mixed = ran["autocast"] != "fp32"
     log.info(
         "model bundle %s (id %s) loaded in %.1f s: classes %s on %s, %s, %d view(s) per batch, "
         "%s backend (%s)%s",
-        config.model_dir,
+        config.bundle,
         bundle_info["id"],
         load_seconds,
         list(predictor.classes),
@@ -340,21 +221,13 @@ def _run_checked(
             f"{gpu.reason or 'the CPU was asked for'}"
         )
     for c in LESION_CLASSES:
-        if c.index not in predictor.classes and (
-            config.classes is None or c.index in config.classes
-        ):
+        if c.index not in predictor.classes and (mode.classes is None or c.index in mode.classes):
             run_state.warn(
-                f"model bundle {config.model_dir} has no class {c.index} ({c.key}, {c.name}): "
+                f"model bundle {config.bundle} has no class {c.index} ({c.key}, {c.name}): "
                 "no output is written for it"
             )
 
-    if job_image is not None:
-        mode_results = _run_job(run_state, predictor, images[0], job_image)
-    else:
-        if config.resume:
-            mode_results = run_batch_continue(run_state, predictor, images, bundle_info["id"])
-        else:
-            mode_results = run_batch(run_state, predictor, images)
+    mode_results = mode.write(run_state, predictor, bundle_info["id"])
 
     results = results_document(
         run_state,
@@ -363,7 +236,6 @@ def _run_checked(
         bundle=bundle_info,
         load_seconds=load_seconds,
         mode_results=mode_results,
-        input_slug=slug,
         output_dir=output_dir,
         started=started,
     )

@@ -26,7 +26,7 @@ from drac_algo.common.fsutil import atomic_write_text
 from drac_algo.common.provenance import environment
 from drac_algo.engine.gpu import GpuStatus
 from drac_algo.engine.predictor import Predictor
-from drac_algo.serve.run_state import GRAND_CHALLENGE, RunState
+from drac_algo.serve.run_state import RunState
 
 RESULTS_FILE = "results.json"
 RESULTS_FORMAT = "drac-algo-results"
@@ -67,13 +67,12 @@ def results_document(
     bundle: dict[str, Any],
     load_seconds: float,
     mode_results: dict[str, Any],
-    input_slug: str | None,
     output_dir: Path,
     started: float,
 ) -> dict[str, Any]:
     """The whole ``results.json`` of a finished run. ``mode_results`` is what the mode returned:
     ``outputs`` (class index -> output path) and the keys it adds at the top level."""
-    config, job = run.config, run.job
+    config, job, mode = run.config, run.job, run.mode
     extra = dict(mode_results)
     outputs = extra.pop("outputs")
     stats = predictor.stats()
@@ -83,14 +82,10 @@ def results_document(
         requested_device=config.device,
         drac_algo_version=drac_algo.__version__,
         environment=environment(),
-        requested_classes=None if config.classes is None else list(config.classes),
+        requested_classes=None if mode.classes is None else list(mode.classes),
         job=job.to_json(),
     )
-    if run.mode == GRAND_CHALLENGE:
-        settings.update(
-            input_slug=input_slug,
-            output_slugs={str(i): s.slug for i, s in sorted(job.output_sockets.items())},
-        )
+    settings.update(mode.settings())
     stages = {
         "model_load_s": round(load_seconds, 4),
         "decode_s": round(run.stages.get("decode_s", 0.0), 4),
@@ -100,7 +95,7 @@ def results_document(
     return {
         "format": RESULTS_FORMAT,
         "version": RESULTS_VERSION,
-        "mode": run.mode,
+        "mode": mode.name,
         "input": str(config.input_dir),
         "output": str(output_dir),
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -123,7 +118,7 @@ def results_document(
             "per_image_max_s": _rounded(stats["seconds_max"]),
         },
         "engine": stats,
-        "classes": class_table(predictor, outputs, config.classes),
+        "classes": class_table(predictor, outputs, mode.classes),
         **extra,
         "cases": run.cases,
         "warnings": run.warnings,

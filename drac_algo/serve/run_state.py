@@ -1,5 +1,7 @@
-"""A run's settings and what it accumulates on its way to ``results.json`` (the cases, the
-warnings, the time per stage), with the per-case steps both modes share."""
+"""A run's shared settings (:class:`RunConfig`, what both modes take) and what it accumulates
+on its way to ``results.json`` (:class:`RunState`: the cases, the warnings, the time per stage),
+with the per-case steps both modes share. The batch folder's own settings are
+:class:`drac_algo.serve.batch.BatchOptions`."""
 
 from __future__ import annotations
 
@@ -9,28 +11,27 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drac_algo.common.classes import BY_INDEX
 from drac_algo.data.images import LoadedImage
-from drac_algo.data.release import case_id
 from drac_algo.engine.ensemble import CasePrediction
 from drac_algo.serve.job_settings import JobSettings
 from drac_algo.serve.outputs import case_record
 
-log = logging.getLogger("drac_algo.serve.pipeline")
+if TYPE_CHECKING:
+    from drac_algo.serve.modes import Mode
 
-# The two modes (see drac_algo.serve.pipeline).
-GRAND_CHALLENGE = "grand-challenge"
-BATCH = "batch"
+log = logging.getLogger("drac_algo.serve.pipeline")
 
 
 @dataclass
 class RunConfig:
-    """A run's settings (the container's defaults: Grand Challenge paths, D4 TTA).
+    """The settings both modes share, named as their ``process.py`` flags (the container's
+    defaults: Grand Challenge paths, D4 TTA).
 
-    ``batch_size``: at most this many TTA views per forward pass (None: the engine's default for
-    the device, 8 on CUDA and 1 on the CPU). ``input_slug``, ``output_specs``
+    ``views_per_batch``: at most this many TTA views per forward pass (None: the engine's default
+    for the device, 8 on CUDA and 1 on the CPU). ``input_slug``, ``output_specs``
     (``CLASS=SLUG[:RELATIVE_PATH]``) and ``require_gpu`` are the command line's values (None /
     empty: not given), resolved with the environment and the model folder's ``platform.json`` by
     :func:`drac_algo.serve.job_settings.resolve_job_settings`.
@@ -38,27 +39,24 @@ class RunConfig:
 
     input_dir: Path = Path("/input")
     output_dir: Path = Path("/output")
-    model_dir: Path = Path("/opt/ml/model")
+    bundle: Path = Path("/opt/ml/model")
     tta: str = "d4"
     device: str = "auto"
-    batch_size: int | None = None
+    views_per_batch: int | None = None
     precision: str = "auto"
     backend: str = "auto"
     input_slug: str | None = None
     output_specs: tuple[str, ...] = ()
     require_gpu: bool | None = None
-    submission: bool = True  # batch mode: write the stacks 1.nii.gz 2.nii.gz 3.nii.gz
-    classes: tuple[int, ...] | None = None  # batch mode: only these class indices (None: all)
-    save_probabilities: bool = False  # batch mode: probabilities/<case>.npz
-    resume: bool = False  # batch mode (--continue): keep complete cases, write case by case
 
 
 @dataclass
 class RunState:
-    """What a run accumulates on its way to ``results.json``."""
+    """What a run accumulates on its way to ``results.json``; ``mode`` is the mode object
+    (:class:`drac_algo.serve.modes.Mode`) whose outputs these are."""
 
     config: RunConfig
-    mode: str
+    mode: Mode
     job: JobSettings
     warnings: list[str] = field(default_factory=list)
     cases: list[dict[str, Any]] = field(default_factory=list)
@@ -99,7 +97,7 @@ def record_case(
     run: RunState, path: Path, name: str, loaded: LoadedImage, prediction: CasePrediction
 ) -> dict[str, Any]:
     run.warnings.extend(prediction.warnings)  # out-of-memory events, already logged
-    cid = case_id(path) if run.mode == BATCH else None  # job files have uuid names
+    cid = run.mode.case_id(path)
     record = case_record(
         name,
         path,

@@ -108,7 +108,7 @@ def run_quickstart(
         RunConfig(
             input_dir=test_images,
             output_dir=output,
-            model_dir=summary.bundle,
+            bundle=summary.bundle,
             tta="d4",
             device="cpu",
         )
