@@ -12,9 +12,9 @@ from drac_algo.bundle.manifest import (
     Bundle,
     ClassEntry,
     MemberSpec,
-    bundle_from_dict,
 )
 from drac_algo.bundle.store import build_member, load_bundle, save_bundle
+from drac_algo.bundle.validation import bundle_from_dict
 from drac_algo.common.errors import DracInputError
 from drac_algo.engine.tta import TTA_SETS, get_transform
 from drac_algo.networks.models import ModelSpec, Normalization, build_network

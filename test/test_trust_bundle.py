@@ -18,8 +18,9 @@ from click.testing import CliRunner
 from helpers import CONTAINER_BUNDLE
 
 from drac_algo.bundle import cli as bundle_cli
-from drac_algo.bundle.manifest import MANIFEST, REEXPORT_COMMAND, bundle_from_dict
+from drac_algo.bundle.manifest import MANIFEST, REEXPORT_COMMAND
 from drac_algo.bundle.store import load_bundle
+from drac_algo.bundle.validation import bundle_from_dict
 from drac_algo.bundle.verify import AGREEMENT_ATOL
 from drac_algo.common.errors import DracInputError
 from drac_algo.engine.predictor import Predictor

@@ -58,9 +58,9 @@ from drac_algo.bundle.manifest import (
     TTA_NAMES,
     Bundle,
     MemberSpec,
-    bundle_from_dict,
     untied_onnx_warning,
 )
+from drac_algo.bundle.validation import bundle_from_dict
 from drac_algo.common.classes import BY_INDEX
 from drac_algo.common.datafiles import parse_json, read_bytes
 from drac_algo.common.errors import DracInputError
