@@ -56,23 +56,26 @@ def _check_top(value: Any, expect: type | None, where: str) -> Any:
     return value
 
 
+def _parse(raw: bytes | str, loads: Any, where: str, not_valid: str, nesting: str) -> Any:
+    """``loads`` of ``raw`` (UTF-8 bytes or text), every failure a :class:`DracInputError`:
+    ``not_valid`` says what the file is not ("is not readable JSON"), ``nesting`` what nests."""
+    try:
+        return loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except UnicodeDecodeError as exc:  # before ValueError, of which it is one
+        raise DracInputError(f"{where} {not_valid}: not UTF-8 text ({exc})") from None
+    except RecursionError:
+        raise DracInputError(
+            f"{where}: nested deeper than {MAX_DEPTH} levels of {nesting}"
+        ) from None
+    except ValueError as exc:  # the syntax errors of both parsers; integers over 4300 digits
+        raise DracInputError(f"{where} {not_valid}: {exc}") from None
+
+
 def parse_json(raw: bytes | str, where: str, expect: type | None = dict) -> Any:
     """The JSON document ``raw`` (UTF-8 bytes or text); ``where`` names it in errors (e.g.
     "bundle manifest /opt/ml/model/manifest.json"). ``expect``: the type the top level must
     have (``dict`` by default; ``None`` for any)."""
-    try:
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        value = json.loads(text)
-    except UnicodeDecodeError as exc:
-        raise DracInputError(f"{where} is not readable JSON: not UTF-8 text ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise DracInputError(f"{where} is not readable JSON: {exc}") from None
-    except RecursionError:
-        raise DracInputError(
-            f"{where}: nested deeper than {MAX_DEPTH} levels of lists/objects"
-        ) from None
-    except ValueError as exc:  # e.g. an integer of more than 4300 digits
-        raise DracInputError(f"{where} is not readable JSON: {exc}") from None
+    value = _parse(raw, json.loads, where, "is not readable JSON", "lists/objects")
     return _check_top(_check_depth(value, where), expect, where)
 
 
@@ -94,18 +97,8 @@ def read_json(path: str | os.PathLike, what: str, expect: type | None = dict) ->
 
 def read_toml(path: str | os.PathLike, what: str = "config file") -> dict[str, Any]:
     """The tables of the TOML file ``path``; see the module docstring for the errors."""
-    path = Path(path)
-    raw = read_bytes(path, what)
-    try:
-        value = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise DracInputError(f"{what} {path} is not valid TOML: not UTF-8 text ({exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise DracInputError(f"{what} {path} is not valid TOML: {exc}") from None
-    except RecursionError:
-        raise DracInputError(
-            f"{what} {path}: nested deeper than {MAX_DEPTH} levels of arrays/tables"
-        ) from None
-    except ValueError as exc:  # e.g. an integer of more than 4300 digits
-        raise DracInputError(f"{what} {path} is not valid TOML: {exc}") from None
-    return _check_depth(value, f"{what} {path}")
+    where = f"{what} {path}"
+    value = _parse(
+        read_bytes(path, what), tomllib.loads, where, "is not valid TOML", "arrays/tables"
+    )
+    return _check_depth(value, where)
