@@ -101,12 +101,8 @@ def read_complete_case(
         return None, "it was made with other settings or another model bundle"
     if not isinstance(source, dict):
         return None, f"its record {path.name} does not identify its input (an older version's)"
-    now = image.read_bytes()
-    if (source.get("file"), source.get("bytes"), source.get("sha256")) != (
-        image.name,
-        len(now),
-        hashlib.sha256(now).hexdigest(),
-    ):
+    now = input_identity(image)
+    if {key: source.get(key) for key in now} != now:
         return None, f"its input {image.name} changed since the case was written"
     for rel, digest in files.items():
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
