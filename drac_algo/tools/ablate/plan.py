@@ -106,6 +106,13 @@ TRAINED = (
         "IRMA's loss: batch Dice + skeleton recall (Kirchhoff et al. 2024), weight 1",
     ),
     Variant(
+        "best, IRMA larger crops",
+        "best",
+        {"irma": {"crop_size": 192, "batch_size": 4, "samples_per_epoch": 48}},
+        "IRMA: 192 px crops (1.5x the side, more context around each segment), "
+        "batch 4 and half the crops: about the same pixels per epoch",
+    ),
+    Variant(
         "best, NV 3 short seeds",
         "best",
         {"nv": {"samples_per_epoch": 80}},
