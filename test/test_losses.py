@@ -107,7 +107,8 @@ def test_build_loss_registry_errors():
     assert (focal.aux, focal.gamma, focal.aux_weight) == ("focal", 1.0, 0.3)
     with pytest.raises(
         DracInputError,
-        match="valid: dice, positive_dice_bce, positive_dice_focal, dice_skeleton_recall",
+        match="valid: dice, positive_dice_bce, positive_dice_focal, dice_skeleton_recall, "
+        "dice_cldice",
     ):
         build_loss("tversky")
     with pytest.raises(DracInputError, match="valid: aux_weight, smooth"):
@@ -172,3 +173,27 @@ def test_skeleton_recall_parameters_are_checked():
         build_loss("dice_skeleton_recall", iterations=0)
     with pytest.raises(DracInputError, match="weight must be a number >= 0"):
         build_loss("dice_skeleton_recall", weight=-1)
+
+
+def test_cldice_keeps_an_all_positive_map_expensive_and_weighs_thin_misses():
+    """The degenerate solution measured in the ablation: an all-positive prediction has perfect
+    skeleton recall, so skeleton recall's own term is 0 there; clDice's total stays near the
+    Dice share of it and far above an exact prediction."""
+    target = _scene()
+    everything = torch.full_like(target, 20.0)
+    exact = (target * 2 - 1) * 20.0
+    dice = float(build_loss("dice")(everything, target))
+    assert float(build_loss("dice_skeleton_recall")(everything, target)) == pytest.approx(
+        dice, abs=1e-3
+    )
+    cldice = build_loss("dice_cldice")
+    assert float(cldice(exact, target)) == pytest.approx(0.0, abs=1e-3)
+    assert float(cldice(everything, target)) >= 0.5 * dice - 1e-3 > 0.3
+    missed = target.clone()
+    missed[0, 0, 40:43, 10:50] = 0
+    blob = target.clone()
+    blob[0, 0, 4:9, 4:28] = 0
+    thin_miss = float(cldice((missed * 2 - 1) * 20.0, target))
+    assert thin_miss > float(cldice((blob * 2 - 1) * 20.0, target)) + 0.05
+    with pytest.raises(DracInputError, match="alpha must be in"):
+        build_loss("dice_cldice", alpha=1.5)

@@ -106,6 +106,12 @@ TRAINED = (
         "IRMA's loss: batch Dice + skeleton recall (Kirchhoff et al. 2024), weight 1",
     ),
     Variant(
+        "best, IRMA + clDice",
+        "best",
+        {"irma": {"loss__name": "dice_cldice"}},
+        "IRMA's loss: 0.5 batch Dice + 0.5 clDice (Shit et al. 2021)",
+    ),
+    Variant(
         "best, IRMA larger crops",
         "best",
         {"irma": {"crop_size": 192, "batch_size": 4, "samples_per_epoch": 48}},
