@@ -14,7 +14,7 @@ from drac_algo.common.errors import DracInputError
 from drac_algo.data.metrics import score
 from drac_algo.tools.ablate.plan import DERIVED, TRAINED, Variant, select_rows
 from drac_algo.tools.ablate.report import Row, markdown, verdict
-from drac_algo.tools.ablate.run import run_key
+from drac_algo.tools.ablate.run import overlap_to_higher, run_key
 from drac_algo.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,6 +58,12 @@ def test_plan_covers_the_rows_the_issue_asks_for():
         "best, threshold 0.5",
         "best, post-processing on",
         "best, seeds ensembled",
+        "best, IRMA/NV overlap rule",
+        "best, NV multi-scale",
+        "best, IRMA + clDice",
+        "best, IRMA + skeleton recall",
+        "best, IRMA larger crops",
+        "best, NV 3 short seeds",
     ):
         assert needed in names
     v = Variant("x", "best", {"*": {"epochs": 1}, "irma": {"epochs": 2}})
@@ -116,3 +122,15 @@ def test_quick_ablation_runs_end_to_end(tmp_path):
     again = quick_ablation(work)
     assert again.returncode == 0
     assert "ablation: training" not in again.stderr
+
+
+def test_overlap_rule_gives_each_shared_pixel_to_the_higher_probability():
+    irma = np.array([[1, 1, 0, 1]], np.uint8)
+    nv = np.array([[1, 1, 1, 0]], np.uint8)
+    p_irma = np.array([[0.9, 0.4, 0.1, 0.8]], np.float32)
+    p_nv = np.array([[0.6, 0.7, 0.9, 0.2]], np.float32)
+    out = overlap_to_higher({1: irma, 3: nv, 2: irma}, {1: p_irma, 3: p_nv}, (1, 3))
+    assert out[1].tolist() == [[1, 0, 0, 1]]
+    assert out[3].tolist() == [[0, 1, 1, 0]]
+    assert out[2] is irma  # other classes untouched
+    assert irma.tolist() == [[1, 1, 0, 1]]  # inputs not modified

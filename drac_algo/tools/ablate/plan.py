@@ -62,6 +62,12 @@ class Derived:
     threshold: str = "tuned"  # "tuned" (the bundle's) or "0.5"
     postprocess: str = "bundle"  # "bundle", "off" or "on"
     ensemble_seeds: bool = False  # one ensemble of every seed's members (one value, no spread)
+    # NV's members run at these multiples of their input size, probabilities averaged (the
+    # first-placed DRAC team's multi-scale NV inference).
+    nv_scales: tuple[float, ...] = (1.0,)
+    # Each pixel that both IRMA and NV mark goes to the class with the higher probability (the
+    # same team's overlap rule); off: the classes are decided independently, as the product does.
+    overlap_rule: bool = False
     note: str = ""
 
 
@@ -132,6 +138,16 @@ DERIVED = (
     Derived("best, threshold 0.5", threshold="0.5"),
     Derived("best, post-processing on", postprocess="on", note="see POSTPROCESS_ON"),
     Derived("best, seeds ensembled", ensemble_seeds=True, note="one ensemble of all seeds"),
+    Derived(
+        "best, IRMA/NV overlap rule",
+        overlap_rule=True,
+        note="a pixel marked IRMA and NV goes to the class with the higher probability",
+    ),
+    Derived(
+        "best, NV multi-scale",
+        nv_scales=(1.0, 1.25, 1.5),
+        note="NV members also at 1.25x and 1.5x their input size, averaged",
+    ),
 )
 # "post-processing on": what the row turns on when the recipe has none, per task key:
 # (min_component_px as a fraction of the image's pixels, fill_holes).

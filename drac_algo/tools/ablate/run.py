@@ -3,6 +3,7 @@ probability maps once per TTA set, then score every row from those maps."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -101,14 +102,27 @@ class Ablation:
         )
         return self.runs[key]
 
-    def probabilities(self, run: TaskRun, index: int, tta: str) -> np.ndarray:
-        """(N, H, W) float32 test-set probabilities of one task run under one TTA set."""
-        if tta not in run.probabilities:
+    def probabilities(
+        self, run: TaskRun, index: int, tta: str, scales: tuple[float, ...] = (1.0,)
+    ) -> np.ndarray:
+        """(N, H, W) float32 test-set probabilities of one task run under one TTA set, its
+        members run at each of ``scales`` times their input size (probabilities averaged)."""
+        key = tta if scales == (1.0,) else f"{tta}@{','.join(map(str, scales))}"
+        if key not in run.probabilities:
             predictor = Predictor.from_bundle(run.bundle, device="cpu", tta=tta, classes=[index])
-            run.probabilities[tta] = np.stack(
+            if scales != (1.0,):
+                (ensemble,) = predictor.ensembles.values()
+                members = tuple(
+                    dataclasses.replace(m, input_size=round(m.input_size * s))
+                    for m in ensemble.members
+                    for s in scales
+                )
+                scaled = dataclasses.replace(ensemble, members=members)
+                predictor = Predictor([scaled], device="cpu", tta=tta)
+            run.probabilities[key] = np.stack(
                 [predictor.predict(s.image).probabilities[index] for s in self.test[index]]
             )
-        return run.probabilities[tta]
+        return run.probabilities[key]
 
     # -- scoring ----------------------------------------------------------------------------
 
@@ -128,11 +142,13 @@ class Ablation:
     def score_derived(self, best: Variant, d: Derived, seeds: Sequence[int]) -> Scores:
         """A row from the best variant's runs of ``seeds`` (all of them in one ensemble when
         ``d.ensemble_seeds``; else exactly one seed)."""
-        pred = {}
+        pred, probs = {}, {}
         for task in TASKS:
             index = lesion_class(task).index
             runs = [self.task_run(self.config(best, task, s)) for s in seeds]
-            prob = np.mean([self.probabilities(r, index, d.tta) for r in runs], axis=0)
+            scales = d.nv_scales if task == "nv" else (1.0,)
+            prob = np.mean([self.probabilities(r, index, d.tta, scales) for r in runs], axis=0)
+            probs[index] = prob
             threshold = statistics.median(r.threshold for r in runs)
             if d.threshold == "0.5":
                 threshold = 0.5
@@ -143,6 +159,8 @@ class Ablation:
                 fraction, holes = POSTPROCESS_ON[task]
                 min_px = max(2, round(fraction * prob[0].size))
             pred[index] = _masks(prob, threshold, min_px, holes)
+        if d.overlap_rule:
+            pred = overlap_to_higher(pred, probs, IRMA_NV)
         return score(self.gt(), pred)
 
     def _score_baseline(self, seed: int) -> tuple[Scores, float]:
@@ -177,6 +195,23 @@ def run_key(cfg: TrainConfig) -> str:
     data["loss"]["params"] = {**loss_defaults(cfg.loss.name), **data["loss"]["params"]}
     text = json.dumps(data, sort_keys=True)
     return f"{cfg.task}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+IRMA_NV = (lesion_class("irma").index, lesion_class("nv").index)
+
+
+def overlap_to_higher(
+    masks: dict[int, np.ndarray], probs: dict[int, np.ndarray], pair: tuple[int, int]
+) -> dict[int, np.ndarray]:
+    """``masks`` with each pixel that both classes of ``pair`` mark kept only in the class with
+    the higher probability (the first of the pair on a tie)."""
+    a, b = pair
+    both = (masks[a] > 0) & (masks[b] > 0)
+    a_wins = probs[a] >= probs[b]
+    out = dict(masks)
+    out[a] = np.where(both & ~a_wins, 0, masks[a]).astype(masks[a].dtype)
+    out[b] = np.where(both & a_wins, 0, masks[b]).astype(masks[b].dtype)
+    return out
 
 
 def _epochs(epochs: int | None) -> dict[str, int]:
