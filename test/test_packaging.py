@@ -190,6 +190,7 @@ def test_test_sh_leaves_the_excluded_folders_out_of_the_code_it_compares():
         ("engine/tta.py", "from drac_algo.tools import evaluate", "never import what the image"),
         # a stage importing a command module.
         ("data/images.py", "import drac_algo.evaluate", "No stage imports a command"),
+        ("serve/pipeline.py", "import drac_algo.doctor", "No stage imports a command"),
     ],
 )
 def test_the_layer_contracts_catch_a_violation(tmp_path, module, line, broken):
