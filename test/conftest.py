@@ -1,6 +1,8 @@
 """Shared fixtures, built on :mod:`helpers` (which test modules import for the plain helpers):
 
-- ``make_drac``: a tiny DRAC Task 1 tree of small PNGs;
+- ``make_drac``: a tiny DRAC Task 1 tree of small PNGs, the cases and masks given;
+- ``phantom_release``: a DRAC release of phantom data (:mod:`drac_algo.tools.synth`), one per
+  set of arguments for the whole session (read-only);
 - ``tiny_bundle`` (one per test module, read-only) and ``make_bundle`` (a factory): tiny model
   bundles, all built by :func:`helpers.write_bundle`;
 - ``container_bundle``: a writable copy of the container test's trained bundle.
@@ -48,6 +50,26 @@ def container_bundle(tmp_path):
     """A writable copy of the container fixture bundle (3 classes, 1 tiny member each at 128 px,
     tied ONNX files) in ``tmp_path / "model"``."""
     return copy_container_bundle(tmp_path / "model")
+
+
+@pytest.fixture(scope="session")
+def phantom_release(tmp_path_factory):
+    """Factory for a phantom DRAC release: ``phantom_release(n_train, n_test, size, seed)``
+    returns the folder :func:`drac_algo.tools.synth.write_dataset` wrote (release layout, test
+    ground truth, ``phantom.json``, ``preview.png``). Written once per set of arguments and
+    shared by every test that asks for it: never write into it."""
+    from drac_algo.tools.synth import write_dataset
+
+    written = {}
+
+    def make(n_train, n_test, size, seed):
+        key = (n_train, n_test, size, seed)
+        if key not in written:
+            folder = tmp_path_factory.mktemp(f"phantom_{n_train}_{n_test}_{size}px_seed{seed}")
+            written[key] = write_dataset(folder / "drac", n_train, n_test, size, seed=seed)
+        return written[key]
+
+    return make
 
 
 @pytest.fixture

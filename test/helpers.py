@@ -1,5 +1,5 @@
-"""Helpers the test modules share: the one way to build a tiny model bundle, phantom images and
-Grand Challenge job folders, running ``process.py``, and what a refused command looks like.
+"""Helpers the test modules share: the one way to build a tiny model bundle, random test images
+and Grand Challenge job folders, running ``process.py``, and what a refused command looks like.
 
 test/ is not a package: pytest puts this folder on ``sys.path`` (``rootdir``-relative "prepend"
 import mode), so test modules and ``conftest.py`` say ``from helpers import ...``. Fixtures built
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONTAINER_BUNDLE = REPO / "test" / "container" / "model"
 
 TINY = ModelSpec("unet", "tu-mobilenetv3_small_050", encoder_depth=5, decoder_channels=(16,) * 5)
-SIZE = 40  # phantom image side; tiny bundles run at 32, so every image is resized both ways
+SIZE = 40  # random test image side; tiny bundles run at 32, so every image is resized both ways
 SLUGS = {c.index: c.slug for c in LESION_CLASSES}
 # Zeroed output head plus this bias: IRMA is positive everywhere, NV nowhere; NA keeps random
 # weights. So two classes have known masks and the third a real, input-dependent one.
@@ -91,7 +91,7 @@ def copy_container_bundle(folder, *, onnx=True) -> Path:
     return folder
 
 
-# --- phantom inputs ---------------------------------------------------------------------------
+# --- random inputs (phantom data, the synth's, comes from the phantom_release fixture) ------
 
 
 def gray(seed, shape=(SIZE, SIZE)):

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import TINY
 
 from drac_algo.bundle.manifest import Bundle, ClassEntry, MemberSpec
-from drac_algo.bundle.store import save_bundle
 from drac_algo.common.errors import DracInputError
 from drac_algo.engine.ensemble import ClassEnsemble, Member
 from drac_algo.engine.predictor import Predictor
 from drac_algo.engine.tta import TTA_SETS
-from drac_algo.networks.models import ModelSpec, Normalization, build_network
+from drac_algo.networks.models import Normalization
 from drac_algo.tools.bench.agreement import agreement
 from drac_algo.tools.bench.cli import main
 from drac_algo.tools.bench.config import METHODS, BenchConfig, split_engine_token
@@ -211,25 +211,21 @@ def test_ttach_views_match_ours():
     assert ttach_transforms(["identity", "rot90"]) is None
 
 
-def test_a_bundle_reaches_the_benchmark_as_it_reaches_the_predictor(tmp_path):
+def test_a_bundle_reaches_the_benchmark_as_it_reaches_the_predictor(make_bundle):
     """One bundle -> ensemble mapping: the benchmark's plan holds the same classes, thresholds,
     clean-up, input contracts and TTA validity as the Predictor that process.py builds."""
-    spec = ModelSpec("unet", "resnet18", encoder_depth=3, decoder_channels=(8, 8, 8))
-    members = {
-        "irma.pt": MemberSpec("irma.pt", spec, 32, Normalization(0.3, 0.2), tta=("identity",)),
-        "na.pt": MemberSpec("na.pt", spec, 64, tta=("identity", "vflip")),
-    }
+    irma = MemberSpec("irma.pt", TINY, 32, Normalization(0.3, 0.2), tta=("identity",))
+    na = MemberSpec("na.pt", TINY, 64, tta=("identity", "vflip"))
     bundle = Bundle(
         {
-            1: ClassEntry(1, "irma", 0.35, 4, False, [members["irma.pt"]]),
-            2: ClassEntry(2, "na", 0.6, 9, True, [members["na.pt"]]),
+            1: ClassEntry(1, "irma", 0.35, 4, False, [irma]),
+            2: ClassEntry(2, "na", 0.6, 9, True, [na]),
         }
     )
-    states = {name: build_network(m.model).state_dict() for name, m in members.items()}
-    save_bundle(bundle, tmp_path / "model", states)
+    model = make_bundle(bundle=bundle, heads={})
 
-    plan = plan_ensemble(BenchConfig(bundle=tmp_path / "model"))
-    predictor = Predictor.from_bundle(tmp_path / "model", device="cpu", backend="torch")
+    plan = plan_ensemble(BenchConfig(bundle=model))
+    predictor = Predictor.from_bundle(model, device="cpu", backend="torch")
 
     def described(ensemble):
         return ensemble.with_networks(lambda i, member: None)

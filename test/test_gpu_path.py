@@ -17,7 +17,6 @@ import torch
 from drac_algo.data.images import load_image
 from drac_algo.data.release import find_layout, list_cases
 from drac_algo.engine.predictor import Predictor
-from drac_algo.tools.synth import write_dataset
 from drac_algo.training.config import load_config
 from drac_algo.training.dataset import load_samples
 from drac_algo.training.distributed import init_distributed
@@ -35,20 +34,21 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("gpu") / "drac", 8, 2, SIZE, seed=5)
+def gpu_release(phantom_release) -> Path:
+    """The phantom release of the GPU path: 8 training and 2 test images of SIZE x SIZE."""
+    return phantom_release(8, 2, SIZE, seed=5)
 
 
-def _test_images(phantom):
-    return [load_image(c.image).pixels for c in list_cases(find_layout(phantom), "test")]
+def _test_images(release):
+    return [load_image(c.image).pixels for c in list_cases(find_layout(release), "test")]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "auto"])
-def test_cuda_agrees_with_the_cpu_float32_masks(phantom, precision):
+def test_cuda_agrees_with_the_cpu_float32_masks(gpu_release, precision):
     cpu = Predictor.from_bundle(MODEL, device="cpu", precision="fp32", backend="torch")
     gpu = Predictor.from_bundle(MODEL, device=DEVICE, precision=precision, backend="torch")
     assert gpu.settings()["device"].startswith(DEVICE)
-    for image in _test_images(phantom):
+    for image in _test_images(gpu_release):
         a, b = cpu.predict(image), gpu.predict(image)
         for k in a.masks:
             agree = float(np.mean(a.masks[k] == b.masks[k]))
@@ -58,8 +58,8 @@ def test_cuda_agrees_with_the_cpu_float32_masks(phantom, precision):
             assert agree >= (0.999 if precision == "fp32" else 0.99), (k, agree, diff)
 
 
-def test_process_py_runs_a_batch_on_cuda(phantom, tmp_path):
-    images = find_layout(phantom).test_images
+def test_process_py_runs_a_batch_on_cuda(gpu_release, tmp_path):
+    images = find_layout(gpu_release).test_images
     done = subprocess.run(
         [sys.executable, "process.py", "--input", str(images), "--output", str(tmp_path / "out"),
          "--bundle", str(MODEL), "--device", DEVICE],
@@ -72,8 +72,8 @@ def test_process_py_runs_a_batch_on_cuda(phantom, tmp_path):
 
 
 @pytest.mark.parametrize("recipe", ["method", "best"])
-def test_one_training_epoch_on_cuda_with_autocast_and_channels_last(phantom, tmp_path, recipe):
-    samples = load_samples(list_cases(find_layout(phantom), "train"), 1)
+def test_one_training_epoch_on_cuda_with_autocast_and_channels_last(gpu_release, tmp_path, recipe):
+    samples = load_samples(list_cases(find_layout(gpu_release), "train"), 1)
     cfg = load_config(
         "irma", None, recipe,
         input_size=SIZE, crop_size=SIZE // 2 if recipe == "best" else None, epochs=1, batch_size=4,

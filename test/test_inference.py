@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TINY
 
 from drac_algo.common.errors import DracInputError
 from drac_algo.common.hardware import cpu_features, native_bf16, onednn_bf16
@@ -459,19 +460,18 @@ def test_every_architecture_runs_on_sizes_that_are_not_multiples_of_32(arch):
     assert np.isfinite(out).all() and out.std() > 0  # a real map, not NaN from bad padding
 
 
-def test_predictor_from_bundle(tmp_path):
+def test_predictor_from_bundle(make_bundle):
     from drac_algo.bundle.manifest import Bundle, ClassEntry, MemberSpec
-    from drac_algo.bundle.store import build_member, save_bundle
+    from drac_algo.bundle.store import build_member, load_bundle
     from drac_algo.engine.postprocess import postprocess_mask
-    from drac_algo.networks.models import Normalization, build_network
+    from drac_algo.networks.models import Normalization
 
-    torch.manual_seed(0)
     specs = {
-        "irma_a.pt": MemberSpec("irma_a.pt", tiny_spec(), 32, tta=tuple(NUMPY_D4)),
+        "irma_a.pt": MemberSpec("irma_a.pt", TINY, 32, tta=tuple(NUMPY_D4)),
         "irma_b.pt": MemberSpec(
-            "irma_b.pt", tiny_spec(), 64, Normalization(0.3, 0.2), tta=("identity", "hflip")
+            "irma_b.pt", TINY, 64, Normalization(0.3, 0.2), tta=("identity", "hflip")
         ),
-        "na.pt": MemberSpec("na.pt", tiny_spec(), 32, tta=("identity", "vflip")),
+        "na.pt": MemberSpec("na.pt", TINY, 32, tta=("identity", "vflip")),
     }
     bundle = Bundle(
         {
@@ -479,13 +479,13 @@ def test_predictor_from_bundle(tmp_path):
             2: ClassEntry(2, "na", 0.4, 5, True, [specs["na.pt"]]),
         }
     )
-    states = {name: build_network(spec.model).state_dict() for name, spec in specs.items()}
-    saved = save_bundle(bundle, tmp_path / "model", states)
+    model = make_bundle(bundle=bundle, heads={})
+    saved = load_bundle(model)
 
-    predictor = Predictor.from_bundle(tmp_path / "model", device="cpu", tta="d4")
+    predictor = Predictor.from_bundle(model, device="cpu", tta="d4")
     assert predictor.classes == (1, 2)
     settings = predictor.settings()
-    assert settings["bundle"] == str(tmp_path / "model")
+    assert settings["bundle"] == str(model)
     views = [m["views"] for m in settings["classes"]["1"]["members"]]
     assert views == [list(NUMPY_D4), ["identity", "hflip"]]
     assert settings["classes"]["2"]["fill_holes"] is True
@@ -495,7 +495,7 @@ def test_predictor_from_bundle(tmp_path):
     for index, entry in saved.classes.items():
         members = [
             Member(
-                build_member(tmp_path / "model", s),
+                build_member(model, s),
                 s.input_size,
                 s.normalization.mean,
                 s.normalization.std,
@@ -513,10 +513,10 @@ def test_predictor_from_bundle(tmp_path):
         assert np.array_equal(result.masks[index], mask)
         assert result.masks[index].shape == (37, 53)
 
-    only_na = Predictor.from_bundle(tmp_path / "model", device="cpu", tta="none", classes=[2])
+    only_na = Predictor.from_bundle(model, device="cpu", tta="none", classes=[2])
     assert only_na.classes == (2,)
     with pytest.raises(DracInputError, match=r"classes \[3\] requested"):
-        Predictor.from_bundle(tmp_path / "model", device="cpu", classes=[3])
+        Predictor.from_bundle(model, device="cpu", classes=[3])
 
 
 def test_predict_many_reads_image_files_by_default(tmp_path):

@@ -40,7 +40,8 @@ def onnx_bundle(tmp_path_factory):
     return folder
 
 
-def phantom_image(shape=(96, 112), seed=0):
+def blocky_image(shape=(96, 112), seed=0):
+    """A random ``uint8`` image of 8 x 8 pixel blocks (edges for the backends to disagree on)."""
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 256, size=(shape[0] // 8 + 1, shape[1] // 8 + 1), dtype=np.uint8)
     return np.kron(base, np.ones((8, 8), dtype=np.uint8))[: shape[0], : shape[1]]
@@ -73,7 +74,7 @@ def test_exported_member_reproduces_the_torch_member(onnx_bundle, side):
 
 
 def test_engine_gives_the_same_masks_on_both_backends(onnx_bundle):
-    image = phantom_image()
+    image = blocky_image()
     runs = {
         backend: Predictor.from_bundle(
             onnx_bundle, device="cpu", precision="fp32", tta="d4", backend=backend

@@ -25,10 +25,9 @@ def _files(root):
 
 
 @pytest.fixture(scope="module")
-def small_dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("phantom") / "ds"
-    write_dataset(out, n_train=5, n_test=3, size=64, seed=3)
-    return out
+def small_dataset(phantom_release):
+    """5 training and 3 test images of 64 x 64, with the preview."""
+    return phantom_release(5, 3, 64, seed=3)
 
 
 def test_generate_case_shapes_and_values():

@@ -17,7 +17,6 @@ from drac_algo.common.errors import DracInputError
 from drac_algo.data.metrics import dice_iou
 from drac_algo.data.release import find_layout, list_cases
 from drac_algo.networks.models import build_model, load_initial_weights
-from drac_algo.tools.synth import write_dataset
 from drac_algo.training.augment import train_transform
 from drac_algo.training.bundle_export import export_bundle
 from drac_algo.training.checkpoint import load_checkpoint, save_checkpoint
@@ -43,14 +42,14 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory) -> Path:
-    """A small phantom DRAC release: 12 training and 4 test images of 64 x 64."""
-    return write_dataset(tmp_path_factory.mktemp("phantom") / "drac", 12, 4, 64, seed=3)
+def training_release(phantom_release) -> Path:
+    """The phantom release these tests train on: 12 training and 4 test images of 64 x 64."""
+    return phantom_release(12, 4, 64, seed=3)
 
 
 @pytest.fixture(scope="module")
-def irma_samples(phantom):
-    return load_samples(list_cases(find_layout(phantom), "train"), 1)
+def irma_samples(training_release):
+    return load_samples(list_cases(find_layout(training_release), "train"), 1)
 
 
 def tiny_config(task: str = "irma", recipe: str = "method", **overrides):
@@ -316,16 +315,16 @@ def run_train(*args, env=None, timeout=600):
 
 
 @pytest.mark.slow
-def test_bad_config_fails_before_training(phantom, tmp_path):
+def test_bad_config_fails_before_training(training_release, tmp_path):
     out = tmp_path / "run"
-    proc = run_train("--data", str(phantom), "--out", str(out), "--encoder", "resnet-9000")
+    proc = run_train("--data", str(training_release), "--out", str(out), "--encoder", "resnet-9000")
     assert proc.returncode == 2
     assert "unknown encoder 'resnet-9000'" in proc.stderr and "resnet34" in proc.stderr
     assert not out.exists()
 
     bad = tmp_path / "bad.toml"
     bad.write_text("epochz = 3\n")
-    proc = run_train("--data", str(phantom), "--out", str(out), "--config", str(bad))
+    proc = run_train("--data", str(training_release), "--out", str(out), "--config", str(bad))
     assert proc.returncode == 2
     assert "unknown key(s) 'epochz'" in proc.stderr and "epochs" in proc.stderr
 
@@ -342,14 +341,14 @@ def test_missing_data_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_with_two_gloo_processes(phantom, tmp_path):
+def test_ddp_with_two_gloo_processes(training_release, tmp_path):
     out = tmp_path / "run"
     args = [
         "--nproc_per_node=2",
         "-m",
         "train",
         "--data",
-        str(phantom),
+        str(training_release),
         "--out",
         str(out),
         "--task",

@@ -373,16 +373,15 @@ def test_onnx_export_ties_old_and_stale_bundles_to_their_weights(container_bundl
 
 
 @pytest.mark.slow
-def test_train_export_writes_a_bundle_that_passes_the_check(tmp_path):
+def test_train_export_writes_a_bundle_that_passes_the_check(phantom_release, tmp_path):
     from drac_algo.data.release import find_layout, list_cases
-    from drac_algo.tools.synth import write_dataset
     from drac_algo.training.config import load_config
     from drac_algo.training.dataset import load_samples
     from drac_algo.training.distributed import init_distributed
     from drac_algo.training.experiment import plan_members
     from drac_algo.training.loop import train_member
 
-    data = write_dataset(tmp_path / "drac", 8, 2, 64, seed=3)
+    data = phantom_release(8, 2, 64, seed=3)
     samples = load_samples(list_cases(find_layout(data), "train"), 1)
     cfg = load_config(
         "irma",

@@ -23,6 +23,19 @@ def _memory_columns(memory: dict[str, Any]) -> tuple[int | None, int | None]:
     return memory["rss_peak_bytes"], memory["rss_working_bytes"]
 
 
+def _cost_cells(row: dict[str, Any]) -> list[str]:
+    """A timed row's memory (peak, working), GFLOP/s and fraction-of-peak cells, the same for
+    the inference methods' table and the training steps' table."""
+    peak_bytes, working = _memory_columns(row["memory"])
+    frac = row.get("fraction_of_peak")
+    return [
+        _gib(peak_bytes),
+        _gib(working),
+        f"{row['achieved_gflops']:.0f}",
+        "-" if frac is None else f"{100 * frac:.0f} %",
+    ]
+
+
 def _duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.1f} s"
@@ -103,8 +116,6 @@ def format_report(report: dict[str, Any]) -> str:
             why = (r.get("skipped") or r.get("error") or "?").splitlines()[0]
             not_timed.append(f"{name}: not timed: {why}")
             continue
-        peak_bytes, working = _memory_columns(r["memory"])
-        frac = r.get("fraction_of_peak")
         rows.append(
             [
                 name,
@@ -114,10 +125,7 @@ def format_report(report: dict[str, Any]) -> str:
                 f"{r['images_per_second']:.4g}",
                 f"{1 / r['images_per_second']:.2f}",
                 f"{r['speedup_vs_naive']:.2f}x" if "speedup_vs_naive" in r else "-",
-                _gib(peak_bytes),
-                _gib(working),
-                f"{r['achieved_gflops']:.0f}",
-                "-" if frac is None else f"{100 * frac:.0f} %",
+                *_cost_cells(r),
                 _duration(r["drac_test_set_seconds"]),
             ]
         )
@@ -217,18 +225,13 @@ def format_report(report: dict[str, Any]) -> str:
             if "error" in t:
                 rows.append([label, t["error"], *[""] * 6])
                 continue
-            peak_bytes, working = _memory_columns(t["memory"])
-            frac = t.get("fraction_of_peak")
             rows.append(
                 [
                     label,
                     f"{t['ran_dtype']} {t['ran_layout']}",
                     f"{t['images_per_second']:.4g}",
                     f"{t['median_seconds']:.2f}",
-                    _gib(peak_bytes),
-                    _gib(working),
-                    f"{t['achieved_gflops']:.0f}",
-                    "-" if frac is None else f"{100 * frac:.0f} %",
+                    *_cost_cells(t),
                 ]
             )
         lines.extend(
