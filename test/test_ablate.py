@@ -13,7 +13,7 @@ import pytest
 from drac_algo.common.errors import DracInputError
 from drac_algo.data.metrics import score
 from drac_algo.tools.ablate.plan import DERIVED, TRAINED, Variant, select_rows
-from drac_algo.tools.ablate.report import Row, markdown, verdict
+from drac_algo.tools.ablate.report import Row, diagnosis, markdown, verdict
 from drac_algo.tools.ablate.run import overlap_to_higher, run_key
 from drac_algo.training.config import load_config
 
@@ -134,3 +134,18 @@ def test_overlap_rule_gives_each_shared_pixel_to_the_higher_probability():
     assert out[3].tolist() == [[0, 1, 1, 0]]
     assert out[2] is irma  # other classes untouched
     assert irma.tolist() == [[1, 1, 0, 1]]  # inputs not modified
+
+
+def test_diagnosis_counts_missed_false_and_zero_images_over_seeds():
+    gt = np.zeros((2, 10, 10), np.uint8)
+    gt[0, 0, :4] = 1  # image 0: one lesion, found with 2 of its 4 pixels
+    gt[1, 5, 5] = 1  # image 1: one lesion, missed
+    pred = np.zeros_like(gt)
+    pred[0, 0, :2] = 1
+    pred[0, 9, 9] = 1  # a false component beside it
+    empty = {i: np.zeros_like(gt) for i in (2, 3)}
+    seed = score({1: gt, **empty}, {1: pred, **empty})
+    table = diagnosis(Row("best recipe", [seed, seed], [1, 1]))
+    # Two seeds of the same scores: 4 images scored, 2 of them 0; precision 4/6, recall 4/10.
+    assert "| IRMA | 4 | 2 | 0.667 | 0.400 | 2 of 4 | 4 | 2 |" in table
+    assert "| NA |" not in table  # no image scored for NA: no row

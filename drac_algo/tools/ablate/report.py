@@ -72,6 +72,43 @@ def markdown(rows: Sequence[Row], reference: str, caption: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def diagnosis(row: Row) -> str:
+    """What the row's errors are, per class over its scored images and seeds: pixel precision
+    and recall, lesions (8-connected ground-truth components) found, predicted components that
+    touch no lesion, and images scored 0. Dice alone does not tell a missed lesion from a false
+    detection or a lesion broken into pieces."""
+    lines = [
+        f"**Where {row.name} errs** (test split, scored images, all seeds together):",
+        "",
+        "| class | images scored | Dice 0 | pixel precision | pixel recall | lesions found "
+        "| predicted components | of them false |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for index in (1, 2, 3):
+        scored = n_zero = overlap = pred = gt = 0
+        comps = np.zeros(4, np.int64)
+        for s in row.scores:
+            c = s.classes.get(index)
+            if c is None:
+                continue
+            mask = ~np.isnan(c.per_image_dice)
+            scored += int(mask.sum())
+            n_zero += int((c.per_image_dice[mask] == 0).sum())
+            overlap += int(c.overlap_pixels[mask].sum())
+            pred += int(c.pred_pixels[mask].sum())
+            gt += int(c.gt_pixels[mask].sum())
+            comps += c.components[mask].sum(axis=0)
+        if not scored:
+            continue
+        precision = f"{overlap / pred:.3f}" if pred else "n/a"
+        recall = f"{overlap / gt:.3f}" if gt else "n/a"
+        lines.append(
+            f"| {CLASS_KEYS[index]} | {scored} | {n_zero} | {precision} | {recall} | "
+            f"{comps[2]} of {comps[0]} | {comps[1]} | {comps[3]} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def to_json(rows: Sequence[Row], meta: dict) -> dict:
     def floats(values: np.ndarray) -> list[float | None]:
         return [None if math.isnan(v) else float(v) for v in values]
@@ -95,6 +132,9 @@ def write_report(folder: Path, rows: Sequence[Row], reference: str, caption: str
     """``ablation.md``, ``ablation.json`` and ``ablation.png`` in ``folder``; returns the
     markdown."""
     text = markdown(rows, reference, caption)
+    ref = next((r for r in rows if r.name == reference), None)
+    if ref is not None:
+        text += "\n" + diagnosis(ref)
     atomic_write_text(folder / "ablation.md", text)
     atomic_write_text(folder / "ablation.json", json.dumps(to_json(rows, meta), indent=2) + "\n")
     # The caption's bold first part (data and seeds), wrapped: the whole caption overflows.
