@@ -16,7 +16,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import drac_algo
 from drac_algo.common.classes import LESION_CLASSES
@@ -24,9 +24,11 @@ from drac_algo.common.datafiles import read_json
 from drac_algo.common.errors import DracInputError
 from drac_algo.common.fsutil import atomic_write_text
 from drac_algo.common.provenance import environment
-from drac_algo.engine.gpu import GpuStatus
-from drac_algo.engine.predictor import Predictor
-from drac_algo.serve.run_state import RunState
+
+if TYPE_CHECKING:  # annotations only: reading results.json (the report) needs no torch
+    from drac_algo.engine.gpu import GpuStatus
+    from drac_algo.engine.predictor import Predictor
+    from drac_algo.serve.run_state import RunState
 
 RESULTS_FILE = "results.json"
 RESULTS_FORMAT = "drac-algo-results"
