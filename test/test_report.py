@@ -112,7 +112,7 @@ def test_a_failed_report_leaves_no_page_and_no_new_folder(tmp_path):
     assert (tmp_path / "report" / ".drac-algo-output").is_file()
 
     def build(assets):
-        assets.add_png("half.png", np.zeros((4, 4), np.uint8))
+        assets.add_image("half.png", np.zeros((4, 4), np.uint8))
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
@@ -280,7 +280,7 @@ def test_evaluate_report_lists_the_worst_cases_first(tmp_path, scored, tiny_bund
     assert "eval/dice_per_case.png" in parsed.images
     assert "eval/curves/irma_fold0-seed0.png" in parsed.images
     assert "eval/curves/nv_fold0-seed0.png" in parsed.images
-    full = cv2.imread(str(tmp_path / "eval/full/086_irma.png"))[..., ::-1]
+    full = cv2.imread(str(tmp_path / "eval/full/086_irma.jpg"))[..., ::-1]
     assert full.shape == (32, 32, 3)
     # Dark image under the boxes: the 8 true positives yellow-ish, the other 8 sky blue (FN).
     assert (full[0:4, 0:2, 0] > full[0:4, 0:2, 2]).all()

@@ -18,8 +18,10 @@ grey is used instead and the page says so). Ground truth and Dice come from
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -29,7 +31,7 @@ import numpy as np
 
 from drac_algo.common.classes import BY_INDEX
 from drac_algo.common.errors import DracInputError
-from drac_algo.data.images import load_image, read_mask_png
+from drac_algo.data.images import load_image
 from drac_algo.serve.outputs import MASKS_DIR, NA_INDEX, OVERLAYS_DIR, mask_png_path
 from drac_algo.serve.overlay import CLASS_COLOURS
 from drac_algo.serve.report_page import (
@@ -49,6 +51,7 @@ from drac_algo.serve.results import RESULTS_FILE, read_results
 
 REPORT_FILE = "report.html"
 REPORT_DIR = "report"  # the page's thumbnails (report_page.assets_folder of REPORT_FILE)
+MAX_THREADS = 4  # threads drawing thumbnails, at most (and at most the CPUs the process may use)
 
 log = logging.getLogger("drac_algo.serve.pipeline")
 
@@ -183,6 +186,18 @@ def _background(
     return cv2.cvtColor(rgb, cv2.COLOR_BGR2GRAY), True
 
 
+def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A mask this run wrote, (H, W) uint8 (non-zero = lesion), read with OpenCV alone: the
+    run checked it when it wrote it, and :func:`drac_algo.data.images.read_mask_png`'s value
+    check would cost the report most of its time. Raises :class:`DracInputError` when the file
+    is missing, unreadable or of another size."""
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None or mask.shape != tuple(shape):
+        found = "unreadable or missing" if mask is None else f"of size {mask.shape}"
+        raise DracInputError(f"report: the mask {path} is {found}; expected {tuple(shape)}")
+    return mask
+
+
 def _burden_summary(cases: list[dict[str, Any]], classes: list[int]) -> list[list[str]]:
     rows = []
     for index in classes:
@@ -220,16 +235,15 @@ def build_run_page(
             Column("components", group=group, title="8-connected lesion components"),
             Column("prediction", "image", group=group),
         ]
-    notes = []
-    rows = []
-    for case in cases:
+    # File names first, in case order (they must not depend on the threads' timing).
+    files = [
+        {i: assets.file_name(f"{case['case']}_{BY_INDEX[i].key}") for i in classes}
+        for case in cases
+    ]
+
+    def draw(case: dict[str, Any], names: dict[int, str]) -> tuple[CaseRow, bool]:
         name, shape = case["case"], tuple(case["shape"])
         image, from_overlay = _background(output_dir, case, shape)
-        if from_overlay and not notes:
-            notes.append(
-                f"Some input images could not be read any more (first: {case['file']}): their "
-                "thumbnails are drawn over the grey of the overlay."
-            )
         small_shape = thumb_shape(shape, side)
         small = shrink_image(image, small_shape)
         values: list[Any] = [name]
@@ -237,17 +251,27 @@ def build_run_page(
             values.append(case.get("non_perfusion_index"))
         full = quote(f"{OVERLAYS_DIR}/{name}.png")
         for index in classes:
-            key = BY_INDEX[index].key
             stats = case["classes"][str(index)]
-            mask = read_mask_png(mask_png_path(output_dir / MASKS_DIR, index, name), shape)
-            src = assets.add_png(
-                assets.file_name(f"{name}_{key}"),
-                prediction_rgb(small, shrink_mask(mask, small_shape).astype(np.uint8), index),
-            )
-            alt = f"{name} {key}: {stats['area_px']} px predicted"
+            mask = _read_mask(mask_png_path(output_dir / MASKS_DIR, index, name), shape)
+            small_mask = shrink_mask(mask, small_shape)
+            src = assets.add_image(names[index], prediction_rgb(small, small_mask, index))
+            alt = f"{name} {BY_INDEX[index].key}: {stats['area_px']} px predicted"
             thumb = Thumb(src, full, alt, small_shape[1], small_shape[0])
             values += [stats["area_px"], stats["components"], thumb]
-        rows.append(CaseRow(name, values))
+        return CaseRow(name, values), from_overlay
+
+    # Decoding the PNGs is most of the time, and OpenCV and SimpleITK decode without the GIL.
+    workers = max(1, min(MAX_THREADS, len(os.sched_getaffinity(0))))
+    with ThreadPoolExecutor(workers, thread_name_prefix="report") as pool:
+        drawn = list(pool.map(draw, cases, files))
+    rows = [row for row, _ in drawn]
+    notes = []
+    fallbacks = [case["file"] for case, (_, overlay) in zip(cases, drawn, strict=True) if overlay]
+    if fallbacks:
+        notes.append(
+            f"{len(fallbacks)} input image(s) could not be read any more (first: "
+            f"{fallbacks[0]}): their thumbnails are drawn over the grey of the overlay."
+        )
     legend = [(f"{i} {BY_INDEX[i].key} prediction", CLASS_COLOURS[i]) for i in classes]
     summary_header = [
         "class",

@@ -4,7 +4,8 @@ images in the folder ``FILE/`` beside it).
 
 Per case and class: Dice, IoU, ground-truth and predicted pixels, and a thumbnail of true
 positives, false positives and false negatives in three colours (over the case image when the
-case list is known, else over black); a click opens the same picture at full size. Rows come
+case list is known, else over black); a click opens the same picture at full size (JPEG: a
+full-size PNG of a textured image costs three times the space and ten times the time). Rows come
 worst first: by the case's mean Dice over the classes it is scored in (cases scored in none
 last). Above them: the per-class summary, the box plot of per-case Dice that ``--plot`` draws
 and, with ``--run``, every member's training curves (``<task>/<member>/curves.png``). The
@@ -167,8 +168,9 @@ def build_scored_page(
             stem = assets.file_name(f"{name.split('.', 1)[0]}_{BY_INDEX[index].key}")
             small_gt = shrink_mask(gt_mask, small_shape)
             small_pred = shrink_mask(pred_mask, small_shape)
-            src = assets.add_png(stem, outcome_rgb(small, small_gt, small_pred))
-            href = assets.add_png(f"full/{stem}", outcome_rgb(image, gt_mask, pred_mask))
+            src = assets.add_image(stem, outcome_rgb(small, small_gt, small_pred))
+            full = f"full/{stem.removesuffix('.png')}.jpg"
+            href = assets.add_image(full, outcome_rgb(image, gt_mask, pred_mask))
             dice, iou = float(c.per_image_dice[slot]), float(c.per_image_iou[slot])
             dices.append(dice)
             alt = f"{name} {BY_INDEX[index].key}: true/false positives, false negatives"
