@@ -134,7 +134,7 @@ def run_facts(results: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]
         ("Settings", setting_facts),
         ("Device", device_facts),
         ("Timings", timing_facts),
-        ("Environment", [(k, str(v)) for k, v in environment.items()]),
+        ("Environment", [("versions", ", ".join(f"{k} {v}" for k, v in environment.items()))]),
     ]
     warnings = results.get("warnings") or []
     if warnings:

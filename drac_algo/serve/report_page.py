@@ -2,7 +2,8 @@
 PNG images it links by relative paths (``report.html`` + ``report/``), so that the two copied
 anywhere together still open; no network, no script or style from elsewhere.
 
-- :class:`ReportPage` is what a page shows: header facts, a per-class summary, one row per case
+- :class:`ReportPage` is what a page shows: a header of facts (bundle, settings, device,
+  timings, environment: what the caller gives), a per-class summary, one row per case
   (:class:`Column` and :class:`CaseRow`: numbers, text and thumbnails), a legend and figures.
 - :func:`render_page` turns it into the HTML text; the case table sorts by any column with the
   few lines of :data:`SORT_SCRIPT` (missing values last either way; text in natural order, so
@@ -13,7 +14,7 @@ anywhere together still open; no network, no script or style from elsewhere.
   failure leaves no half-written report.
 - The pictures: :func:`thumb_shape`, :func:`shrink_mask` (a lesion pixel stays visible at any
   scale), :func:`prediction_rgb` (one class's overlay) and :func:`outcome_rgb` (true positives,
-  false positives and false negatives in :data:`OUTCOME_COLOURS`) and :func:`encode_image`.
+  false positives and false negatives in :data:`OUTCOME_COLOURS`); :func:`encode_image`.
 """
 
 from __future__ import annotations
@@ -220,7 +221,9 @@ body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
 h1 { font-size: 1.5em; margin: 0 0 .2em; } h2 { font-size: 1.15em; margin: 1.4em 0 .5em; }
 .subtitle, .note { color: #555; margin: .2em 0; }
 #broken { background: #fde2e1; border: 1px solid #c00; padding: .5em; }
-.facts { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+details#facts { margin: .8em 0; } details#facts summary { cursor: pointer; color: #555; }
+.facts { display: flex; flex-wrap: wrap; gap: .6em 1.5em; align-items: flex-start;
+  margin-top: .4em; }
 .facts table { border-collapse: collapse; font-size: 12px; }
 .facts caption { text-align: left; font-weight: 600; padding-bottom: .2em; }
 .facts th { text-align: left; font-weight: normal; color: #555; padding: 1px .8em 1px 0;
@@ -326,6 +329,14 @@ def render_page(page: ReportPage, assets: str) -> str:
         parts.append(f'<p class="subtitle">{_esc(page.subtitle)}</p>')
     parts += [f'<p class="note">{_esc(note)}</p>' for note in page.notes]
     parts.append('<p id="broken" hidden></p>')
+    # The header: what ran, where and how long; open, and one click folds it away.
+    headings = ", ".join(heading.lower() for heading, _ in page.facts)
+    parts.append(f'<details open id="facts"><summary>{_esc(headings)}</summary>')
+    parts.append('<div class="facts">')
+    for heading, facts in page.facts:
+        rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in facts)
+        parts.append(f"<table><caption>{_esc(heading)}</caption>{rows}</table>")
+    parts.append("</div></details>")
     header, summary_rows = page.summary
     parts.append('<h2>Per class</h2><table class="grid" id="summary"><thead><tr>')
     parts += [f"<th>{_esc(h)}</th>" for h in header]
@@ -350,11 +361,6 @@ def render_page(page: ReportPage, assets: str) -> str:
         "for the full-size image.</p>"
     )
     parts.append(_case_table(page))
-    parts.append('<h2>Run</h2><div class="facts">')
-    for heading, facts in page.facts:
-        rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in facts)
-        parts.append(f"<table><caption>{_esc(heading)}</caption>{rows}</table>")
-    parts.append("</div>")
     parts.append(f"<script>{SORT_SCRIPT}</script></body></html>\n")
     return "\n".join(parts)
 
