@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from drac_algo.common.errors import DracInputError
 from drac_algo.data.metrics import score
-from drac_algo.tools.ablate.plan import DERIVED, TRAINED, Variant
+from drac_algo.tools.ablate.plan import DERIVED, TRAINED, Variant, select_rows
 from drac_algo.tools.ablate.report import Row, markdown, verdict
 from drac_algo.tools.ablate.run import run_key
 from drac_algo.training.config import load_config
@@ -62,6 +63,18 @@ def test_plan_covers_the_rows_the_issue_asks_for():
     v = Variant("x", "best", {"*": {"epochs": 1}, "irma": {"epochs": 2}})
     assert v.task_overrides("irma") == {"epochs": 2}
     assert v.task_overrides("nv") == {"epochs": 1}
+    ensemble = Variant("y", "best", members={"nv": 3})
+    assert ensemble.task_seeds("nv", 2) == [2, 1002, 2002]
+    assert ensemble.task_seeds("irma", 2) == [2]
+
+
+def test_select_rows_keeps_the_reference_and_refuses_unknown_names():
+    trained, derived = select_rows(TRAINED, DERIVED, ["best, TTA none"])
+    assert [v.name for v in trained] == ["best recipe"]
+    assert [d.name for d in derived] == ["best, TTA none"]
+    assert select_rows(TRAINED, DERIVED, []) == (list(TRAINED), list(DERIVED))
+    with pytest.raises(DracInputError, match="no row named 'nope'; the rows are: 'plain baseline'"):
+        select_rows(TRAINED, DERIVED, ["nope"])
 
 
 def test_run_key_is_the_resolved_config():

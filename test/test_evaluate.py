@@ -105,8 +105,12 @@ def test_per_case_rows_csv_plot_and_worst_cases(tmp_path, gt_root):
     # class 1, case 86: gt 16 px, pred 8 px inside; case 285: not scored (FP ignored); 1299: 0.
     assert by[names[0], "1"] == {
         "case": names[0], "class": "1", "lesion": "irma", "dice": "0.666667", "iou": "0.500000",
-        "gt_pixels": "16", "pred_pixels": "8", "scored": "yes",
+        "gt_pixels": "16", "pred_pixels": "8", "scored": "yes", "overlap_pixels": "8",
+        "precision": "1.000000", "recall": "0.500000", "gt_components": "1",
+        "pred_components": "1", "found_components": "1", "false_components": "0",
     }  # fmt: skip
+    # case 285 class 1: one predicted pixel, no lesion: a false component, recall undefined.
+    assert (by[names[1], "1"]["false_components"], by[names[1], "1"]["recall"]) == ("1", "")
     assert (by[names[1], "1"]["dice"], by[names[1], "1"]["pred_pixels"]) == ("", "1")
     assert by[names[1], "1"]["scored"] == "no"
     assert (by[names[2], "1"]["dice"], by[names[2], "1"]["gt_pixels"]) == ("0.000000", "4")
@@ -115,7 +119,9 @@ def test_per_case_rows_csv_plot_and_worst_cases(tmp_path, gt_root):
     cases = json.loads(out.read_text())["cases"]
     assert cases[0] == {
         "case": names[0], "class": 1, "lesion": "irma", "dice": pytest.approx(2 / 3),
-        "iou": 0.5, "gt_pixels": 16, "pred_pixels": 8, "scored": True,
+        "iou": 0.5, "gt_pixels": 16, "pred_pixels": 8, "scored": True, "overlap_pixels": 8,
+        "precision": 1.0, "recall": 0.5, "gt_components": 1, "pred_components": 1,
+        "found_components": 1, "false_components": 0,
     }  # fmt: skip
     assert cases[1]["dice"] is None and cases[1]["scored"] is False  # class 2 absent in case 86
     assert f"worst irma: {names[2]} 0.000, {names[0]} 0.667" in result.stdout

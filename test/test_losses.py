@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from drac_algo.common.errors import DracInputError
-from drac_algo.training.losses import LOSSES, DiceLoss, PositiveDiceLoss, build_loss, focal_loss
+from drac_algo.training.losses import (
+    LOSSES,
+    DiceLoss,
+    PositiveDiceLoss,
+    build_loss,
+    focal_loss,
+    skeleton,
+)
 
 
 def logit(p: float) -> float:
@@ -98,7 +105,10 @@ def test_build_loss_registry_errors():
     assert isinstance(build_loss("dice", smooth=0.5), DiceLoss)
     focal = build_loss("positive_dice_focal", gamma=1.0, aux_weight=0.3)
     assert (focal.aux, focal.gamma, focal.aux_weight) == ("focal", 1.0, 0.3)
-    with pytest.raises(DracInputError, match="valid: dice, positive_dice_bce, positive_dice_focal"):
+    with pytest.raises(
+        DracInputError,
+        match="valid: dice, positive_dice_bce, positive_dice_focal, dice_skeleton_recall",
+    ):
         build_loss("tversky")
     with pytest.raises(DracInputError, match="valid: aux_weight, smooth"):
         build_loss("positive_dice_bce", gamma=2.0)
@@ -111,3 +121,54 @@ def test_build_loss_registry_errors():
 def test_shape_mismatch_is_reported():
     with pytest.raises(DracInputError, match=r"\(N, 1, H, W\)"):
         DiceLoss()(torch.zeros(1, 1, 4, 4), torch.zeros(1, 4, 4))
+
+
+def _scene() -> torch.Tensor:
+    """A 64 x 64 target: a 24 x 24 blob and a 3 px wide, 40 px long segment."""
+    target = torch.zeros(1, 1, 64, 64)
+    target[0, 0, 4:28, 4:28] = 1
+    target[0, 0, 40:43, 10:50] = 1
+    return target
+
+
+def test_skeleton_is_the_thickened_centre_line_inside_the_target():
+    target = _scene()
+    skel = skeleton(target)
+    assert set(skel.unique().tolist()) == {0.0, 1.0}
+    assert bool((skel <= target).all())  # never outside the structure
+    # The 3 px segment's skeleton is its centre row, thickened back to the full width, along
+    # (nearly) its whole length; the blob keeps only a thin cross-section of itself.
+    segment = skel[0, 0, 40:43, 10:50]
+    assert segment[1].sum() >= 36
+    assert skel[0, 0, 4:28, 4:28].sum() < 0.25 * 24 * 24
+    # Every component keeps some skeleton: both structures are represented.
+    assert skel[0, 0, 4:28, 4:28].sum() > 0 and segment.sum() > 0
+
+
+def test_skeleton_recall_weighs_a_missed_thin_segment_more_than_dice_does():
+    target = _scene()
+    # Two predictions that each miss the same number of pixels: the whole thin segment, or the
+    # same area shaved off the blob's edge.
+    miss_segment = target.clone()
+    miss_segment[0, 0, 40:43, 10:50] = 0
+    miss_blob = target.clone()
+    miss_blob[0, 0, 4:9, 4:28] = 0  # 120 px, as the segment
+    assert miss_segment.sum() == miss_blob.sum()
+
+    def loss(name: str, pred: torch.Tensor) -> float:
+        logits = (pred * 2 - 1) * 20.0  # near-binary probabilities
+        return float(build_loss(name)(logits, target))
+
+    assert loss("dice", miss_segment) == pytest.approx(loss("dice", miss_blob), abs=1e-4)
+    assert (
+        loss("dice_skeleton_recall", miss_segment) > loss("dice_skeleton_recall", miss_blob) + 0.2
+    )
+    assert loss("dice_skeleton_recall", target) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_skeleton_recall_parameters_are_checked():
+    assert build_loss("dice_skeleton_recall", weight=0.5).weight == 0.5
+    with pytest.raises(DracInputError, match="iterations must be an int >= 1"):
+        build_loss("dice_skeleton_recall", iterations=0)
+    with pytest.raises(DracInputError, match="weight must be a number >= 0"):
+        build_loss("dice_skeleton_recall", weight=-1)

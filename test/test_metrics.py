@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from drac_algo.common.errors import DracInputError
-from drac_algo.data.metrics import dice_iou, score
+from drac_algo.data.metrics import dice_iou, match_components, score
 
 
 def _mask(rows, cols, shape=(8, 8)):
@@ -122,3 +122,29 @@ def test_score_rejects_mismatched_inputs():
         score(gt, {**pred, 1: pred[1][:2]})
     with pytest.raises(DracInputError, match="unknown class"):
         score({4: gt[1]}, {4: pred[1]})
+
+
+def test_match_components_tells_missed_false_and_broken_lesions():
+    gt = np.zeros((20, 20), np.uint8)
+    gt[1:4, 1:12] = 1  # lesion A: found, in two predicted pieces
+    gt[10:12, 10:12] = 1  # lesion B: missed
+    gt[15, 15] = 1
+    gt[16, 16] = 1  # lesion C: one 8-connected component (diagonal), missed
+    pred = np.zeros_like(gt)
+    pred[2, 1:5] = 1
+    pred[2, 7:11] = 1
+    pred[18, 1:3] = 1  # a false detection
+    assert match_components(gt, pred) == (3, 3, 1, 1)
+    assert match_components(gt, np.zeros_like(gt)) == (3, 0, 0, 0)
+    assert match_components(np.zeros_like(gt), pred) == (0, 3, 0, 3)
+
+
+def test_scores_carry_overlap_and_component_counts_per_image():
+    gt = np.zeros((2, 8, 8), np.uint8)
+    gt[0, :2, :2] = 1
+    pred = np.zeros_like(gt)
+    pred[0, :1, :2] = 1
+    pred[1, 5:, 5:] = 1
+    c = score({1: gt}, {1: pred}).classes[1]
+    assert c.overlap_pixels.tolist() == [2, 0]
+    assert c.components.tolist() == [[1, 1, 1, 0], [0, 1, 0, 1]]

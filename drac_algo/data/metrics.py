@@ -17,6 +17,7 @@ import logging
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from drac_algo.common.classes import BY_INDEX
@@ -70,7 +71,11 @@ def dice_iou(gt: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
 class ClassScore:
     """One class: ``dice``/``iou`` are NaN-ignoring means over ``per_image_*`` ((N,) float64,
     NaN where the image's ground truth is empty); NaN when ``n_scored`` is 0. ``gt_pixels`` and
-    ``pred_pixels``: (N,) int64 lesion pixels per image on each side."""
+    ``pred_pixels``: (N,) int64 lesion pixels per image on each side, ``overlap_pixels`` those on
+    both. ``components``: (N, 4) int64 per image, :func:`match_components`' counts (lesions in
+    the ground truth, in the prediction, ground-truth lesions the prediction touches, predicted
+    components that touch no ground-truth lesion): whether a class is missed, smeared or broken
+    into pieces, which Dice alone does not tell."""
 
     index: int
     dice: float
@@ -81,6 +86,24 @@ class ClassScore:
     per_image_iou: np.ndarray
     gt_pixels: np.ndarray
     pred_pixels: np.ndarray
+    overlap_pixels: np.ndarray
+    components: np.ndarray
+
+
+COMPONENT_FIELDS = ("gt_components", "pred_components", "found_components", "false_components")
+
+
+def match_components(gt: np.ndarray, pred: np.ndarray) -> tuple[int, int, int, int]:
+    """One image's lesions as 8-connected components (the post-processing's connectivity):
+    (ground-truth components, predicted components, ground-truth components that share at least
+    one pixel with the prediction, predicted components that share none with the ground
+    truth). Both arrays (H, W) uint8 in {0, 1}."""
+    n_gt, gt_labels = cv2.connectedComponents(gt, connectivity=8)
+    n_pred, pred_labels = cv2.connectedComponents(pred, connectivity=8)
+    both = (gt > 0) & (pred > 0)
+    found = np.unique(gt_labels[both]).size
+    touching = np.unique(pred_labels[both]).size
+    return n_gt - 1, n_pred - 1, int(found), n_pred - 1 - int(touching)
 
 
 def _nanmean(values: list[float] | np.ndarray) -> float:
@@ -177,6 +200,10 @@ def score(gt: dict[int, np.ndarray], pred: dict[int, np.ndarray]) -> Scores:
             per_image_iou=iou,
             gt_pixels=g.reshape(g.shape[0], -1).sum(axis=1, dtype=np.int64),
             pred_pixels=p.reshape(p.shape[0], -1).sum(axis=1, dtype=np.int64),
+            overlap_pixels=(g & p).reshape(g.shape[0], -1).sum(axis=1, dtype=np.int64),
+            components=np.array(
+                [match_components(g[i], p[i]) for i in range(g.shape[0])], np.int64
+            ).reshape(-1, 4),
         )
     for c in classes.values():
         if c.n_scored == 0:

@@ -40,7 +40,7 @@ from drac_algo.common.classes import BY_INDEX
 from drac_algo.common.cli import tool_command
 from drac_algo.common.errors import DracInputError
 from drac_algo.common.fsutil import atomic_path, atomic_write_text, check_output_file
-from drac_algo.data.metrics import Scores, score
+from drac_algo.data.metrics import COMPONENT_FIELDS, Scores, score
 from drac_algo.data.release import (
     class_folders,
     describe_folder,
@@ -183,12 +183,34 @@ def evaluate_paths(
     return evaluate_cases(gt, pred, images)[0]
 
 
-CASE_FIELDS = ("case", "class", "lesion", "dice", "iou", "gt_pixels", "pred_pixels", "scored")
+CASE_FIELDS = (
+    "case",
+    "class",
+    "lesion",
+    "dice",
+    "iou",
+    "gt_pixels",
+    "pred_pixels",
+    "scored",
+    "overlap_pixels",
+    "precision",
+    "recall",
+    *COMPONENT_FIELDS,
+)
+RATIO_FIELDS = ("dice", "iou", "precision", "recall")
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
 
 
 def case_rows(scores: Scores, names: list[str]) -> list[dict]:
     """One row per case and class (case order, then class), fields :data:`CASE_FIELDS`; Dice
-    and IoU are None where the case's ground truth has no lesion of that class (not scored)."""
+    and IoU are None where the case's ground truth has no lesion of that class (not scored),
+    pixel precision where nothing is predicted, recall where there is no lesion. The component
+    counts (:func:`drac_algo.data.metrics.match_components`) tell a missed lesion
+    (``found_components`` below ``gt_components``) from a false detection
+    (``false_components``)."""
     rows = []
     for i, name in enumerate(names):
         for index, c in sorted(scores.classes.items()):
@@ -204,6 +226,10 @@ def case_rows(scores: Scores, names: list[str]) -> list[dict]:
                     "gt_pixels": int(c.gt_pixels[i]),
                     "pred_pixels": int(c.pred_pixels[i]),
                     "scored": scored,
+                    "overlap_pixels": int(c.overlap_pixels[i]),
+                    "precision": _ratio(int(c.overlap_pixels[i]), int(c.pred_pixels[i])),
+                    "recall": _ratio(int(c.overlap_pixels[i]), int(c.gt_pixels[i])),
+                    **dict(zip(COMPONENT_FIELDS, map(int, c.components[i]), strict=True)),
                 }
             )
     return rows
@@ -228,7 +254,7 @@ def write_case_csv(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     for row in rows:
         out = dict(row, scored="yes" if row["scored"] else "no")
-        out.update({k: "" if row[k] is None else f"{row[k]:.6f}" for k in ("dice", "iou")})
+        out.update({k: "" if row[k] is None else f"{row[k]:.6f}" for k in RATIO_FIELDS})
         writer.writerow(out)
     atomic_write_text(path, buf.getvalue())
 
@@ -283,7 +309,8 @@ def plot_cases(path: Path, rows: list[dict], title: str) -> None:
     "per_case",
     type=click.Path(path_type=Path),
     default=None,
-    help="Write one CSV row per case and class (Dice, IoU, pixels, scored).",
+    help="Write one CSV row per case and class (Dice, IoU, pixels, precision, recall, "
+    "lesions found and false detections as components, scored).",
 )
 @click.option(
     "--plot",

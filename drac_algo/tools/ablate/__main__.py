@@ -37,6 +37,14 @@ def _seeds(value: str) -> tuple[int, ...]:
     help="A DRAC root with test ground truth (default: phantom data made in WORKDIR/data).",
 )
 @click.option("--seeds", default="0,1", show_default=True, help="Training seeds, comma-separated.")
+@click.option(
+    "--rows",
+    "row_names",
+    multiple=True,
+    metavar="NAME",
+    help="Only these rows (repeatable; the names in the table, e.g. 'best recipe'). The best "
+    "recipe's row is always included: every other row is compared with it. Default: every row.",
+)
 @phantom_options(n_train=48, n_test=24, size=256)
 @click.option("--data-seed", type=int, default=1, show_default=True, help="Phantom data seed.")
 @click.option(
@@ -44,16 +52,17 @@ def _seeds(value: str) -> tuple[int, ...]:
     is_flag=True,
     help="Smoke test: 64 px phantom, 2 epochs, one seed (numbers mean nothing).",
 )
-def main(workdir, data, seeds, n_train, n_test, size, data_seed, quick):
+def main(workdir, data, seeds, row_names, n_train, n_test, size, data_seed, quick):
     """Train and score every ablation row; write ablation.md/.json/.png in WORKDIR."""
     # Imported here: training, scoring and the phantom generator pull in torch, smp,
     # albumentations and OpenCV, not needed to print --help.
-    from drac_algo.tools.ablate.plan import DERIVED, TRAINED, variant
+    from drac_algo.tools.ablate.plan import DERIVED, TRAINED, select_rows, variant
     from drac_algo.tools.ablate.report import Row, write_report
     from drac_algo.tools.ablate.run import Ablation
     from drac_algo.tools.synth import write_dataset
 
     seed_list = _seeds("0" if quick else seeds)
+    trained, derived = select_rows(TRAINED, DERIVED, row_names)
     workdir = workdir.resolve()
     if data is None:
         if quick:
@@ -90,7 +99,7 @@ def main(workdir, data, seeds, n_train, n_test, size, data_seed, quick):
     # Seed by seed, so that a stopped run still has every row for its first seeds.
     per_row: dict[str, Row] = {}
     for seed in seed_list:
-        for v in TRAINED:
+        for v in trained:
             scores, seconds = ablation.score_trained(v, seed)
             row = per_row.setdefault(v.name, Row(v.name, [], [], v.note))
             row.scores.append(scores)
@@ -99,7 +108,7 @@ def main(workdir, data, seeds, n_train, n_test, size, data_seed, quick):
             if row not in rows:
                 rows.append(row)
             report()
-    for d in DERIVED:
+    for d in derived:
         if d.ensemble_seeds:
             if len(seed_list) < 2:
                 continue

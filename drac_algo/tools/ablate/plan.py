@@ -3,10 +3,12 @@ budget they share."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from drac_algo.common.errors import DracInputError
 from drac_algo.training import RECIPES_DIR
 
 # The quickstart's budget, over either recipe family: every trained row gets the same one.
@@ -40,9 +42,15 @@ class Variant:
     recipe: str
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     note: str = ""
+    # Members per task trained for one seed (default 1): the task's seeds are then seed,
+    # seed + 1000, seed + 2000, ... and the bundle ensembles them.
+    members: dict[str, int] = field(default_factory=dict)
 
     def task_overrides(self, task: str) -> dict[str, Any]:
         return {**self.overrides.get("*", {}), **self.overrides.get(task, {})}
+
+    def task_seeds(self, task: str, seed: int) -> list[int]:
+        return [seed + 1000 * k for k in range(self.members.get(task, 1))]
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,26 @@ TRAINED = (
         {"*": {"foreground_fraction": 0.0}},
         "every crop at a random place",
     ),
+    Variant(
+        "best, IRMA + skeleton recall",
+        "best",
+        {"irma": {"loss__name": "dice_skeleton_recall"}},
+        "IRMA's loss: batch Dice + skeleton recall (Kirchhoff et al. 2024), weight 1",
+    ),
+    Variant(
+        "best, IRMA larger crops",
+        "best",
+        {"irma": {"crop_size": 192, "batch_size": 4, "samples_per_epoch": 48}},
+        "IRMA: 192 px crops (1.5x the side, more context around each segment), "
+        "batch 4 and half the crops: about the same pixels per epoch",
+    ),
+    Variant(
+        "best, NV 3 short seeds",
+        "best",
+        {"nv": {"samples_per_epoch": 80}},
+        "NV: three members with a third of the steps each (same budget), ensembled",
+        members={"nv": 3},
+    ),
 )
 DERIVED = (
     Derived("best, TTA none", tta="none"),
@@ -109,6 +137,24 @@ def variant(name: str) -> Variant:
         if v.name == name:
             return v
     raise KeyError(name)
+
+
+def select_rows(
+    trained: Sequence[Variant], derived: Sequence[Derived], names: Sequence[str]
+) -> tuple[list[Variant], list[Derived]]:
+    """The rows named in ``names`` (every row when empty), the best recipe's always; an unknown
+    name is refused with the known ones listed."""
+    if not names:
+        return list(trained), list(derived)
+    known = [r.name for r in (*trained, *derived)]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise DracInputError(
+            f"--rows: no row named {', '.join(map(repr, unknown))}; the rows are: "
+            + ", ".join(map(repr, known))
+        )
+    wanted = {*names, "best recipe"}
+    return [v for v in trained if v.name in wanted], [d for d in derived if d.name in wanted]
 
 
 def budget_layers(quick: bool) -> tuple[list[Path], dict[str, Any]]:

@@ -71,7 +71,14 @@ class Ablation:
 
     def config(self, v: Variant, task: str, seed: int) -> TrainConfig:
         files, budget = budget_layers(self.quick)
-        return load_config(task, files, v.recipe, **budget, **v.task_overrides(task), seeds=[seed])
+        return load_config(
+            task,
+            files,
+            v.recipe,
+            **budget,
+            **v.task_overrides(task),
+            seeds=v.task_seeds(task, seed),
+        )
 
     def task_run(self, cfg: TrainConfig) -> TaskRun:
         """Train ``cfg`` (one task, one seed) unless a run of the same config exists."""
