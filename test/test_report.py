@@ -320,3 +320,30 @@ def test_evaluate_report_of_a_process_run_names_the_run(tiny_bundle, tmp_path, m
     parsed = read_report(page)
     assert [r.case for r in parsed.rows] == ["086.png", "090.png"]  # 090 is scored in none
     _check_files(tmp_path, parsed)
+
+
+@pytest.mark.slow
+def test_the_quickstart_ends_by_naming_the_report(tiny_bundle, tmp_path, monkeypatch, capsys):
+    """The quickstart's last step writes the scored report and its last lines name it (the
+    training is replaced by the tiny bundle and one curves.png: minutes saved)."""
+    from drac_algo.tools import quickstart
+    from drac_algo.training import experiment
+
+    def run_training(data_root, run_dir, configs, ctx, resume=False):
+        write_png(run_dir / "irma" / "fold0-seed0" / "curves.png", gray(5, (40, 60)))
+        shutil.copytree(tiny_bundle, run_dir / "model")
+        return experiment.RunSummary({}, run_dir / "model", 0.0)
+
+    monkeypatch.setattr(experiment, "run_training", run_training)
+    workdir = tmp_path / "qs"
+    quickstart.run_quickstart(workdir, n_train=2, n_test=3, size=48, epochs=None, seed=0)
+    out = capsys.readouterr().out
+    report = workdir / "evaluation" / "report.html"
+    assert out.rstrip().splitlines()[-2:] == [
+        f"The results on one page, worst cases first (open it in a browser): {report}",
+        f"(the run's own page, without ground truth: {workdir / 'output' / 'report.html'})",
+    ]
+    parsed = read_report(report)
+    assert len(parsed.rows) == 3
+    assert "report/curves/irma_fold0-seed0.png" in parsed.images
+    _check_files(report.parent, parsed)
