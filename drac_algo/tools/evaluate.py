@@ -334,6 +334,7 @@ def plot_cases(path: Path, rows: list[dict], title: str) -> None:
     "run_dir",
     type=click.Path(path_type=Path),
     default=None,
+    metavar="RUN_DIR",
     help="With --report: the training run folder (python -m train --out) whose members' "
     "training curves and bundle the page shows.",
 )
