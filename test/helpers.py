@@ -9,6 +9,8 @@ on these live in ``conftest.py``; test modules never import fixtures from each o
 import json
 import shutil
 import subprocess
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 
 import cv2
@@ -225,3 +227,70 @@ def counting_predictions(monkeypatch):
 
     monkeypatch.setattr(Predictor, "predict_many", predict_many)
     return ran
+
+
+# --- report pages -----------------------------------------------------------------------------
+
+
+@dataclass
+class ReportRow:
+    """One ``<tr data-case>`` of a report's case table: the case, each cell's ``data-v``
+    (None for a thumbnail cell), and the thumbnails' ``src`` and links' ``href``."""
+
+    case: str
+    values: list = field(default_factory=list)
+    images: list = field(default_factory=list)
+    links: list = field(default_factory=list)
+
+
+class ReportParser(HTMLParser):
+    """What the tests read from a report page (as written, or as Chromium dumps it): the
+    ``<body>``'s attributes, the sortable headings (``data-col`` -> their attributes), the case
+    rows in order (:class:`ReportRow`), every ``<img src>`` on the page, and the text of the
+    broken-image banner (None while it is hidden)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.body: dict = {}
+        self.headings: dict = {}
+        self.rows: list[ReportRow] = []
+        self.images: list[str] = []
+        self.banner: str | None = None
+        self._row: ReportRow | None = None
+        self._in_banner = False
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "body":
+            self.body = a
+        elif tag == "th" and "data-col" in a:
+            self.headings[int(a["data-col"])] = a
+        elif tag == "tr" and "data-case" in a:
+            self._row = ReportRow(a["data-case"])
+            self.rows.append(self._row)
+        elif tag == "td" and self._row is not None:
+            self._row.values.append(a.get("data-v"))
+        elif tag == "img":
+            self.images.append(a["src"])
+            if self._row is not None:
+                self._row.images.append(a["src"])
+        elif tag == "a" and self._row is not None:
+            self._row.links.append(a["href"])
+        elif tag == "p" and a.get("id") == "broken" and "hidden" not in a:
+            self._in_banner, self.banner = True, ""
+
+    def handle_endtag(self, tag):
+        if tag == "tr":
+            self._row = None
+        elif tag == "p":
+            self._in_banner = False
+
+    def handle_data(self, data):
+        if self._in_banner:
+            self.banner += data
+
+
+def read_report(path) -> ReportParser:
+    """The report page at ``path``, parsed (:class:`ReportParser`)."""
+    return ReportParser(Path(path).read_text(encoding="utf-8"))

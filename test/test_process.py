@@ -58,9 +58,10 @@ def tiny_bundle_without_nv(tiny_bundle, tmp_path_factory):
     return folder
 
 
-def batch_files(names, classes, submission=False):
+def batch_files(names, classes, submission=False, report=True):
     """What a batch run of the images ``names`` writes (as :func:`tree` lists it) with the masks
-    of ``classes``, and the three submission stacks when ``submission``."""
+    of ``classes``, the three submission stacks when ``submission``, and the report page with
+    a thumbnail per case and class unless not ``report``."""
     return sorted(
         [
             *(["1.nii.gz", "2.nii.gz", "3.nii.gz"] if submission else []),
@@ -69,6 +70,8 @@ def batch_files(names, classes, submission=False):
             "results.json",
             *[f"masks/{c.folder}/{n}.png" for c in classes for n in names],
             *[f"overlays/{n}.png" for n in names],
+            *(["report.html", "report/.drac-algo-output"] if report else []),
+            *[f"report/{n}_{c.key}.png" for c in classes for n in names if report],
         ]
     )
 
@@ -265,6 +268,8 @@ def test_a_bad_image_mid_batch_leaves_no_summary_and_no_partial_files(tiny_bundl
         "masks",
         "overlays",
         "process.log",
+        "report",
+        "report.html",
         "results.json",
     ]
 

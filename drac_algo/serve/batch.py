@@ -1,6 +1,7 @@
 """The batch mode (:class:`BatchFolder`, its own settings :class:`BatchOptions`): a folder of
 images -> ``masks/``, ``overlays/``, optionally ``probabilities/``, the submission stacks (layout
-in :mod:`drac_algo.serve.outputs`).
+in :mod:`drac_algo.serve.outputs`) and, after ``results.json``, ``report.html`` with its
+``report/`` folder (:mod:`drac_algo.serve.report`).
 
 One per-case loop (:func:`write_cases`) serves both writers, which differ only in where the
 files go and what happens around a case (:class:`CaseFolders`). A plain run fills hidden
@@ -21,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from drac_algo.common.classes import BY_INDEX, LESION_CLASSES
-from drac_algo.common.errors import DracInputError
 from drac_algo.common.fsutil import (
     atomic_dir,
     remove_all_but,
@@ -36,13 +36,16 @@ from drac_algo.engine.predictor import Predictor
 from drac_algo.serve.outputs import (
     MASKS_DIR,
     OVERLAYS_DIR,
+    OWNED_MARKER,
     PROBABILITIES_DIR,
     StackCollector,
+    check_replaceable,
     mask_png_path,
     write_mask_pngs,
     write_overlay_png,
     write_probabilities,
 )
+from drac_algo.serve.report import REPORT_DIR, REPORT_FILE, write_report
 from drac_algo.serve.results import RESULTS_FILE
 from drac_algo.serve.resume import (
     CASES_DIR,
@@ -57,26 +60,26 @@ from drac_algo.serve.run_state import RunState, log_case, note_conversion, recor
 
 log = logging.getLogger("drac_algo.serve.pipeline")
 
-# Marks the output folders as written by this program, so that a later run may replace them.
-OWNED_MARKER = ".drac-algo-output"
 # The folders a batch run writes into (and replaces, when they are this program's).
-FOLDERS = (MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, CASES_DIR)
+FOLDERS = (MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, CASES_DIR, REPORT_DIR)
 
 
 @dataclass(frozen=True)
 class BatchOptions:
     """The settings only a folder of images takes, named as their flags: ``classes``
     (``--classes``: only these class indices; None: every class in the bundle),
-    ``save_probabilities``, ``resume`` (``--continue``: keep complete cases, write case by case)
-    and ``no_submission``."""
+    ``save_probabilities``, ``resume`` (``--continue``: keep complete cases, write case by case),
+    ``no_submission`` and ``no_report`` (no ``report.html``)."""
 
     classes: tuple[int, ...] | None = None
     save_probabilities: bool = False
     resume: bool = False
     no_submission: bool = False
+    no_report: bool = False
 
     def folder_only_flags(self) -> list[str]:
-        """The flags given that a Grand Challenge job refuses (it ignores ``--no-submission``)."""
+        """The flags given that a Grand Challenge job refuses (it ignores ``--no-submission`` and
+        ``--no-report``: it writes neither)."""
         flags = (
             ("--classes", self.classes is not None),
             ("--save-probabilities", self.save_probabilities),
@@ -90,20 +93,10 @@ def case_name(path: Path) -> str:
     return path.name.split(".", 1)[0]
 
 
-def check_replaceable(folder: Path) -> None:
-    if folder.exists() and (
-        not folder.is_dir() or (any(folder.iterdir()) and not (folder / OWNED_MARKER).is_file())
-    ):
-        raise DracInputError(
-            f"refusing to replace {folder}: it exists and was not written by this program "
-            f"(no {OWNED_MARKER} inside); move it away or choose another --output"
-        )
-
-
 def retire_previous_summary(output_dir: Path) -> None:
-    """Remove the previous run's results.json and stacks: from here on they would describe
-    masks that are about to be replaced."""
-    for name in (RESULTS_FILE, *SUBMISSION_FILES.values()):
+    """Remove the previous run's results.json, stacks and report page: from here on they would
+    describe masks that are about to be replaced."""
+    for name in (RESULTS_FILE, REPORT_FILE, *SUBMISSION_FILES.values()):
         (output_dir / name).unlink(missing_ok=True)
 
 
@@ -138,7 +131,7 @@ def write_stacks(run: RunState, collector: StackCollector, options: BatchOptions
 def remove_leftovers(run: RunState, output_dir: Path) -> None:
     """Remove the hidden ``.partial`` files and folders a killed earlier run left (SIGKILL, a
     lost container: no cleanup ran), before this run writes the same outputs."""
-    names = [*FOLDERS, RESULTS_FILE, *SUBMISSION_FILES.values()]
+    names = [*FOLDERS, RESULTS_FILE, REPORT_FILE, *SUBMISSION_FILES.values()]
     removed = [p.name for name in names for p in remove_stale_partials(output_dir / name)]
     # --continue writes case by case into the final folders: a kill mid-case leaves its
     # temporaries inside them.
@@ -154,8 +147,8 @@ def remove_leftovers(run: RunState, output_dir: Path) -> None:
 class BatchFolder:
     """The batch mode (:class:`drac_algo.serve.modes.Mode`): owns the folder's images (in
     processing order), the :class:`BatchOptions`, and everything it writes under the output
-    folder: :data:`FOLDERS` and the submission stacks. ``results.json``'s ``mode`` is
-    ``"batch"``."""
+    folder: :data:`FOLDERS`, the submission stacks and, after ``results.json``, the report page
+    (:meth:`finish`). ``results.json``'s ``mode`` is ``"batch"``."""
 
     name = "batch"
 
@@ -165,7 +158,7 @@ class BatchFolder:
         self.classes = options.classes
 
     def written_paths(self) -> list[str]:
-        return [*FOLDERS, *SUBMISSION_FILES.values()]
+        return [*FOLDERS, REPORT_FILE, *SUBMISSION_FILES.values()]
 
     def check_output(self, output_dir: Path) -> None:
         for folder in FOLDERS:
@@ -202,9 +195,19 @@ class BatchFolder:
             "outputs": examples,
             "overlays": f"{OVERLAYS_DIR}/<case>.png",
             "probabilities": f"{PROBABILITIES_DIR}/<case>.npz" if probabilities else None,
+            "report": None if self.options.no_report else REPORT_FILE,
             **extra,
             "submission": submission,
         }
+
+    def finish(self, run: RunState, output_dir: Path) -> None:
+        """After ``results.json``: the report page, from the files on disk
+        (:func:`drac_algo.serve.report.write_report`); with ``--no-report``, an earlier run's
+        report folder goes (its page went with the earlier results)."""
+        if self.options.no_report:
+            shutil.rmtree(output_dir / REPORT_DIR, ignore_errors=True)
+            return
+        write_report(output_dir)
 
     def _write_staged(self, run: RunState, predictor: Predictor, collector: StackCollector) -> None:
         """A plain run: every case into hidden temporary folders, swapped in at the end."""

@@ -7,12 +7,14 @@ as ``python process.py`` from a checkout, or as ``drac-process`` once installed.
         [--tta d4|flips|none] [--device auto|cpu|cuda|cuda:N] [--views-per-batch N] \\
         [--precision auto|fp32|bf16|fp16] [--backend auto|torch|onnxruntime] \\
         [--classes irma,na,nv] [--save-probabilities] [--continue] [--no-submission] \\
-        [--input-slug SLUG] [--output-slug CLASS=SLUG[:RELATIVE_PATH] ...] [--require-gpu]
+        [--no-report] [--input-slug SLUG] [--output-slug CLASS=SLUG[:RELATIVE_PATH] ...] \\
+        [--require-gpu]
 
 With ``INPUT/inputs.json`` present this is a Grand Challenge job (one image; one
 ``images/<slug>/output.mha`` per class); otherwise every image in INPUT is segmented and the
-challenge submission, PNG masks and overlays are written (``--classes``, ``--save-probabilities``
-and ``--continue`` are for this mode). Both write ``results.json`` and ``process.log``. See
+challenge submission, PNG masks, overlays and ``report.html`` (the results on one page) are
+written (``--classes``, ``--save-probabilities``, ``--continue`` and ``--no-report`` are for this
+mode). Both write ``results.json`` and ``process.log``. See
 :mod:`drac_algo.serve.pipeline` for the modes and :mod:`drac_algo.serve.outputs` for the layout.
 Sockets
 and ``--require-gpu`` can also come from the environment or the model folder's
@@ -140,6 +142,12 @@ def parse_classes(value: str | None) -> tuple[int, ...] | None:
     "status 2 once the masks and overlays are written.",
 )
 @click.option(
+    "--no-report",
+    is_flag=True,
+    help="Folder of images: skip report.html (the run's results on one page, thumbnails in "
+    "report/).",
+)
+@click.option(
     "--classes",
     "class_list",
     default=None,
@@ -174,6 +182,7 @@ def main(
     output_specs: tuple[str, ...],
     require_gpu: bool | None,
     no_submission: bool,
+    no_report: bool,
     class_list: str | None,
     save_probabilities: bool,
     resume: bool,
@@ -201,6 +210,7 @@ def main(
         save_probabilities=save_probabilities,
         resume=resume,
         no_submission=no_submission,
+        no_report=no_report,
     )
     try:
         results = run(config, batch)

@@ -63,6 +63,11 @@ class Mode(Protocol):
         """What the mode adds to ``results.json``'s ``settings``."""
         ...
 
+    def finish(self, run: RunState, output_dir: Path) -> None:
+        """After ``results.json``: what the mode makes from the finished outputs on disk (the
+        batch folder's ``report.html``)."""
+        ...
+
 
 class GrandChallengeJob:
     """A Grand Challenge job (:class:`Mode`): owns its one image (chosen by
@@ -109,6 +114,9 @@ class GrandChallengeJob:
             "input_slug": self.input_slug,
             "output_slugs": {str(i): s.slug for i, s in sorted(self.job.output_sockets.items())},
         }
+
+    def finish(self, run: RunState, output_dir: Path) -> None:
+        """Nothing: a job's outputs are its sockets."""
 
     def write(self, run: RunState, predictor: Predictor, bundle_id: str) -> dict[str, Any]:
         if self._loaded is None:

@@ -43,6 +43,20 @@ MASKS_DIR = "masks"
 OVERLAYS_DIR = "overlays"
 PROBABILITIES_DIR = "probabilities"  # --save-probabilities: <case>.npz
 NA_INDEX = 2  # nonperfusion areas: their image fraction is the non-perfusion index
+# Marks the output folders as written by this program, so that a later run may replace them.
+OWNED_MARKER = ".drac-algo-output"
+
+
+def check_replaceable(folder: Path) -> None:
+    """Raise :class:`DracInputError` unless ``folder`` is absent, empty, or this program's (it
+    holds :data:`OWNED_MARKER`): a writer replaces only its own folders."""
+    if folder.exists() and (
+        not folder.is_dir() or (any(folder.iterdir()) and not (folder / OWNED_MARKER).is_file())
+    ):
+        raise DracInputError(
+            f"refusing to replace {folder}: it exists and was not written by this program "
+            f"(no {OWNED_MARKER} inside); move it away or choose another --output"
+        )
 
 
 def lesion_stats(mask: np.ndarray) -> dict[str, Any]:

@@ -9,14 +9,17 @@ each is an object the run asks, :class:`drac_algo.serve.modes.Mode`):
   how it is chosen); one ``images/<slug>/output.mha`` per class plus ``results.json``.
 - **Batch folder**: anything else. Every ``.png``/``.mha``/``.tif``/``.tiff`` file (names are
   case numbers, e.g. the DRAC test set); the submission stacks ``1.nii.gz 2.nii.gz 3.nii.gz``,
-  PNG masks, overlays and ``results.json`` (layout in :mod:`drac_algo.serve.outputs`).
+  PNG masks, overlays and ``results.json`` (layout in :mod:`drac_algo.serve.outputs`), then
+  ``report.html`` (:mod:`drac_algo.serve.report`, read back from those files).
 
 Failure and atomicity (batch mode): ``masks/`` and ``overlays/`` are filled in hidden
 temporary folders beside them and swapped in only after every image succeeded; then the
 submission stacks are written, and ``results.json`` last, so its presence means the whole run
-succeeded. A failed run leaves the output folder as it was, apart from the previous run's
-``results.json`` and stacks, which are removed once a run gets that far (they would describe
-other masks). Every file is written under a temporary name and renamed when complete.
+succeeded; the report page follows it, written from the files on disk (its images folder
+first, the page last, each under a temporary name). A failed run leaves the output folder as it
+was, apart from the previous run's ``results.json``, stacks and report page, which are removed
+once a run gets that far (they would describe other masks). Every file is written under a
+temporary name and renamed when complete.
 
 The output folder (both modes): one run writes into it at a time (:func:`one_writer`, a lock
 held for the whole run that dies with its process); a second run ends at once with exit status
@@ -240,6 +243,8 @@ def _run_checked(
         started=started,
     )
     path = write_results(output_dir / RESULTS_FILE, results)
+    # From the files on disk, once they are all there (a sharded run's assembly can do the same).
+    mode.finish(run_state, output_dir)
     stages = results["diagnostics"]["stages"]
     log.info(
         "done: %d image(s) in %.1f s (model load %.1f s, decode %.1f s, inference %.1f s, "

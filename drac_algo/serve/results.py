@@ -1,11 +1,13 @@
 """``results.json``: what a run records (its settings, the environment, the GPU diagnosis, the
 time per stage, each case's lesion measurements, the warnings), assembled in one place, and
-written last so that its presence means the run finished (see :mod:`drac_algo.serve.pipeline`).
+written after every output it describes, so that its presence means they are complete (see
+:mod:`drac_algo.serve.pipeline`; a batch run's report page is made from it afterwards).
 
 Top-level keys: ``format``, ``version``, ``mode``, ``input``, ``output``, ``finished``,
 ``settings`` (the engine's settings, the bundle, versions, the job's sockets), ``diagnostics``,
 ``timings``, ``engine`` (the engine's counters), ``classes`` (per class: written, not
-requested or missing from the bundle), what the mode adds (``submission``, ``continued``),
+requested or missing from the bundle), what the mode adds (``submission``, ``continued``,
+``report``: the report page a batch run writes after this file, or null with ``--no-report``),
 ``cases`` and ``warnings``.
 """
 
@@ -16,7 +18,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import drac_algo
 from drac_algo.common.classes import LESION_CLASSES
@@ -24,9 +26,11 @@ from drac_algo.common.datafiles import read_json
 from drac_algo.common.errors import DracInputError
 from drac_algo.common.fsutil import atomic_write_text
 from drac_algo.common.provenance import environment
-from drac_algo.engine.gpu import GpuStatus
-from drac_algo.engine.predictor import Predictor
-from drac_algo.serve.run_state import RunState
+
+if TYPE_CHECKING:  # annotations only: reading results.json (the report) needs no torch
+    from drac_algo.engine.gpu import GpuStatus
+    from drac_algo.engine.predictor import Predictor
+    from drac_algo.serve.run_state import RunState
 
 RESULTS_FILE = "results.json"
 RESULTS_FORMAT = "drac-algo-results"

@@ -1,7 +1,8 @@
 """Score a prediction against ground truth with the official DRAC2022 Task 1 metric.
 
     python -m drac_algo.evaluate --gt SUBMISSION_OR_PNG_DIR --pred SUBMISSION_OR_PNG_DIR \\
-        [--images CASE_IMAGES_DIR] [--json scores.json] [--per-case cases.csv] [--plot cases.png]
+        [--images CASE_IMAGES_DIR] [--json scores.json] [--per-case cases.csv] [--plot cases.png] \\
+        [--report report.html [--run RUN_DIR]]
 
 Each side is either a submission folder (``1.nii.gz 2.nii.gz 3.nii.gz``) or PNG masks in the DRAC
 ground-truth layout: a folder holding the three class folders (e.g. ``.../2. Groundtruths/b.
@@ -15,7 +16,10 @@ with null for NaN; ``--per-case`` writes the same per-case rows as CSV (:data:`C
 one row per case and class; Dice and IoU empty where the case is not scored); ``--plot`` draws
 each class's per-case Dice as a box with the cases as points. A case is named by its image file
 when the case list is known, else by its 1-based slice number in the submission stacks
-(``#1``, ``#2``, ...). See :mod:`drac_algo.data.metrics` for the semantics.
+(``#1``, ``#2``, ...). ``--report`` writes the results on one page, worst cases first, with
+thumbnails of true/false positives and false negatives (:mod:`drac_algo.tools.evaluate_report`;
+``--run`` adds the members' training curves). See :mod:`drac_algo.data.metrics` for the
+semantics.
 """
 
 from __future__ import annotations
@@ -124,11 +128,30 @@ def _load(source: MaskSource, images: list[Path] | None, side: str) -> dict[int,
     return stacks
 
 
+@dataclass
+class LoadedCases:
+    """Both sides' masks, class index -> (N, H, W) uint8 {0, 1} stacks in case order, the case
+    names and, when known, the case images (in the same order)."""
+
+    gt: dict[int, np.ndarray]
+    pred: dict[int, np.ndarray]
+    names: list[str]
+    images: list[Path] | None
+
+
 def evaluate_cases(
     gt: str | os.PathLike, pred: str | os.PathLike, images: str | os.PathLike | None = None
 ) -> tuple[Scores, list[str]]:
     """Load both sides (see module docstring), check that case counts and shapes agree, score.
     Returns the scores and the case names in stack order."""
+    cases = load_cases(gt, pred, images)
+    return score(cases.gt, cases.pred), cases.names
+
+
+def load_cases(
+    gt: str | os.PathLike, pred: str | os.PathLike, images: str | os.PathLike | None = None
+) -> LoadedCases:
+    """Load both sides (see module docstring) and check that case counts and shapes agree."""
     gt_source, pred_source = find_masks(gt), find_masks(pred)
     case_images = _case_images(gt_source, pred_source, Path(images) if images else None)
     if case_images is not None:
@@ -150,7 +173,7 @@ def evaluate_cases(
         names = [p.name for p in case_images]
     else:
         names = [f"#{i + 1}" for i in range(gt_shape[0])]
-    return score(gt_stacks, pred_stacks), names
+    return LoadedCases(gt_stacks, pred_stacks, names, case_images)
 
 
 def evaluate_paths(
@@ -296,6 +319,25 @@ def plot_cases(path: Path, rows: list[dict], title: str) -> None:
     default=None,
     help="Write a PNG of each class's per-case Dice (box and points).",
 )
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="FILE.html",
+    help="Write the results on one page: per case and class Dice, IoU and a thumbnail of true "
+    "positives, false positives and false negatives, worst cases first, the box plot; its "
+    "images go into the folder FILE/ beside it.",
+)
+@click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="RUN_DIR",
+    help="With --report: the training run folder (python -m train --out) whose members' "
+    "training curves and bundle the page shows.",
+)
 def main(
     gt: Path,
     pred: Path,
@@ -303,9 +345,16 @@ def main(
     json_path: Path | None,
     per_case: Path | None,
     plot_path: Path | None,
+    report_path: Path | None,
+    run_dir: Path | None,
 ) -> None:
     """Score PRED against GT with the official DRAC2022 Task 1 Dice/IoU."""
-    outputs = (("--json", json_path), ("--per-case", per_case), ("--plot", plot_path))
+    outputs = (
+        ("--json", json_path),
+        ("--per-case", per_case),
+        ("--plot", plot_path),
+        ("--report", report_path),
+    )
     for option, path in outputs:
         if path is None:
             continue
@@ -316,10 +365,24 @@ def main(
         check_output_file(path, option)
     given = [path.resolve() for _, path in outputs if path is not None]
     if len(set(given)) < len(given):
-        raise DracInputError("--json, --per-case and --plot must name different files")
-    scores, names = evaluate_cases(gt, pred, images)
+        raise DracInputError("--json, --per-case, --plot and --report must name different files")
+    if run_dir is not None and report_path is None:
+        raise DracInputError("--run names the training curves of --report FILE.html; give both")
+    if report_path is not None:
+        # Imported here: the report's modules are needed only for it.
+        from drac_algo.serve.report_page import check_report_path
+        from drac_algo.tools.evaluate_report import training_curves, write_scored_report
+
+        check_report_path(report_path, "--report")
+        if run_dir is not None:
+            training_curves(run_dir)  # refused now rather than after the scoring
+    cases = load_cases(gt, pred, images)
+    scores = score(cases.gt, cases.pred)
     try:
-        _write_outputs(scores, names, gt, pred, json_path, per_case, plot_path)
+        _write_outputs(scores, cases.names, gt, pred, json_path, per_case, plot_path)
+        if report_path is not None:
+            write_scored_report(report_path, scores, cases, gt=gt, pred=pred, run_dir=run_dir)
+            click.echo(f"report: {report_path}")
     except OSError as exc:  # disk full, ...: the message names the file (OutputWriteError)
         raise DracInputError(str(exc)) from None
 

@@ -7,8 +7,10 @@
    ``drac_algo/training/recipes/quickstart.toml``: ResNet-18 encoder, 128 px crops), one fold per
    class;
 3. ``python process.py``: the D4 test-time-augmented ensemble on the phantom test images;
-4. ``python -m drac_algo.evaluate``: the challenge metric against the phantom test ground truth,
-   next to what an all-zero and an all-one prediction score.
+4. ``python -m drac_algo.evaluate --report``: the challenge metric against the phantom test
+   ground truth, next to what an all-zero and an all-one prediction score, and the results on
+   one page (``evaluation/report.html``: worst cases first, what the model missed and
+   over-segmented, the training curves).
 
 Each step is the library call behind the command named; the equivalent commands are printed.
 """
@@ -59,11 +61,14 @@ def run_quickstart(
 ) -> None:
     # Imported here: each step pulls in torch, smp, albumentations or OpenCV, not needed to
     # print --help.
+    from drac_algo.data.metrics import score
     from drac_algo.data.release import find_layout
     from drac_algo.serve.outputs import PROCESS_LOG
     from drac_algo.serve.pipeline import RunConfig, run
+    from drac_algo.serve.report import REPORT_FILE
     from drac_algo.serve.results import RESULTS_FILE
-    from drac_algo.tools.evaluate import evaluate_paths
+    from drac_algo.tools.evaluate import load_cases
+    from drac_algo.tools.evaluate_report import write_scored_report
     from drac_algo.tools.synth import write_dataset
     from drac_algo.training.config import load_config
     from drac_algo.training.distributed import init_distributed
@@ -71,6 +76,7 @@ def run_quickstart(
 
     workdir = workdir.resolve()
     data, run_dir, output = workdir / "data", workdir / "run", workdir / "output"
+    report = workdir / "evaluation" / REPORT_FILE
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -116,8 +122,14 @@ def run_quickstart(
     timings["inference"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    click.echo(f"\n== 4/4 evaluation: python -m drac_algo.evaluate --gt {data} --pred {output}")
-    scores = evaluate_paths(data, output)
+    click.echo(
+        f"\n== 4/4 evaluation: python -m drac_algo.evaluate --gt {data} --pred {output} "
+        f"--report {report} --run {run_dir}"
+    )
+    cases = load_cases(data, output)
+    scores = score(cases.gt, cases.pred)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    write_scored_report(report, scores, cases, gt=data, pred=output, run_dir=run_dir)
     baselines = baseline_scores(data)
     timings["evaluation"] = time.perf_counter() - t0
 
@@ -134,6 +146,10 @@ def run_quickstart(
         "Trivial predictions, mean Dice: " + ", ".join(f"{k} {v:.4f}" for k, v in baselines.items())
     )
     click.echo(f"\nScore on the phantom test set ({n_test} images):\n{scores.table()}")
+    click.echo(
+        f"\nThe results on one page, worst cases first (open it in a browser): {report}\n"
+        f"(the run's own page, without ground truth: {output / REPORT_FILE})"
+    )
 
 
 @tool_command("drac-quickstart")

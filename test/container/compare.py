@@ -20,6 +20,8 @@ What counts as a match:
   the precision and the finish time are not compared: they depend on where and how it ran.
 - ``overlays/<case>.png`` is not stored (it is large and derived from the masks): every case of
   a batch run must have one, RGB, of the case's shape.
+- ``report.html`` and its thumbnails ``report/`` are not stored either (derived from the
+  outputs): a batch run must have the page, and a thumbnail it links must be there.
 - ``process.log`` must be there and not empty; its content (times, versions) is not compared.
 - Every other non-hidden file in the actual output that has no expected counterpart is an error.
 """
@@ -29,10 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 import SimpleITK as sitk
@@ -45,6 +49,7 @@ RESULTS_FILE = "results.json"
 # The run's log (times, versions, paths): required, never compared with the expected outputs.
 PROCESS_LOG = "process.log"
 OVERLAYS_DIR = "overlays"
+REPORT_FILE, REPORT_DIR = "report.html", "report"
 MASK_SUFFIXES = (".mha", ".nii.gz", ".png")
 
 
@@ -253,6 +258,30 @@ def check_overlays(expected_results: Path, actual: Path) -> list[str]:
     return problems
 
 
+def check_report(expected_results: Path, actual: Path) -> list[str]:
+    """A batch run has ``report.html``, and every image it shows is in ``report/``."""
+    try:
+        results = json.loads(expected_results.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []  # reported by compare_results
+    if results.get("mode") != "batch":
+        return []
+    page = actual / REPORT_FILE
+    if not page.is_file():
+        return [f"{REPORT_FILE}: missing (a batch run writes its report page)"]
+    text = page.read_text(encoding="utf-8")
+    shown = re.findall(r'<img src="([^"]+)"', text)
+    problems = [
+        f"{REPORT_FILE}: shows {src}, which is not in the output"
+        for src in shown
+        if not (actual / unquote(src)).is_file()
+    ]
+    cases = len(results.get("cases") or [])
+    if text.count("<tr data-case=") != cases:
+        problems.append(f"{REPORT_FILE}: expected one row per case ({cases})")
+    return problems
+
+
 def compare_outputs(expected: Path, actual: Path) -> list[str]:
     """Every difference between the expected output folder and an actual one, one line each
     (empty when they match). Paths in the messages are relative to the folders."""
@@ -275,13 +304,15 @@ def compare_outputs(expected: Path, actual: Path) -> list[str]:
         else:
             raise ValueError(f"{expected / rel}: no comparison rule for this kind of file")
     problems += check_overlays(expected / RESULTS_FILE, actual)
+    problems += check_report(expected / RESULTS_FILE, actual)
     log_file = actual / PROCESS_LOG
     if not log_file.is_file() or log_file.stat().st_size == 0:
         problems.append(f"{PROCESS_LOG}: missing or empty in the output")
     for rel in _files(actual):
         if rel == Path(PROCESS_LOG):
             continue
-        if rel not in expected_files and rel.parts[0] != OVERLAYS_DIR:
+        derived = rel.parts[0] in (OVERLAYS_DIR, REPORT_DIR) or rel == Path(REPORT_FILE)
+        if rel not in expected_files and not derived:
             problems.append(f"{rel}: unexpected file in the output")
     return problems
 
