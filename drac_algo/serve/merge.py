@@ -125,11 +125,11 @@ def _merge_locked(output_dir: Path, input_dir: Path | None, quiet: bool) -> dict
         done = summaries  # nothing finished: every case is reported missing below
     fingerprint = _agreed(done, "fingerprint", "the settings (bundle, TTA, precision, backend)")
     _agreed(done, "options", "--classes, --save-probabilities or --no-submission")
-    recorded_input = _agreed(done, "input", "the input folder")
+    if input_dir is None:  # given: nodes may mount the same folder at other paths
+        input_dir = Path(_agreed(done, "input", "the input folder (pass --input)"))
     first = done[min(done)]
     options = options_of(first)
     classes = tuple(first["classes"])
-    input_dir = Path(input_dir or recorded_input)
     if not input_dir.is_dir():
         raise DracInputError(
             f"the shards' input folder is not found: {describe_folder(input_dir)}; pass --input "
