@@ -8,6 +8,9 @@ as ``python process.py`` from a checkout, or as ``drac-process`` once installed.
         [--precision auto|fp32|bf16|fp16] [--backend auto|torch|onnxruntime] \\
         [--classes irma,na,nv] [--save-probabilities] [--continue] [--no-submission] \\
         [--input-slug SLUG] [--output-slug CLASS=SLUG[:RELATIVE_PATH] ...] [--require-gpu]
+    python process.py ... --shard K/N       # one shard of a folder of images (a job array)
+    python process.py --merge OUT_DIR       # assemble the shards' stacks and results.json
+    torchrun --nproc_per_node=N -m process ...   # N ranks, one GPU each; rank 0 assembles
 
 With ``INPUT/inputs.json`` present this is a Grand Challenge job (one image; one
 ``images/<slug>/output.mha`` per class); otherwise every image in INPUT is segmented and the
@@ -19,7 +22,8 @@ and ``--require-gpu`` can also come from the environment or the model folder's
 ``platform.json`` (:mod:`drac_algo.serve.job_settings`), since a platform job takes no arguments.
 
 Exit status: 0 on success, 2 for bad input (message on stderr), 1 when an output cannot be
-written or the GPU is required but unusable.
+written or the GPU is required but unusable. Sharded runs: :mod:`drac_algo.serve.shards`,
+:mod:`drac_algo.serve.merge` and :mod:`drac_algo.serve.ranks`.
 
 The spellings of earlier releases still work for one release, hidden from ``--help``:
 ``--model-dir`` (now ``--bundle``) and ``--batch-size`` (now ``--views-per-batch``).

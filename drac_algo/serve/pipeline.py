@@ -23,6 +23,9 @@ held for the whole run that dies with its process); a second run ends at once wi
 2, having written nothing, not even its log. No run writes through a symbolic link inside the
 folder (:func:`refuse_links`). A ``--continue`` run ends with exactly the files a plain run
 with its settings writes, plus its records in ``cases/`` (:func:`drac_algo.serve.batch.converge`).
+The one exception to one writer is by design: the shards of one sharded run hold the lock
+shared, each writing only its own cases, and one assembler then holds it exclusively
+(:mod:`drac_algo.serve.shards`).
 
 A class that the bundle lacks is skipped with a warning: no files are written for it (an
 all-zero mask would read as "no lesion found"), ``results.json`` lists it under
