@@ -10,6 +10,7 @@ Grand Challenge job is never sharded."""
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -246,6 +247,13 @@ def test_a_killed_shard_run_again_completes_the_run(tiny_bundle, tmp_path):
     stderr = rejected(invoke("--merge", out), "shard 2/2 (did not finish (killed, or failed))")
     assert "shard 1/2" not in stderr
     done = len(list((out / "cases").glob("*.json")))
+    # A single --continue run completes it too (in a copy): the shards' records are its own.
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    args = ("--input", images, "--bundle", tiny_bundle, "--tta", "flips")
+    result = ok(invoke(*args, "--output", copy, "--continue"))
+    assert f"--continue: {done} case(s) complete, {30 - done} to run" in result.stderr
+    assert not (copy / "shards").exists() and not list(copy.glob(".drac-shard-*"))
     result = ok(
         invoke(
             "--input",

@@ -134,6 +134,8 @@ def remove_leftovers(run: RunState, output_dir: Path) -> None:
     # temporaries inside them.
     for name in FOLDERS:
         removed += [p.name for p in remove_stale_partials_within(output_dir / name)]
+    for lock in output_dir.glob(".drac-shard-*.lock"):  # a killed shard's (none runs now)
+        lock.unlink()
     if removed:
         run.warn(
             f"removed {len(removed)} half-written output(s) of an interrupted earlier run in "

@@ -113,6 +113,7 @@ class _Watch(threading.Thread):
         self.seen: dict[int, Any] = {}
         self.moved = dict.fromkeys(range(world), time.monotonic())
         self._last_line = -float("inf")
+        self._last_state: tuple[int, int] | None = None
         self.lock = threading.Lock()
 
     def poll(self) -> tuple[int, int, bool]:
@@ -129,8 +130,12 @@ class _Watch(threading.Thread):
     def report(self, force: bool = False) -> None:
         ran, to_run, known = self.poll()
         now = time.monotonic()
-        if known and (force or now - self._last_line >= EVERY_S):
-            self._last_line = now
+        with self.lock:
+            if not known or (ran, to_run) == self._last_state:
+                return  # nothing new since the last line
+            if not force and now - self._last_line < EVERY_S and ran < to_run:
+                return
+            self._last_line, self._last_state = now, (ran, to_run)
             line = progress_line("all ranks", ran, to_run, "case", now - self.started)
             log.info("%s (%d rank(s))", line, self.world)
 
