@@ -19,7 +19,10 @@
 #   4. train 1024  one epoch of each recipe family at 1024 px on phantom data (autocast,
 #                  channels-last), through python -m train
 #   5. nccl        torchrun --nproc_per_node=2 -m train, one epoch, where two GPUs exist
-#   6. container   ./test.sh --gpus all, where a Docker engine with the NVIDIA runtime exists
+#   6. ranks       scripts/bench-ranks.sh: torchrun --nproc_per_node=2 -m process (rank r on
+#                  cuda:r) against one process, cases per second and byte-identical outputs,
+#                  where two GPUs exist (the dry run: two gloo ranks on the CPU, tiny images)
+#   7. container   ./test.sh --gpus all, where a Docker engine with the NVIDIA runtime exists
 #
 # Environment: PYTHON (default .venv/bin/python, else python3). Exit status 0 when no step
 # failed, 1 otherwise, 2 for bad arguments.
@@ -126,6 +129,18 @@ else
     skip nccl "needs two GPUs (this machine: $gpus)"
 fi
 
+if [[ $dry_run -eq 1 ]]; then
+    step ranks "torchrun 2 gloo ranks of process.py vs 1 process, byte-identical, cpu" \
+        env PYTHON="$python" scripts/bench-ranks.sh --ranks 2 --device cpu --images 4 --size 64 \
+        --out "$work/ranks.md"
+elif [[ $gpus -ge 2 ]]; then
+    step ranks "torchrun 2 ranks of process.py (cuda:0, cuda:1) vs 1 process, byte-identical" \
+        env PYTHON="$python" scripts/bench-ranks.sh --ranks 2 --device cuda --images 64 \
+        --size 1024 --out "$work/ranks.md"
+else
+    skip ranks "needs two GPUs (this machine: $gpus)"
+fi
+
 if [[ $dry_run -eq 0 ]] && command -v docker >/dev/null \
     && docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"nvidia"'; then
     step container "./test.sh --gpus all: the three platform runs on the GPU" ./test.sh --gpus all
@@ -145,5 +160,6 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || echo
 mv "$out.partial" "$out"
 cat "$out"
 [[ -f $work/bench.json ]] && cp "$work/bench.json" "${out%.md}-bench.json"
+[[ -f $work/ranks.md ]] && cp "$work/ranks.md" "${out%.md}-ranks.md"
 ((failed == 0)) || die "a step failed (the table above, $out)"
 log "all steps passed or were skipped with their reason ($out)"

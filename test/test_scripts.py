@@ -20,7 +20,14 @@ import pytest
 from helpers import copy_container_bundle
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ["build.sh", "export.sh", "test.sh", ".ci/docker-setup.sh", "scripts/gpu-check.sh"]
+SCRIPTS = [
+    "build.sh",
+    "export.sh",
+    "test.sh",
+    ".ci/docker-setup.sh",
+    "scripts/gpu-check.sh",
+    "scripts/bench-ranks.sh",
+]
 FIXTURE = REPO / "test/container/model"
 PLATFORM = REPO / "test/container/platform-sockets.json"
 

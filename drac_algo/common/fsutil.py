@@ -243,10 +243,13 @@ class FolderLock:
     - Advisory: it excludes only programs that take it. flock works on local file systems and on
       NFS (Linux maps it onto NFS byte-range locks).
 
-    Built for a sharded run to come (several processes writing one folder's per-case records,
-    then one assembler): the shards would take the lock shared (``fcntl.LOCK_SH``), the
-    assembler and every plain run exclusive, so a plain run still excludes every shard; the
-    last-holder rule of :meth:`release` already holds for shared holders.
+    - Shared (``acquire(shared=True)``, ``fcntl.LOCK_SH``): for a sharded run, several
+      processes writing one folder's per-case records, then one assembler. The shards hold it
+      shared, the assembler and every plain run exclusive, so a plain run still excludes every
+      shard and the other way round. The file is written only under the exclusive lock: the
+      first shared taker, finding it free, writes its ``info`` and then downgrades; a later
+      shared taker reads what the first wrote into :attr:`holder` (what the holders share,
+      e.g. how many shards there are) and leaves the file as it is.
     """
 
     RETRIES = 5
@@ -256,19 +259,18 @@ class FolderLock:
         self.holder: dict[str, Any] = {}
         self._fd: int | None = None
 
-    def acquire(self, **info: Any) -> "FolderLock":
-        """Take the lock (exclusive) and write ``pid``, ``started`` and ``info`` into the file.
-        Raises :class:`FolderBusy` when another open file holds it (another process, or another
-        ``FolderLock`` in this one)."""
+    def acquire(self, shared: bool = False, **info: Any) -> "FolderLock":
+        """Take the lock (exclusive, or ``shared`` with other shared holders) and, when no one
+        else holds it, write ``pid``, ``started`` and ``info`` into the file; :attr:`holder` is
+        then what the file says. Raises :class:`FolderBusy` when another open file holds it in a
+        mode that excludes this one (another process, or another ``FolderLock`` in this one)."""
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         for _ in range(self.RETRIES):
             fd = os.open(self.path, flags, 0o666)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _read_holder(fd)
-                os.close(fd)
-                raise FolderBusy(self.path, holder) from None
+                alone = self._lock(fd, fcntl.LOCK_EX, quiet=shared)
+                if not alone:  # shared, and others hold it
+                    self._lock(fd, fcntl.LOCK_SH)
             except BaseException:
                 os.close(fd)
                 raise
@@ -277,15 +279,37 @@ class FolderLock:
             os.close(fd)  # removed by its last holder between our open and flock: anew
         else:
             raise OSError(f"could not lock {self.path}: the file keeps being replaced")
-        self.holder = {
-            "pid": os.getpid(),
-            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            **info,
-        }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(self.holder) + "\n").encode("utf-8"), 0)
+        if alone:
+            self.holder = {
+                "pid": os.getpid(),
+                "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                **info,
+            }
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(self.holder) + "\n").encode("utf-8"), 0)
+            if shared:
+                try:
+                    # A downgrade is no atomic step: a taker may slip in (and be excluded by,
+                    # or exclude, this one); what the file says afterwards is what counts.
+                    self._lock(fd, fcntl.LOCK_SH)
+                except BaseException:
+                    os.close(fd)
+                    raise
+        if shared:
+            self.holder = _read_holder(fd)
         self._fd = fd
         return self
+
+    def _lock(self, fd: int, mode: int, quiet: bool = False) -> bool:
+        """flock ``fd`` in ``mode`` without waiting: True when taken; when held elsewhere,
+        False if ``quiet``, else :class:`FolderBusy` with what the file says."""
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if quiet:
+                return False
+            raise FolderBusy(self.path, _read_holder(fd)) from None
+        return True
 
     def _is_at_path(self, fd: int) -> bool:
         try:

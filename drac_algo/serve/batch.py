@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drac_algo.common.classes import BY_INDEX, LESION_CLASSES
 from drac_algo.common.fsutil import (
     atomic_dir,
     remove_all_but,
@@ -31,8 +30,9 @@ from drac_algo.common.fsutil import (
 from drac_algo.common.progress import RunProgress
 from drac_algo.data.images import LoadedImage, load_image
 from drac_algo.data.release import case_id
-from drac_algo.data.submission import SUBMISSION_FILES, write_submission
+from drac_algo.data.submission import SUBMISSION_FILES
 from drac_algo.engine.predictor import Predictor
+from drac_algo.serve.assemble import assemble
 from drac_algo.serve.outputs import (
     MASKS_DIR,
     OVERLAYS_DIR,
@@ -45,7 +45,7 @@ from drac_algo.serve.outputs import (
     write_overlay_png,
     write_probabilities,
 )
-from drac_algo.serve.report import REPORT_DIR, REPORT_FILE, write_report
+from drac_algo.serve.report import REPORT_DIR, REPORT_FILE
 from drac_algo.serve.results import RESULTS_FILE
 from drac_algo.serve.resume import (
     CASES_DIR,
@@ -60,8 +60,10 @@ from drac_algo.serve.run_state import RunState, log_case, note_conversion, recor
 
 log = logging.getLogger("drac_algo.serve.pipeline")
 
-# The folders a batch run writes into (and replaces, when they are this program's).
-FOLDERS = (MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, CASES_DIR, REPORT_DIR)
+# The folders a batch run writes into (and replaces, when they are this program's); shards/
+# holds a sharded run's summaries (drac_algo.serve.shards), which a single run removes.
+SHARDS_DIR = "shards"
+FOLDERS = (MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, CASES_DIR, REPORT_DIR, SHARDS_DIR)
 
 
 @dataclass(frozen=True)
@@ -93,39 +95,28 @@ def case_name(path: Path) -> str:
     return path.name.split(".", 1)[0]
 
 
+def batch_results(
+    classes: tuple[int, ...], options: BatchOptions, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """What a batch run adds to ``results.json`` besides the cases: an example output path per
+    class, the overlay and probability paths, ``extra`` (``continued``); ``submission`` comes
+    last, from :func:`drac_algo.serve.assemble.assemble`."""
+    examples = {str(i): mask_png_path(MASKS_DIR, i, "<case>").as_posix() for i in sorted(classes)}
+    probabilities = options.save_probabilities
+    return {
+        "outputs": examples,
+        "overlays": f"{OVERLAYS_DIR}/<case>.png",
+        "probabilities": f"{PROBABILITIES_DIR}/<case>.npz" if probabilities else None,
+        "report": None if options.no_report else REPORT_FILE,
+        **extra,
+    }
+
+
 def retire_previous_summary(output_dir: Path) -> None:
     """Remove the previous run's results.json, stacks and report page: from here on they would
     describe masks that are about to be replaced."""
     for name in (RESULTS_FILE, REPORT_FILE, *SUBMISSION_FILES.values()):
         (output_dir / name).unlink(missing_ok=True)
-
-
-def write_stacks(run: RunState, collector: StackCollector, options: BatchOptions) -> dict[str, Any]:
-    """The submission stacks, or why not: ``cause`` is None (written), ``"not asked"``
-    (``--no-submission``, or ``--classes`` short of all three), ``"classes"`` (the bundle lacks
-    a class) or ``"sizes"`` (the images differ in size, so they cannot form one stack; the
-    command treats it as an error)."""
-    if options.no_submission:
-        return {"written": False, "files": [], "reason": "not asked for", "cause": "not asked"}
-    if options.classes is not None and len(options.classes) < len(LESION_CLASSES):
-        keys = ",".join(BY_INDEX[i].key for i in options.classes)
-        reason = f"--classes {keys}: the submission needs all three classes"
-        return {"written": False, "files": [], "reason": reason, "cause": "not asked"}
-    missing = [c for c in LESION_CLASSES if c.index not in collector.classes]
-    cause, reason = None, None
-    if missing:
-        cause = "classes"
-        reason = "the model bundle lacks " + ", ".join(
-            f"class {c.index} ({c.key})" for c in missing
-        )
-    elif problem := collector.size_problem():
-        cause, reason = "sizes", problem
-    if reason:
-        run.warn(f"submission files {', '.join(SUBMISSION_FILES.values())} not written: {reason}")
-        return {"written": False, "files": [], "reason": reason, "cause": cause}
-    paths = write_submission(run.config.output_dir, collector.stacks())
-    log.info("submission: %s", ", ".join(str(p) for p in paths))
-    return {"written": True, "files": [p.name for p in paths], "reason": None, "cause": None}
 
 
 def remove_leftovers(run: RunState, output_dir: Path) -> None:
@@ -137,6 +128,8 @@ def remove_leftovers(run: RunState, output_dir: Path) -> None:
     # temporaries inside them.
     for name in FOLDERS:
         removed += [p.name for p in remove_stale_partials_within(output_dir / name)]
+    for lock in output_dir.glob(".drac-shard-*.lock"):  # a killed shard's (none runs now)
+        lock.unlink()
     if removed:
         run.warn(
             f"removed {len(removed)} half-written output(s) of an interrupted earlier run in "
@@ -151,6 +144,7 @@ class BatchFolder:
     (:meth:`finish`). ``results.json``'s ``mode`` is ``"batch"``."""
 
     name = "batch"
+    summary_file = RESULTS_FILE
 
     def __init__(self, images: list[Path], options: BatchOptions) -> None:
         self.images = images
@@ -177,37 +171,29 @@ class BatchFolder:
         return {}
 
     def write(self, run: RunState, predictor: Predictor, bundle_id: str) -> dict[str, Any]:
-        """Predict and write every case, then the stacks; returns what ``results.json`` adds."""
-        collector = StackCollector(predictor.classes)
+        """Predict and write every case; returns what ``results.json`` adds (the stacks come
+        in :meth:`finish`)."""
+        self.collector = StackCollector(predictor.classes)
         extra = {}
         if self.options.resume:
-            extra["continued"] = self._write_continue(run, predictor, bundle_id, collector)
+            extra["continued"] = self._write_continue(run, predictor, bundle_id, self.collector)
         else:
-            self._write_staged(run, predictor, collector)
-        with run.timed("write_s"):
-            submission = write_stacks(run, collector, self.options)
-        examples = {
-            str(i): mask_png_path(MASKS_DIR, i, "<case>").as_posix()
-            for i in sorted(predictor.classes)
-        }
-        probabilities = self.options.save_probabilities
-        return {
-            "outputs": examples,
-            "overlays": f"{OVERLAYS_DIR}/<case>.png",
-            "probabilities": f"{PROBABILITIES_DIR}/<case>.npz" if probabilities else None,
-            "report": None if self.options.no_report else REPORT_FILE,
-            **extra,
-            "submission": submission,
-        }
+            self._write_staged(run, predictor, self.collector)
+        return batch_results(predictor.classes, self.options, extra)
 
-    def finish(self, run: RunState, output_dir: Path) -> None:
-        """After ``results.json``: the report page, from the files on disk
-        (:func:`drac_algo.serve.report.write_report`); with ``--no-report``, an earlier run's
-        report folder goes (its page went with the earlier results)."""
-        if self.options.no_report:
-            shutil.rmtree(output_dir / REPORT_DIR, ignore_errors=True)
-            return
-        write_report(output_dir)
+    def finish(
+        self, run: RunState, output_dir: Path, document: Callable[[dict], dict]
+    ) -> dict[str, Any]:
+        """The stacks, then ``results.json``, then the report page
+        (:func:`drac_algo.serve.assemble.assemble`)."""
+        return assemble(
+            output_dir,
+            self.collector,
+            self.options,
+            document,
+            warn=run.warn,
+            timed=lambda: run.timed("write_s"),
+        )
 
     def _write_staged(self, run: RunState, predictor: Predictor, collector: StackCollector) -> None:
         """A plain run: every case into hidden temporary folders, swapped in at the end."""
@@ -229,7 +215,8 @@ class BatchFolder:
             retire_previous_summary(output_dir)
             # An earlier run's maps and --continue records (checked to be this program's) would
             # not match these masks.
-            stale = [CASES_DIR] if probabilities_tmp else [CASES_DIR, PROBABILITIES_DIR]
+            stale = [CASES_DIR, SHARDS_DIR]
+            stale += [] if probabilities_tmp else [PROBABILITIES_DIR]
             for folder in stale:
                 shutil.rmtree(output_dir / folder, ignore_errors=True)
 
@@ -245,6 +232,8 @@ class BatchFolder:
             folders.append(PROBABILITIES_DIR)
         else:
             shutil.rmtree(output_dir / PROBABILITIES_DIR, ignore_errors=True)
+        # A sharded run's summaries: this run assembles its own results.json.
+        shutil.rmtree(output_dir / SHARDS_DIR, ignore_errors=True)
         cases = output_dir / CASES_DIR
         had_records = cases.is_dir() and any(cases.glob("*.json"))
         for folder in folders:
@@ -283,13 +272,15 @@ class CaseFolders:
     saved, ``probabilities``), which cases it keeps instead of computing (``kept``: name ->
     its ``results.json`` entry, read back from an earlier ``--continue`` run) and, for
     ``--continue``, ``record(name, entry, files, source)``, called after a case's files are
-    written (``source``: its input's identity, taken before decoding)."""
+    written (``source``: its input's identity, taken before decoding); ``show_progress``: the
+    progress bar or lines of these cases (off where another process shows a whole run's)."""
 
     masks: Path
     overlays: Path
     probabilities: Path | None = None
     kept: dict[str, dict[str, Any]] = field(default_factory=dict)
     record: Callable[[str, dict[str, Any], list[Path], dict[str, Any]], None] | None = None
+    show_progress: bool = True
 
 
 def write_cases(
@@ -319,7 +310,9 @@ def write_cases(
         predictions = stack.enter_context(
             contextlib.closing(predictor.predict_many(to_run, load=load))
         )
-        progress = stack.enter_context(RunProgress(len(to_run), "case", "inference"))
+        progress = stack.enter_context(
+            RunProgress(len(to_run), "case", "inference", enabled=folders.show_progress)
+        )
         for number, (path, name) in enumerate(zip(images, names, strict=True), start=1):
             if name in folders.kept:
                 run.cases.append(folders.kept[name])

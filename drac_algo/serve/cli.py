@@ -9,6 +9,9 @@ as ``python process.py`` from a checkout, or as ``drac-process`` once installed.
         [--classes irma,na,nv] [--save-probabilities] [--continue] [--no-submission] \\
         [--no-report] [--input-slug SLUG] [--output-slug CLASS=SLUG[:RELATIVE_PATH] ...] \\
         [--require-gpu]
+    python process.py ... --shard K/N       # one shard of a folder of images (a job array)
+    python process.py --merge OUT_DIR       # assemble the shards' stacks and results.json
+    torchrun --nproc_per_node=N -m process ...   # N ranks, one GPU each; rank 0 assembles
 
 With ``INPUT/inputs.json`` present this is a Grand Challenge job (one image; one
 ``images/<slug>/output.mha`` per class); otherwise every image in INPUT is segmented and the
@@ -21,14 +24,19 @@ and ``--require-gpu`` can also come from the environment or the model folder's
 ``platform.json`` (:mod:`drac_algo.serve.job_settings`), since a platform job takes no arguments.
 
 Exit status: 0 on success, 2 for bad input (message on stderr), 1 when an output cannot be
-written or the GPU is required but unusable.
+written or the GPU is required but unusable. Sharded runs: :mod:`drac_algo.serve.shards`,
+:mod:`drac_algo.serve.merge` and :mod:`drac_algo.serve.ranks`.
 
 The spellings of earlier releases still work for one release, hidden from ``--help``:
 ``--model-dir`` (now ``--bundle``) and ``--batch-size`` (now ``--views-per-batch``).
 """
 
+from __future__ import annotations
+
+import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -36,6 +44,9 @@ from drac_algo.common.choices import BACKENDS, PRECISIONS, TTA_CHOICES
 from drac_algo.common.classes import lesion_class
 from drac_algo.common.cli import device_option, tool_command
 from drac_algo.common.errors import DracInputError
+
+if TYPE_CHECKING:
+    from drac_algo.serve.pipeline import BatchOptions, RunConfig
 
 INPUT_PATH = Path("/input")
 OUTPUT_PATH = Path("/output")
@@ -169,6 +180,32 @@ def parse_classes(value: str | None) -> tuple[int, ...] | None:
     help="Folder of images: write each case as it is done and keep the complete cases of an "
     "earlier --continue run with the same settings; after a crash, run the same command again.",
 )
+@click.option(
+    "--shard",
+    "shard_spec",
+    default=None,
+    metavar="K/N",
+    help="Folder of images: run only shard K of N (K from 1; e.g. a Slurm array's task) into a "
+    "shared --output, case by case as --continue does; the last shard to finish assembles the "
+    "stacks and results.json, or see --merge.",
+)
+@click.option(
+    "--merge",
+    "merge_dir",
+    type=_PATH,
+    default=None,
+    metavar="OUT",
+    help="Assemble the stacks and results.json of the --shard runs in OUT once every shard's "
+    "cases are complete (refused, naming the missing cases, before).",
+)
+@click.option(
+    "--rank-timeout",
+    type=click.IntRange(min=1),
+    default=900,
+    show_default=True,
+    help="Under torchrun: rank 0 gives up on a rank that finishes no case and does not end for "
+    "this many seconds.",
+)
 def main(
     input_dir: Path,
     output_dir: Path,
@@ -186,11 +223,14 @@ def main(
     class_list: str | None,
     save_probabilities: bool,
     resume: bool,
+    shard_spec: str | None,
+    merge_dir: Path | None,
+    rank_timeout: int,
 ) -> None:
     """Segment DRAC2022 Task 1 lesions in one Grand Challenge job or a folder of images."""
     # Imported here: the pipeline pulls in torch (seconds), not needed to print --help.
     from drac_algo.engine.gpu import GpuUnavailableError
-    from drac_algo.serve.pipeline import BatchOptions, RunConfig, run
+    from drac_algo.serve.pipeline import BatchOptions, RunConfig
 
     config = RunConfig(
         input_dir=input_dir,
@@ -213,11 +253,14 @@ def main(
         no_report=no_report,
     )
     try:
-        results = run(config, batch)
+        results = _run_command(config, batch, shard_spec, merge_dir, rank_timeout)
     except (OSError, GpuUnavailableError) as exc:
         # Disk full, a read-only mount, ...: the message names the file; no traceback.
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    if results is None:  # a shard or rank whose run is not its to assemble
+        return
+    output_dir = Path(results["output"])
     submission = results.get("submission") or {}
     if submission.get("cause") == "sizes":
         raise DracInputError(
@@ -225,6 +268,49 @@ def main(
             f"masks, overlays and results.json in {output_dir} are complete; pass "
             "--no-submission when the stacks are not needed"
         )
+
+
+def _run_command(
+    config: RunConfig,
+    batch: BatchOptions,
+    shard_spec: str | None,
+    merge_dir: Path | None,
+    rank_timeout: int,
+) -> dict | None:
+    """The run the flags ask for: a merge, a torchrun rank, one shard (then the merge, when it
+    is the last and all is complete), or the plain run. Returns the ``results.json`` written,
+    or None where this process wrote none."""
+    from drac_algo.serve.merge import merge
+    from drac_algo.serve.pipeline import run
+    from drac_algo.serve.ranks import run_ranks, torchrun_world
+    from drac_algo.serve.shards import parse_shard
+
+    shard = parse_shard(shard_spec) if shard_spec is not None else None
+    world = torchrun_world()
+    if merge_dir is not None:
+        if shard is not None or world is not None:
+            raise DracInputError(
+                "--merge assembles finished shards in one process: expected it alone, found it "
+                f"with {'--shard' if shard else 'torchrun'}"
+            )
+        explicit = click.get_current_context().get_parameter_source("input_dir")
+        given = explicit is click.core.ParameterSource.COMMANDLINE
+        return merge(merge_dir, config.input_dir if given else None)
+    if world is not None:
+        if shard is not None:
+            raise DracInputError(
+                f"--shard {shard.label} under torchrun: each rank already runs one shard; "
+                "expected one of the two"
+            )
+        return run_ranks(config, batch, rank_timeout)
+    results = run(config, batch, shard)
+    if shard is None:
+        return results
+    try:
+        return merge(config.output_dir, config.input_dir, quiet=True)
+    except DracInputError as exc:
+        logging.getLogger("drac_algo.serve.pipeline").warning("not assembled: %s", exc)
+        return None
 
 
 if __name__ == "__main__":

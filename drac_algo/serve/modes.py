@@ -7,6 +7,7 @@ input folder holds (:func:`find_mode`). The batch folder is
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +19,7 @@ from drac_algo.engine.predictor import Predictor
 from drac_algo.serve.batch import BatchFolder, BatchOptions
 from drac_algo.serve.gc_io import find_job_image, is_grand_challenge_job, write_mask_mha
 from drac_algo.serve.job_settings import COMMAND_LINE, JobSettings
+from drac_algo.serve.results import RESULTS_FILE, write_results
 from drac_algo.serve.run_state import RunConfig, RunState, log_case, note_conversion, record_case
 
 log = logging.getLogger("drac_algo.serve.pipeline")
@@ -31,6 +33,7 @@ class Mode(Protocol):
     name: str
     images: list[Path]
     classes: tuple[int, ...] | None
+    summary_file: str  # what finish() writes last, relative to the output folder
 
     def written_paths(self) -> list[str]:
         """What the mode writes under the output folder (relative paths: files, and folders it
@@ -63,9 +66,11 @@ class Mode(Protocol):
         """What the mode adds to ``results.json``'s ``settings``."""
         ...
 
-    def finish(self, run: RunState, output_dir: Path) -> None:
-        """After ``results.json``: what the mode makes from the finished outputs on disk (the
-        batch folder's ``report.html``)."""
+    def finish(
+        self, run: RunState, output_dir: Path, document: Callable[[dict], dict]
+    ) -> dict[str, Any]:
+        """The run's last writes, ``results.json`` last: ``document(extra)`` is the whole
+        document, with ``extra`` (what the mode adds at the end) among its keys. Returns it."""
         ...
 
 
@@ -78,6 +83,7 @@ class GrandChallengeJob:
 
     name = "grand-challenge"
     classes = None  # a job writes every class's socket
+    summary_file = RESULTS_FILE
 
     def __init__(self, image: Path, input_slug: str, job: JobSettings) -> None:
         self.images = [image]
@@ -115,9 +121,6 @@ class GrandChallengeJob:
             "output_slugs": {str(i): s.slug for i, s in sorted(self.job.output_sockets.items())},
         }
 
-    def finish(self, run: RunState, output_dir: Path) -> None:
-        """Nothing: a job's outputs are its sockets."""
-
     def write(self, run: RunState, predictor: Predictor, bundle_id: str) -> dict[str, Any]:
         if self._loaded is None:
             self.preload(run)
@@ -137,6 +140,13 @@ class GrandChallengeJob:
                 # A previous run's mask for a class this model lacks would read as this run's.
                 sockets[index].mask_path(output_dir).unlink(missing_ok=True)
         return {"outputs": outputs}
+
+    def finish(
+        self, run: RunState, output_dir: Path, document: Callable[[dict], dict]
+    ) -> dict[str, Any]:
+        results = document({})
+        write_results(output_dir / RESULTS_FILE, results)
+        return results
 
 
 def find_mode(config: RunConfig, job: JobSettings, options: BatchOptions) -> Mode:

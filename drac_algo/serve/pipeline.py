@@ -26,6 +26,9 @@ held for the whole run that dies with its process); a second run ends at once wi
 2, having written nothing, not even its log. No run writes through a symbolic link inside the
 folder (:func:`refuse_links`). A ``--continue`` run ends with exactly the files a plain run
 with its settings writes, plus its records in ``cases/`` (:func:`drac_algo.serve.batch.converge`).
+The one exception to one writer is by design: the shards of one sharded run hold the lock
+shared, each writing only its own cases, and one assembler then holds it exclusively
+(:mod:`drac_algo.serve.shards`).
 
 A class that the bundle lacks is skipped with a warning: no files are written for it (an
 all-zero mask would read as "no lesion found"), ``results.json`` lists it under
@@ -53,8 +56,9 @@ from drac_algo.serve.batch import BatchOptions
 from drac_algo.serve.job_settings import JobSettings, resolve_job_settings
 from drac_algo.serve.modes import Mode, find_mode
 from drac_algo.serve.outputs import LOCK_FILE, PROCESS_LOG
-from drac_algo.serve.results import RESULTS_FILE, results_document, write_results
+from drac_algo.serve.results import RESULTS_FILE, results_document
 from drac_algo.serve.run_state import RunConfig, RunState
+from drac_algo.serve.shards import Progress, Shard, busy_message, shard_mode, shard_writer
 
 __all__ = ["BatchOptions", "RunConfig", "run"]
 
@@ -88,11 +92,7 @@ def one_writer(output_dir: Path) -> FolderLock:
     try:
         return lock.acquire(program="process.py")
     except FolderBusy as busy:
-        pid = busy.holder.get("pid", "unknown")
-        started = busy.holder.get("started", "unknown")
-        raise DracInputError(
-            f"another process.py run (pid {pid}, started {started}) is writing into {output_dir}"
-        ) from None
+        raise DracInputError(busy_message(output_dir, busy.holder)) from None
 
 
 def refuse_links(output_dir: Path, paths: list[str]) -> None:
@@ -170,24 +170,38 @@ def _check_device(config: RunConfig, job: JobSettings) -> GpuStatus:
     return status
 
 
-def run(config: RunConfig, batch: BatchOptions | None = None) -> dict[str, Any]:
+def run(
+    config: RunConfig,
+    batch: BatchOptions | None = None,
+    shard: Shard | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Run the whole job described by ``config`` (and, for a folder of images, ``batch``) and
     return what was written to ``results.json``. Raises :class:`DracInputError` for bad input
     (inputs, output folder, bundle, settings) and
     :class:`drac_algo.engine.gpu.GpuUnavailableError` when the GPU is required but unusable;
     nothing that looks complete is left behind on failure (see the module docstring).
+
+    With ``shard``, only that shard's cases of a folder of images are run and written, and its
+    summary instead of ``results.json`` (:mod:`drac_algo.serve.shards`; ``progress(to_run,
+    ran)`` is told after each case); the stacks and ``results.json`` are
+    :func:`drac_algo.serve.merge.merge`'s.
     """
     started = time.perf_counter()
     job = resolve_job_settings(
         config.bundle, config.input_slug, config.output_specs, config.require_gpu
     )
     mode = find_mode(config, job, batch or BatchOptions())
+    if shard is not None:
+        mode = shard_mode(mode, shard, config.input_dir, progress)
     output_dir = check_output_dir(config.output_dir)
     refuse_links(output_dir, [LOCK_FILE])
     # Nothing is written (the log included) before the lock is ours, nor through a link after.
-    with one_writer(output_dir):
-        refuse_links(output_dir, [PROCESS_LOG, RESULTS_FILE, *mode.written_paths()])
-        with run_log(output_dir / PROCESS_LOG, "drac-process"):
+    writer = one_writer(output_dir) if shard is None else shard_writer(output_dir, shard)
+    log_file = PROCESS_LOG if shard is None else shard.log_file
+    with writer:
+        refuse_links(output_dir, [log_file, RESULTS_FILE, *mode.written_paths()])
+        with run_log(output_dir / log_file, "drac-process"):
             return _run_checked(config, job, mode, output_dir, started)
 
 
@@ -232,19 +246,19 @@ def _run_checked(
 
     mode_results = mode.write(run_state, predictor, bundle_info["id"])
 
-    results = results_document(
-        run_state,
-        predictor,
-        gpu=gpu,
-        bundle=bundle_info,
-        load_seconds=load_seconds,
-        mode_results=mode_results,
-        output_dir=output_dir,
-        started=started,
-    )
-    path = write_results(output_dir / RESULTS_FILE, results)
-    # From the files on disk, once they are all there (a sharded run's assembly can do the same).
-    mode.finish(run_state, output_dir)
+    def document(extra: dict[str, Any]) -> dict[str, Any]:
+        return results_document(
+            run_state,
+            predictor,
+            gpu=gpu,
+            bundle=bundle_info,
+            load_seconds=load_seconds,
+            mode_results={**mode_results, **extra},
+            output_dir=output_dir,
+            started=started,
+        )
+
+    results = mode.finish(run_state, output_dir, document)
     stages = results["diagnostics"]["stages"]
     log.info(
         "done: %d image(s) in %.1f s (model load %.1f s, decode %.1f s, inference %.1f s, "
@@ -255,6 +269,6 @@ def _run_checked(
         stages["decode_s"],
         stages["inference_s"],
         stages["write_s"],
-        path,
+        output_dir / mode.summary_file,
     )
     return results
