@@ -201,7 +201,11 @@ def test_three_shards_and_merge_equal_a_single_run(tiny_bundle, tmp_path):
     assert [s["shard"] for s in results["shards"]] == ["1/3", "2/3", "3/3"]
     assert results["continued"] == {"complete_before": 0, "run": 7}
     # --merge again: the same files.
-    before = {rel: (out / rel).read_bytes() for rel in plain_outputs(out) if "results" not in rel and not rel.startswith("report")}
+    before = {
+        rel: (out / rel).read_bytes()
+        for rel in plain_outputs(out)
+        if "results" not in rel and not rel.startswith("report")
+    }
     ok(invoke("--merge", out))
     assert {rel: (out / rel).read_bytes() for rel in before} == before
     # A plain run afterwards takes the folder back: no records, no summaries.
