@@ -72,14 +72,10 @@ class Ablation:
 
     def config(self, v: Variant, task: str, seed: int) -> TrainConfig:
         files, budget = budget_layers(self.quick)
-        return load_config(
-            task,
-            files,
-            v.recipe,
-            **budget,
-            **v.task_overrides(task),
-            seeds=v.task_seeds(task, seed),
-        )
+        # --quick's smoke budget wins over a row's own budget keys (crop size, batch, steps): a
+        # 192 px crop does not fit the smoke test's 64 px images.
+        overrides = {**v.task_overrides(task), **budget}
+        return load_config(task, files, v.recipe, **overrides, seeds=v.task_seeds(task, seed))
 
     def task_run(self, cfg: TrainConfig) -> TaskRun:
         """Train ``cfg`` (one task, one seed) unless a run of the same config exists."""
