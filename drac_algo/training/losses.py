@@ -54,6 +54,12 @@ def _non_negative(**values: float) -> None:
             raise DracInputError(f"loss parameter {name} must be a number >= 0; got {value!r}")
 
 
+def _positive_int(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise DracInputError(f"loss parameter {name} must be an int >= 1; got {value!r}")
+
+
 def soft_dice_per_image(
     probs: torch.Tensor, target: torch.Tensor, smooth: float = 1.0
 ) -> torch.Tensor:
@@ -179,10 +185,7 @@ class DiceSkeletonRecallLoss(nn.Module):
     def __init__(self, weight: float = 1.0, smooth: float = 1.0, iterations: int = 10) -> None:
         super().__init__()
         _non_negative(weight=weight, smooth=smooth)
-        if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
-            raise DracInputError(
-                f"loss parameter iterations must be an int >= 1; got {iterations!r}"
-            )
+        _positive_int(iterations=iterations)
         self.dice = DiceLoss(smooth)
         self.weight = float(weight)
         self.smooth = float(smooth)
@@ -218,10 +221,7 @@ class DiceClDiceLoss(nn.Module):
         _non_negative(smooth=smooth)
         if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not 0 <= alpha <= 1:
             raise DracInputError(f"loss parameter alpha must be in [0, 1]; got {alpha!r}")
-        if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
-            raise DracInputError(
-                f"loss parameter iterations must be an int >= 1; got {iterations!r}"
-            )
+        _positive_int(iterations=iterations)
         self.dice = DiceLoss(smooth)
         self.alpha = float(alpha)
         self.smooth = float(smooth)
