@@ -78,7 +78,7 @@ def assemble(
     write_results(output_dir / RESULTS_FILE, results)
     # From the files on disk, once they are all there; with --no-report an earlier run's report
     # folder goes (its page went with the earlier results).
-    if getattr(options, "no_report", False):
+    if options.no_report:
         shutil.rmtree(output_dir / REPORT_DIR, ignore_errors=True)
     else:
         write_report(output_dir)
