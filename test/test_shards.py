@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -111,6 +112,31 @@ def test_the_folder_lock_taken_shared(tmp_path):
     assert not (tmp_path / ".lock").exists()
     with FolderLock(tmp_path, ".lock"), pytest.raises(FolderBusy):
         FolderLock(tmp_path, ".lock").acquire(shared=True)
+
+
+def test_shared_takers_starting_together_wait_out_each_others_exclusive_moment(tmp_path):
+    """torchrun starts its ranks at once: the first shared taker holds the file exclusive while
+    it writes it, and the second must not read that as a plain run (CI saw rank 0 refused by
+    rank 1 this way). A plain run's exclusive lock still refuses a shared taker at once."""
+    lock = tmp_path / ".lock"
+    first = _hold(lock, {"pid": 1, "shared": True, "shards": 2})  # mid-write, not downgraded
+    downgraded = threading.Timer(0.3, fcntl.flock, (first, fcntl.LOCK_SH))
+    downgraded.start()
+    started = time.monotonic()
+    second = FolderLock(tmp_path, ".lock").acquire(shared=True, shards=2)
+    assert time.monotonic() - started >= 0.25
+    assert second.holder["shards"] == 2 and second.holder["pid"] == 1
+    downgraded.join()
+    second.release()
+    first.close()
+    lock.unlink()
+    plain = _hold(lock, {"pid": 1, "program": "process.py"})
+    started = time.monotonic()
+    with pytest.raises(FolderBusy) as busy:
+        FolderLock(tmp_path, ".lock").acquire(shared=True, shards=2)
+    assert busy.value.holder["program"] == "process.py"
+    assert time.monotonic() - started < FolderLock.SHARED_WAIT
+    plain.close()
 
 
 def _hold(path, content):

@@ -247,12 +247,15 @@ class FolderLock:
       processes writing one folder's per-case records, then one assembler. The shards hold it
       shared, the assembler and every plain run exclusive, so a plain run still excludes every
       shard and the other way round. The file is written only under the exclusive lock: the
-      first shared taker, finding it free, writes its ``info`` and then downgrades; a later
-      shared taker reads what the first wrote into :attr:`holder` (what the holders share,
-      e.g. how many shards there are) and leaves the file as it is.
+      first shared taker, finding it free, writes its ``info`` (and ``"shared": true``) and then
+      downgrades; a later shared taker reads what the first wrote into :attr:`holder` (what the
+      holders share, e.g. how many shards there are) and leaves the file as it is. Shared
+      takers starting together (torchrun's ranks) wait out each other's exclusive moment
+      (:meth:`_join_shared`) instead of refusing each other.
     """
 
     RETRIES = 5
+    SHARED_WAIT = 5.0  # seconds a shared taker waits out another shared taker's exclusive moment
 
     def __init__(self, folder: str | os.PathLike, name: str) -> None:
         self.path = Path(folder) / name
@@ -270,7 +273,7 @@ class FolderLock:
             try:
                 alone = self._lock(fd, fcntl.LOCK_EX, quiet=shared)
                 if not alone:  # shared, and others hold it
-                    self._lock(fd, fcntl.LOCK_SH)
+                    self._join_shared(fd)
             except BaseException:
                 os.close(fd)
                 raise
@@ -283,6 +286,7 @@ class FolderLock:
             self.holder = {
                 "pid": os.getpid(),
                 "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                **({"shared": True} if shared else {}),
                 **info,
             }
             os.ftruncate(fd, 0)
@@ -310,6 +314,22 @@ class FolderLock:
                 return False
             raise FolderBusy(self.path, _read_holder(fd)) from None
         return True
+
+    def _join_shared(self, fd: int) -> None:
+        """flock ``fd`` shared, beside the holders already there. A shared holder is exclusive
+        for a moment (while the first writes the file, and while the last removes it), so a
+        refusal by a holder whose file says ``shared`` is tried again for up to
+        :attr:`SHARED_WAIT` seconds; an exclusive holder (or a silent file) refuses at once."""
+        deadline = time.monotonic() + self.SHARED_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                if not holder.get("shared") or time.monotonic() > deadline:
+                    raise FolderBusy(self.path, holder) from None
+                time.sleep(0.02)
 
     def _is_at_path(self, fd: int) -> bool:
         try:
