@@ -182,6 +182,19 @@ def test_batch_folder_end_to_end(tiny_bundle, tmp_path):
     assert set(stages) == {"model_load_s", "decode_s", "inference_s", "write_s"}
     assert all(stages[k] > 0 for k in stages)
     assert stages["model_load_s"] == timings["model_load_s"]
+    # The cold start, part by part: the process's age at the run's start (interpreter and
+    # imports: torch alone takes longer than 0.1 s), the GPU probe, the bundle's checks and each
+    # member's build, which together are the model load.
+    cold = diagnostics["cold_start"]
+    assert set(cold) == {"startup_s", "gpu_probe_s", "bundle_check_s", "members"}
+    assert 0.1 < cold["startup_s"] < 120 and cold["gpu_probe_s"] >= 0
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    classes = manifest["classes"]
+    files = [m["file"] for c in sorted(classes) for m in classes[c]["members"]]
+    assert [m["file"] for m in cold["members"]] == files
+    parts = cold["bundle_check_s"] + sum(m["seconds"] for m in cold["members"])
+    assert 0 < parts <= stages["model_load_s"] + 1e-3
+    assert 100 * 2**20 < diagnostics["peak_rss_bytes"] < 16 * 2**30
     assert settings["job"]["sources"]["output_socket_irma"] == "default"
 
 

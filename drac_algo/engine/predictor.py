@@ -103,6 +103,7 @@ class Predictor:
                     # natively (bf16 Unet++ at 1024 x 1024: 2.4 s per view NCHW, 1.9 s NHWC).
                     member.network.to(memory_format=torch.channels_last)
         self.bundle: Bundle | None = None  # the parsed manifest when built from_bundle
+        self.load_timings: dict[str, Any] | None = None  # from_bundle's, per member
         self._state = EngineState(max_views_per_batch)
         self._seconds: list[float] = []
 
@@ -122,7 +123,9 @@ class Predictor:
         with the thresholds, clean-up and TTA validity stored there. ``classes`` limits the run
         to some class indices. ``backend`` runs the networks (:func:`drac_algo.engine.onnx_backend.
         choose_backend`): ``"onnxruntime"`` with ``precision="auto"`` means float32."""
+        start = time.perf_counter()
         bundle = load_bundle(folder)
+        checked = time.perf_counter() - start
         wanted = requested_classes(bundle, folder, classes)
         resolved = resolve_device(device)
         precision = backend_precision(backend, precision)
@@ -136,10 +139,16 @@ class Predictor:
         )
         threads = cpu_threads()  # the Predictor sets torch's to the same count
 
+        members: list[dict[str, Any]] = []
+
         def network(spec: MemberSpec) -> Network:
+            start = time.perf_counter()
             if choice.name == "onnxruntime":
-                return OnnxNetwork(Path(folder) / spec.onnx.file, threads)
-            return build_member(folder, spec, map_location="cpu")
+                built: Network = OnnxNetwork(Path(folder) / spec.onnx.file, threads)
+            else:
+                built = build_member(folder, spec, map_location="cpu")
+            members.append({"file": spec.file, "seconds": round(time.perf_counter() - start, 4)})
+            return built
 
         ensembles = bundle_ensembles(bundle, folder, network, wanted)
         release_freed_memory()  # the parsed member files
@@ -153,6 +162,9 @@ class Predictor:
             backend=choice,
         )
         predictor.bundle = bundle
+        # Where the load's time went (results.json's diagnostics): the manifest and checksums,
+        # then each member's network (built on the CPU; the move to the device is not in it).
+        predictor.load_timings = {"bundle_check_s": round(checked, 4), "members": members}
         return predictor
 
     @property

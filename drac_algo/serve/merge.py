@@ -265,6 +265,11 @@ def merged_document(
     stages = base["diagnostics"]["stages"]
     for key in stages:
         stages[key] = round(_sum([d["diagnostics"]["stages"][key] for d in docs]), 4)
+    # Each shard is its own process: the largest peak; each shard's cold start stays in its
+    # summary (shards/K-of-N.json), none of them is the run's.
+    peaks = [d["diagnostics"].get("peak_rss_bytes") for d in docs]
+    base["diagnostics"]["peak_rss_bytes"] = max((p for p in peaks if p is not None), default=None)
+    base["diagnostics"].pop("cold_start", None)
     devices = list(dict.fromkeys(d["diagnostics"]["device"] for d in docs))
     base["diagnostics"]["device"] = ", ".join(devices)
     elapsed = time.time() - min(summaries[k]["started"] for k in order)

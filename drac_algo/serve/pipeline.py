@@ -49,6 +49,7 @@ from drac_algo.common.classes import LESION_CLASSES
 from drac_algo.common.cli import run_log
 from drac_algo.common.errors import DracInputError
 from drac_algo.common.fsutil import FolderBusy, FolderLock, find_links
+from drac_algo.common.procinfo import process_age_s
 from drac_algo.engine.devices import resolve_device
 from drac_algo.engine.gpu import GpuStatus, check_gpu, gpu_status
 from drac_algo.engine.predictor import Predictor
@@ -188,6 +189,7 @@ def run(
     :func:`drac_algo.serve.merge.merge`'s.
     """
     started = time.perf_counter()
+    startup = process_age_s()
     job = resolve_job_settings(
         config.bundle, config.input_slug, config.output_specs, config.require_gpu
     )
@@ -202,20 +204,29 @@ def run(
     with writer:
         refuse_links(output_dir, [log_file, RESULTS_FILE, *mode.written_paths()])
         with run_log(output_dir / log_file, "drac-process"):
-            return _run_checked(config, job, mode, output_dir, started)
+            return _run_checked(config, job, mode, output_dir, started, startup)
 
 
 def _run_checked(
-    config: RunConfig, job: JobSettings, mode: Mode, output_dir: Path, started: float
+    config: RunConfig,
+    job: JobSettings,
+    mode: Mode,
+    output_dir: Path,
+    started: float,
+    startup: float | None,
 ) -> dict[str, Any]:
     mode.check_output(output_dir)
     log.info("mode: %s; %d image(s) from %s", mode.name, len(mode.images), config.input_dir)
     run_state = RunState(config, mode, job)
+    run_state.cold_start["startup_s"] = None if startup is None else round(startup, 3)
     mode.prepare(run_state, output_dir)
+    probe = time.perf_counter()
     gpu = _check_device(config, job)
+    run_state.cold_start["gpu_probe_s"] = round(time.perf_counter() - probe, 4)
     mode.preload(run_state)
 
     predictor, bundle_info, load_seconds = load_predictor(config, mode.classes)
+    run_state.cold_start.update(predictor.load_timings or {})
     ran = predictor.settings()
     mixed = ran["autocast"] != "fp32"
     log.info(
@@ -260,15 +271,18 @@ def _run_checked(
 
     results = mode.finish(run_state, output_dir, document)
     stages = results["diagnostics"]["stages"]
+    cold = run_state.cold_start
     log.info(
-        "done: %d image(s) in %.1f s (model load %.1f s, decode %.1f s, inference %.1f s, "
-        "write %.1f s); %s",
+        "done: %d image(s) in %.1f s (startup %s, model load %.1f s, decode %.1f s, inference "
+        "%.1f s, write %.1f s; peak memory %.2f GiB); %s",
         results["timings"]["images"],
         results["timings"]["total_s"],
+        "unknown" if cold["startup_s"] is None else f"{cold['startup_s']:.1f} s",
         load_seconds,
         stages["decode_s"],
         stages["inference_s"],
         stages["write_s"],
+        results["diagnostics"]["peak_rss_bytes"] / 2**30,
         output_dir / mode.summary_file,
     )
     return results

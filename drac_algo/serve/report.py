@@ -60,6 +60,10 @@ def _seconds(value: Any) -> str:
     return "n/a" if value is None else f"{float(value):.1f} s"
 
 
+def _gib(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value) / 2**30:.2f} GiB"
+
+
 def run_facts(results: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
     """The header tables of a run's ``results.json``: bundle (classes, members, thresholds),
     settings, device, timings, environment and warnings."""
@@ -118,6 +122,7 @@ def run_facts(results: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]
     images = timings.get("images")
     timing_facts = [
         ("total", f"{_seconds(timings.get('total_s'))} for {images} image(s)"),
+        ("startup", _seconds((diagnostics.get("cold_start") or {}).get("startup_s"))),
         ("model load", _seconds(stages.get("model_load_s"))),
         ("decode", _seconds(stages.get("decode_s"))),
         ("inference", _seconds(stages.get("inference_s"))),
@@ -127,6 +132,7 @@ def run_facts(results: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]
             f"mean {_seconds(timings.get('per_image_mean_s'))}, "
             f"max {_seconds(timings.get('per_image_max_s'))}",
         ),
+        ("peak memory", _gib(diagnostics.get("peak_rss_bytes"))),
     ]
     environment = settings.get("environment") or {}
     facts = [

@@ -25,6 +25,7 @@ from drac_algo.common.classes import LESION_CLASSES
 from drac_algo.common.datafiles import read_json
 from drac_algo.common.errors import DracInputError
 from drac_algo.common.fsutil import atomic_write_text
+from drac_algo.common.procinfo import peak_rss_bytes
 from drac_algo.common.provenance import environment
 
 if TYPE_CHECKING:  # annotations only: reading results.json (the report) needs no torch
@@ -113,6 +114,8 @@ def results_document(
             "views_per_batch": settings["max_views_per_batch"],
             "bundle_id": bundle["id"],
             "stages": stages,
+            "cold_start": dict(run.cold_start),
+            "peak_rss_bytes": peak_rss_bytes(),
         },
         "timings": {
             "total_s": round(time.perf_counter() - started, 4),

@@ -61,6 +61,10 @@ class RunState:
     warnings: list[str] = field(default_factory=list)
     cases: list[dict[str, Any]] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    # Where the time before the first image went (results.json's diagnostics.cold_start):
+    # startup_s (process start to the run's first line: interpreter, imports), gpu_probe_s,
+    # bundle_check_s (manifest, checksums) and each member's build time.
+    cold_start: dict[str, Any] = field(default_factory=dict)
 
     def warn(self, message: str) -> None:
         log.warning(message)
