@@ -22,7 +22,8 @@ from click.testing import CliRunner, Result
 from drac_algo.bundle.manifest import MANIFEST, TTA_NAMES, Bundle, ClassEntry, MemberSpec
 from drac_algo.bundle.store import save_bundle
 from drac_algo.common.classes import BY_INDEX, LESION_CLASSES
-from drac_algo.networks.models import ModelSpec, build_network
+from drac_algo.networks.models import build_network
+from drac_algo.networks.spec import ModelSpec
 
 REPO = Path(__file__).resolve().parents[1]
 # The container test's trained bundle: 3 classes, 1 tiny LCNet member each at 128 px, tied ONNX

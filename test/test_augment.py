@@ -12,7 +12,7 @@ import torch
 
 from drac_algo.common.errors import DracInputError
 from drac_algo.engine.tta import TRANSFORMS
-from drac_algo.networks.models import Normalization
+from drac_algo.networks.spec import Normalization
 from drac_algo.training import augment
 from drac_algo.training.augment import (
     AugmentConfig,

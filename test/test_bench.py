@@ -17,7 +17,7 @@ from drac_algo.common.errors import DracInputError
 from drac_algo.engine.ensemble import ClassEnsemble, Member
 from drac_algo.engine.predictor import Predictor
 from drac_algo.engine.tta import TTA_SETS
-from drac_algo.networks.models import Normalization
+from drac_algo.networks.spec import Normalization
 from drac_algo.tools.bench.agreement import agreement
 from drac_algo.tools.bench.cli import main
 from drac_algo.tools.bench.config import METHODS, BenchConfig, split_engine_token

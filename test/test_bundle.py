@@ -17,7 +17,8 @@ from drac_algo.bundle.store import build_member, load_bundle, save_bundle
 from drac_algo.bundle.validation import bundle_from_dict
 from drac_algo.common.errors import DracInputError
 from drac_algo.engine.tta import TTA_SETS, get_transform
-from drac_algo.networks.models import ModelSpec, Normalization, build_network
+from drac_algo.networks.models import build_network
+from drac_algo.networks.spec import ModelSpec, Normalization
 
 # A tiny timm encoder at depth 3 keeps these models at about 0.2 million parameters.
 CAM_SPEC = ModelSpec("unetplusplus", "tu-lcnet_035", "cam", 3, (32, 16, 16))

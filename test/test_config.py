@@ -6,7 +6,7 @@ import json
 import pytest
 
 from drac_algo.common.errors import DracInputError
-from drac_algo.networks.models import ModelSpec
+from drac_algo.networks.spec import ModelSpec
 from drac_algo.training.config import (
     DEFAULT_RECIPE,
     RECIPES_DIR,

@@ -442,7 +442,7 @@ TINY_ENCODER = "tu-mobilenetv3_small_050"
 
 
 def tiny_spec(arch="unet"):
-    from drac_algo.networks.models import ModelSpec
+    from drac_algo.networks.spec import ModelSpec
 
     channels = (16,) if arch == "deeplabv3plus" else (16, 16, 8, 8, 4)
     return ModelSpec(arch, TINY_ENCODER, encoder_depth=5, decoder_channels=channels)
@@ -464,7 +464,7 @@ def test_predictor_from_bundle(make_bundle):
     from drac_algo.bundle.manifest import Bundle, ClassEntry, MemberSpec
     from drac_algo.bundle.store import build_member, load_bundle
     from drac_algo.engine.postprocess import postprocess_mask
-    from drac_algo.networks.models import Normalization
+    from drac_algo.networks.spec import Normalization
 
     specs = {
         "irma_a.pt": MemberSpec("irma_a.pt", TINY, 32, tta=tuple(NUMPY_D4)),

@@ -14,13 +14,13 @@ from drac_algo.networks import models
 from drac_algo.networks.attention import ChannelAttention
 from drac_algo.networks.models import (
     ARCHITECTURES,
-    ModelSpec,
     build_model,
     build_network,
-    input_multiple,
+    check_encoder,
     resolve_encoder_weights,
     unwrapped_key,
 )
+from drac_algo.networks.spec import ModelSpec, input_multiple
 
 TINY_DECODER = (32, 32, 16, 16, 16)
 COMBOS = [
@@ -180,7 +180,6 @@ def test_scse_uses_smp_module_not_cam():
     [
         ({"arch": "unett"}, ["unet", "unetplusplus", "deeplabv3plus"]),
         ({"arch": "unet", "attention": "se"}, ["None", "'cam'", "'scse'"]),
-        ({"arch": "unet", "encoder": "resnet-34"}, ["resnet34", "efficientnet-b0"]),
     ],
 )
 def test_unknown_names_list_valid_ones(kwargs, names):
@@ -188,6 +187,18 @@ def test_unknown_names_list_valid_ones(kwargs, names):
         ModelSpec(**kwargs)
     for name in names:
         assert name in str(err.value)
+
+
+def test_an_unknown_encoder_is_refused_where_a_network_is_built():
+    """The spec (a manifest's, read without segmentation-models-pytorch) takes any encoder
+    name; building the network, or a training config, refuses one smp and timm do not know."""
+    spec = ModelSpec("unet", "resnet-34")
+    with pytest.raises(DracInputError) as err:
+        build_network(spec)
+    assert "unknown encoder 'resnet-34'" in str(err.value)
+    assert "resnet34" in str(err.value) and "efficientnet-b0" in str(err.value)
+    check_encoder("resnet34")
+    check_encoder("tu-resnet10t")  # a timm model
 
 
 @pytest.mark.parametrize("attention", ["cam", "scse"])

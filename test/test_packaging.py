@@ -134,6 +134,34 @@ def test_inference_imports_nothing_the_image_leaves_out(tmp_path):
     assert "drac_algo.engine.onnx_backend" in imported and "drac_algo.serve.pipeline" in imported
 
 
+# What only building a network in torch needs: on the ONNX Runtime path (the CPU's float32)
+# nothing imports them. segmentation-models-pytorch brings timm, torchvision and torch._dynamo;
+# their import was most of a CPU job's cold start (README "What a Grand Challenge job costs").
+NETWORK_BUILDING = ("segmentation_models_pytorch", "timm", "torchvision")
+
+
+@pytest.mark.slow
+def test_the_onnx_runtime_path_never_imports_the_network_libraries(tmp_path):
+    """process.py on the ONNX Runtime backend, in both modes, with segmentation-models-pytorch,
+    timm and torchvision unimportable: it runs, and imports no drac_algo module that builds
+    networks."""
+    fixtures = REPO / "test" / "container"
+    runs = [
+        ["--input", str(fixtures / "inputs" / mode), "--output", str(tmp_path / mode),
+         "--bundle", str(fixtures / "model"), "--precision", "fp32", "--backend", "onnxruntime",
+         "--tta", "none"]
+        for mode in ("batch", "gc-job")
+    ]  # fmt: skip
+    code = _RUN_WITHOUT_TRAINING_PACKAGES.format(blocked=list(NETWORK_BUILDING), runs=runs)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "drac_algo.engine.onnx_backend" in imported
+    assert "drac_algo.networks.models" not in imported and "drac_algo.networks.spec" in imported
+
+
 def _image_exclusions() -> list[str]:
     """The drac_algo/ lines of .dockerignore, as written."""
     return [

@@ -9,7 +9,7 @@ from drac_algo.common.errors import DracInputError
 from drac_algo.data.preprocess import from_network_output, plan_geometry, to_network_input
 from drac_algo.engine.ensemble import ClassEnsemble, Member
 from drac_algo.engine.predictor import Predictor
-from drac_algo.networks.models import Normalization
+from drac_algo.networks.spec import Normalization
 from drac_algo.training.augment import AugmentConfig, apply_transform, train_transform
 from drac_algo.training.config import load_config
 from drac_algo.training.dataset import Sample

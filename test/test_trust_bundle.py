@@ -24,7 +24,8 @@ from drac_algo.bundle.validation import bundle_from_dict
 from drac_algo.bundle.verify import AGREEMENT_ATOL
 from drac_algo.common.errors import DracInputError
 from drac_algo.engine.predictor import Predictor
-from drac_algo.networks.models import ModelSpec, build_network
+from drac_algo.networks.models import build_network
+from drac_algo.networks.spec import ModelSpec
 from drac_algo.training import onnx_export
 from process import main as process_main
 

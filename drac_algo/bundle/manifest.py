@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drac_algo.common.classes import BY_INDEX
-from drac_algo.networks.models import ModelSpec, Normalization
+from drac_algo.networks.spec import ModelSpec, Normalization
 
 FORMAT = "drac-algo-bundle"
 VERSION = 2  # written; 1 is still read (its ONNX files untied, see above)

@@ -66,7 +66,6 @@ from drac_algo.common.datafiles import parse_json, read_bytes
 from drac_algo.common.errors import DracInputError
 from drac_algo.common.fsutil import atomic_dir
 from drac_algo.common.provenance import environment
-from drac_algo.networks.models import build_network, unwrapped_key
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +134,18 @@ def load_bundle(
     return bundle
 
 
+def _networks():
+    """:mod:`drac_algo.networks.models`, imported when a network is first built: reading and
+    checking a bundle needs neither it nor segmentation-models-pytorch, whose import (timm,
+    torchvision, torch._dynamo behind it) was most of the ONNX Runtime path's cold start."""
+    from drac_algo.networks import models
+
+    return models
+
+
 def _strip_wrapper_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    from drac_algo.networks.models import unwrapped_key  # see _networks
+
     return {unwrapped_key(k): t.detach().cpu().contiguous() for k, t in state.items()}
 
 
@@ -204,7 +214,8 @@ def save_bundle(
 
     cleaned = {name: _strip_wrapper_prefixes(state) for name, state in state_dicts.items()}
     for _, member in members:
-        _load_into(build_network(member.model), cleaned[member.file], f"state dict {member.file}")
+        network = _networks().build_network(member.model)
+        _load_into(network, cleaned[member.file], f"state dict {member.file}")
 
     with atomic_dir(folder) as tmp:
         written: dict[str, str] = {}
@@ -246,6 +257,6 @@ def build_member(
         raise DracInputError(f"model bundle member {path} missing") from exc
     except Exception as exc:
         raise DracInputError(f"cannot read model bundle member {path}: {exc}") from exc
-    model = build_network(member.model)
+    model = _networks().build_network(member.model)
     _load_into(model, state, f"bundle member {path}")
     return model.to(map_location).eval()

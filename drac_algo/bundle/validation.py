@@ -32,7 +32,7 @@ from drac_algo.bundle.manifest import (
 )
 from drac_algo.common.classes import BY_INDEX
 from drac_algo.common.errors import DracInputError
-from drac_algo.networks.models import ModelSpec, Normalization, input_multiple
+from drac_algo.networks.spec import ModelSpec, Normalization, input_multiple
 
 
 def _is_number(value: Any) -> bool:

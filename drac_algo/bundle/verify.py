@@ -24,7 +24,7 @@ from torch import nn
 from drac_algo.bundle.manifest import Bundle, MemberSpec
 from drac_algo.bundle.store import build_member
 from drac_algo.common.errors import DracInputError
-from drac_algo.networks.models import input_multiple
+from drac_algo.networks.spec import input_multiple
 
 # Largest |p_onnx - p_torch| accepted over an image's probabilities: float32 reordering gives
 # ~1e-6 on trained networks; a graph of other weights or another network gives O(0.1).

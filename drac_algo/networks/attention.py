@@ -18,8 +18,6 @@ from drac_algo.common.errors import DracInputError
 
 # The channel attention modules: attention name -> the gate scale of ChannelAttention.
 CAM_GATE_SCALES = {"cam": 1.0, "cam-2sigmoid": 2.0}
-# Architectures whose decoder blocks have the attention1/attention2 slots that CAM and scse use.
-ARCHITECTURES_WITH_DECODER_ATTENTION = ("unet", "unetplusplus")
 
 
 class ChannelAttention(nn.Module):

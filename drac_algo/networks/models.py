@@ -1,12 +1,14 @@
-"""The segmentation networks: one binary model per lesion class, built from a :class:`ModelSpec`.
+"""The segmentation networks: one binary model per lesion class, built from a
+:class:`drac_algo.networks.spec.ModelSpec`.
 
 Every model maps a ``(N, 1, H, W)`` float32 image, normalised as ``(uint8 / 255 - mean) / std``
-(see :class:`Normalization`), to ``(N, 1, H, W)`` float logits (apply a sigmoid for
-probabilities). ``H`` and ``W`` must be multiples of ``2 ** encoder_depth`` (32 at the default
-depth 5; :func:`input_multiple`).
+(see :class:`drac_algo.networks.spec.Normalization`), to ``(N, 1, H, W)`` float logits (apply a
+sigmoid for probabilities). ``H`` and ``W`` must be multiples of ``2 ** encoder_depth`` (32 at
+the default depth 5; :func:`drac_algo.networks.spec.input_multiple`).
 
 Architectures come from segmentation-models-pytorch (smp) 0.6.0 through one registry,
-:data:`ARCHITECTURES`. Decoder attention is one of :data:`ATTENTIONS`:
+:data:`ARCHITECTURES`. Decoder attention is one of
+:data:`drac_algo.networks.spec.ATTENTIONS`:
 
 - ``None``: plain smp decoder.
 - ``"cam"``: the method's channel attention module
@@ -31,26 +33,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import huggingface_hub
-import numpy as np
 import segmentation_models_pytorch as smp
 import timm
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from drac_algo.common.dataclass_io import check_keys, plain
 from drac_algo.common.errors import DracInputError
-from drac_algo.data.preprocess import normalize
-from drac_algo.networks.attention import (
-    ARCHITECTURES_WITH_DECODER_ATTENTION,
-    CAM_GATE_SCALES,
-    insert_channel_attention,
-)
+from drac_algo.networks.attention import CAM_GATE_SCALES, insert_channel_attention
+from drac_algo.networks.spec import ARCHITECTURE_NAMES, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +54,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "unetplusplus": smp.UnetPlusPlus,
     "deeplabv3plus": smp.DeepLabV3Plus,
 }
-ATTENTIONS: tuple[str | None, ...] = (None, "cam", "cam-2sigmoid", "scse")
-# smp's default Unet / Unet++ decoder widths for depth 5; a shallower encoder takes the first ones.
-SMP_UNET_DECODER_CHANNELS = (256, 128, 64, 32, 16)
-SMP_DEEPLAB_DECODER_CHANNELS = 256
-ENCODER_DEPTHS = (3, 4, 5)
+assert tuple(ARCHITECTURES) == ARCHITECTURE_NAMES, "networks.spec lists the same architectures"
 
 
 def encoder_names() -> list[str]:
@@ -72,7 +63,9 @@ def encoder_names() -> list[str]:
     return list(smp.encoders.get_encoder_names())
 
 
-def _check_encoder(name: str) -> None:
+def check_encoder(name: str) -> None:
+    """Raise :class:`DracInputError` unless smp (or timm, for ``tu-<model>``) knows the encoder
+    ``name``: the one part of a :class:`ModelSpec` its own validation leaves out."""
     if name in smp.encoders.get_encoder_names():
         return
     if name.startswith("tu-") and timm.is_model(name[3:]):
@@ -82,140 +75,6 @@ def _check_encoder(name: str) -> None:
     )
 
 
-@dataclass(frozen=True)
-class Normalization:
-    """How a uint8 image becomes network input: ``(pixels / 255 - mean) / std``, one channel.
-
-    Defined here, beside the model, because it is part of each model's input contract; the
-    augmentation pipeline, the config, the bundle and inference all take it from here.
-    """
-
-    mean: float = 0.5
-    std: float = 0.25
-
-    def __post_init__(self) -> None:
-        numbers = all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in (self.mean, self.std)
-        )
-        if not numbers or not np.isfinite(self.mean) or not np.isfinite(self.std) or self.std <= 0:
-            raise DracInputError(
-                f"normalization needs a finite mean and a positive std; got mean={self.mean}, "
-                f"std={self.std}"
-            )
-
-    def apply(self, pixels: np.ndarray) -> np.ndarray:
-        """``(H, W)`` uint8 -> ``(H, W)`` float32 network input
-        (:func:`drac_algo.data.preprocess.normalize`)."""
-        return normalize(pixels, self.mean, self.std)
-
-    def to_dict(self) -> dict[str, float]:
-        return {"mean": float(self.mean), "std": float(self.std)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Normalization:
-        check_keys(data, cls, "normalization")
-        return cls(**data)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to rebuild a network (weights aside). Validated on construction.
-
-    ``arch``: a key of :data:`ARCHITECTURES`. ``encoder``: an smp encoder name.
-    ``attention``: one of :data:`ATTENTIONS` (not with deeplabv3plus).
-    ``encoder_depth``: 3 to 5. ``decoder_channels``: ``None`` = smp default
-    ((256, 128, 64, 32, 16) cut to ``encoder_depth`` entries for Unet / Unet++; 256 for
-    DeepLabV3+, where a one-element tuple sets it).
-    """
-
-    arch: str
-    encoder: str = "resnet34"
-    attention: str | None = None
-    encoder_depth: int = 5
-    decoder_channels: tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("arch", "encoder"):
-            if not isinstance(getattr(self, name), str):
-                raise DracInputError(f"model {name} must be a string; got {getattr(self, name)!r}")
-        if self.attention is not None and not isinstance(self.attention, str):
-            raise DracInputError(
-                f"model attention must be a string or none; got {self.attention!r}"
-            )
-        if self.arch not in ARCHITECTURES:
-            raise DracInputError(
-                f"unknown architecture {self.arch!r}; valid: {', '.join(ARCHITECTURES)}"
-            )
-        if self.attention not in ATTENTIONS:
-            valid = ", ".join(repr(a) for a in ATTENTIONS)
-            raise DracInputError(f"unknown decoder attention {self.attention!r}; valid: {valid}")
-        if self.attention is not None and self.arch not in ARCHITECTURES_WITH_DECODER_ATTENTION:
-            raise DracInputError(
-                f"attention {self.attention!r} needs a Unet-style decoder "
-                f"({', '.join(ARCHITECTURES_WITH_DECODER_ATTENTION)}); {self.arch} has no "
-                "decoder attention slots: use attention = none"
-            )
-        _check_encoder(self.encoder)
-        if isinstance(self.encoder_depth, bool) or self.encoder_depth not in ENCODER_DEPTHS:
-            raise DracInputError(
-                f"encoder_depth must be one of {ENCODER_DEPTHS}; got {self.encoder_depth!r}"
-            )
-        if self.decoder_channels is not None:
-            if not isinstance(self.decoder_channels, tuple | list):
-                raise DracInputError(
-                    f"decoder_channels must be a list of integers; got {self.decoder_channels!r}"
-                )
-            channels = tuple(self.decoder_channels)
-            object.__setattr__(self, "decoder_channels", channels)
-            if not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels):
-                raise DracInputError(
-                    f"decoder_channels must be positive integers; got {list(channels)}"
-                )
-            expected = 1 if self.arch == "deeplabv3plus" else self.encoder_depth
-            if len(channels) != expected:
-                raise DracInputError(
-                    f"{self.arch} with encoder_depth {self.encoder_depth} needs {expected} "
-                    f"decoder_channels; got {len(channels)} ({list(channels)})"
-                )
-        if self.attention == "scse":
-            # smp's SCSEModule squeezes to channels // 16 with no floor: below 16 channels that
-            # is a zero-width layer, so refuse rather than crash inside smp.
-            narrowest = min(self.resolved_decoder_channels())
-            if narrowest < 16:
-                raise DracInputError(
-                    f"scse attention needs every decoder block to have at least 16 channels; "
-                    f"decoder_channels {list(self.resolved_decoder_channels())} has {narrowest}"
-                )
-
-    def resolved_decoder_channels(self) -> tuple[int, ...]:
-        """The decoder widths actually built (smp defaults filled in)."""
-        if self.decoder_channels is not None:
-            return self.decoder_channels
-        if self.arch == "deeplabv3plus":
-            return (SMP_DEEPLAB_DECODER_CHANNELS,)
-        return SMP_UNET_DECODER_CHANNELS[: self.encoder_depth]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict; ``from_dict(to_dict())`` gives back an equal spec."""
-        return plain(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
-        """Build from a dict such as a manifest entry; unknown keys are an error."""
-        check_keys(data, cls, "model")
-        if "arch" not in data:
-            raise DracInputError("model spec has no 'arch'")
-        values = dict(data)
-        if values.get("attention") == "none":
-            values["attention"] = None
-        return cls(**values)
-
-
-def input_multiple(spec: ModelSpec) -> int:
-    """Input height and width must be multiples of this (``2 ** encoder_depth``)."""
-    return 2**spec.encoder_depth
-
-
 def build_network(spec: ModelSpec) -> nn.Module:
     """The network for ``spec`` with random weights (no download, no file read).
 
@@ -223,6 +82,7 @@ def build_network(spec: ModelSpec) -> nn.Module:
     multiples of :func:`input_multiple`. Use :func:`build_model` to start training (it loads
     encoder weights when asked); bundles use this and then load their own state dict.
     """
+    check_encoder(spec.encoder)
     kwargs: dict[str, Any] = {
         "encoder_name": spec.encoder,
         "encoder_depth": spec.encoder_depth,

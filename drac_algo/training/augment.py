@@ -38,7 +38,7 @@ from albumentations.augmentations.crops.transforms import BaseCrop
 
 from drac_algo.common.errors import DracInputError
 from drac_algo.engine.tta import TRANSFORMS
-from drac_algo.networks.models import Normalization
+from drac_algo.networks.spec import Normalization
 
 REFERENCE_SIZE = 1024  # the DRAC image size, at which AugmentConfig's elastic values are given
 # AugmentConfig's probabilities: of the transforms that move the mask with the image, and of

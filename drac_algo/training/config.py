@@ -37,7 +37,8 @@ from drac_algo.common.dataclass_io import check_keys, convert, plain
 from drac_algo.common.datafiles import read_toml
 from drac_algo.common.errors import DracInputError
 from drac_algo.data.images import MAX_IMAGE_SIDE
-from drac_algo.networks.models import ModelSpec, Normalization, input_multiple
+from drac_algo.networks.models import check_encoder
+from drac_algo.networks.spec import ModelSpec, Normalization, input_multiple
 from drac_algo.training import RECIPES_DIR
 from drac_algo.training.augment import AugmentConfig
 from drac_algo.training.losses import build_loss
@@ -165,6 +166,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task", lesion_class(self.task).key)
+        check_encoder(self.model.encoder)  # the one check ModelSpec leaves to the library
         multiple = input_multiple(self.model)
         if (
             self.input_size < multiple

@@ -110,7 +110,7 @@ def export_member(folder: Path, member: MemberSpec, path: Path) -> OnnxFile:
     from drac_algo.bundle.manifest import OnnxFile
     from drac_algo.bundle.store import build_member
     from drac_algo.bundle.store import sha256_file as _sha256
-    from drac_algo.networks.models import input_multiple
+    from drac_algo.networks.spec import input_multiple
 
     network = build_member(folder, member).float().eval()
     multiple = input_multiple(member.model)

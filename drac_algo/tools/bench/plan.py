@@ -20,7 +20,8 @@ from drac_algo.data.images import load_image
 from drac_algo.data.release import list_images
 from drac_algo.engine.ensemble import ClassEnsemble, Member, bundle_ensembles
 from drac_algo.engine.tta import select_transforms
-from drac_algo.networks.models import ModelSpec, build_network
+from drac_algo.networks.models import build_network
+from drac_algo.networks.spec import ModelSpec
 from drac_algo.tools.bench.config import BenchConfig
 from drac_algo.tools.synth import generate_case
 from drac_algo.training.config import load_config
