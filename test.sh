@@ -168,6 +168,22 @@ if [[ $image_code != "$host_code" ]]; then
         die "$msg"$'\n'"rebuild: ./build.sh (with your --offline/--base), or pass those to ./test.sh"
     fi
 fi
+# What the Dockerfile leaves out of the image (its LEAVE_OUT: packages inference never loads)
+# must be absent, so the runs below prove that inference works without them.
+read -ra leave_out <<<"$(sed -n 's/^ARG LEAVE_OUT="\(.*\)"$/\1/p' "$ROOT/Dockerfile")"
+if ((${#leave_out[@]})); then
+    present=$(docker run --rm --network none --entrypoint python "$tag" -c '
+import importlib.metadata as m, sys
+for name in sys.argv[1:]:
+    try:
+        m.distribution(name)
+        print(name)
+    except m.PackageNotFoundError:
+        pass' "${leave_out[@]}") || die "could not list the packages inside image $tag"
+    [[ -z $present ]] || die "image $tag holds what the Dockerfile leaves out:" $present \
+        "(rebuild: ./build.sh)"
+    log "left out of the image, as the Dockerfile says: ${leave_out[*]}"
+fi
 user=$(docker image inspect "$tag" --format '{{.Config.User}}')
 [[ -n $user && $user != root && $user != 0 && $user != 0:* ]] \
     || die "image $tag runs as '${user:-root}'; Grand Challenge expects a non-root USER"

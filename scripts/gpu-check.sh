@@ -14,15 +14,19 @@
 #                  convolution per GPU, every route of the bundle and its agreement)
 #   2. gpu tests   pytest -m gpu (test/test_gpu_path.py: CUDA vs CPU float32 masks, process.py
 #                  on CUDA, one training epoch per recipe with autocast and channels-last)
-#   3. bench       python -m drac_algo.bench --device cuda at 1024 x 1024, D4, precision auto
+#   3. libraries   scripts/loaded_libraries.py: process.py on the container fixtures at
+#                  precision auto and fp32, then which installed shared libraries the process
+#                  mapped (the evidence for leaving more of torch's CUDA libraries out of the
+#                  image: the Dockerfile's LEAVE_OUT)
+#   4. bench       python -m drac_algo.bench --device cuda at 1024 x 1024, D4, precision auto
 #                  and fp32, with agreement against the naive float32 loop
-#   4. train 1024  one epoch of each recipe family at 1024 px on phantom data (autocast,
+#   5. train 1024  one epoch of each recipe family at 1024 px on phantom data (autocast,
 #                  channels-last), through python -m train
-#   5. nccl        torchrun --nproc_per_node=2 -m train, one epoch, where two GPUs exist
-#   6. ranks       scripts/bench-ranks.sh: torchrun --nproc_per_node=2 -m process (rank r on
+#   6. nccl        torchrun --nproc_per_node=2 -m train, one epoch, where two GPUs exist
+#   7. ranks       scripts/bench-ranks.sh: torchrun --nproc_per_node=2 -m process (rank r on
 #                  cuda:r) against one process, cases per second and byte-identical outputs,
 #                  where two GPUs exist (the dry run: two gloo ranks on the CPU, tiny images)
-#   7. container   ./test.sh --gpus all, where a Docker engine with the NVIDIA runtime exists
+#   8. container   ./test.sh --gpus all, where a Docker engine with the NVIDIA runtime exists
 #
 # Environment: PYTHON (default .venv/bin/python, else python3). Exit status 0 when no step
 # failed, 1 otherwise, 2 for bad arguments.
@@ -96,6 +100,14 @@ step doctor "driver, CUDA, every route of the container test's bundle" \
 step "gpu tests" "pytest -m gpu on $device" \
     "$python" -m pytest -q -p no:cacheprovider -m gpu test/
 
+fixture=test/container
+step libraries "shared libraries a $device run of process.py maps (auto, then fp32)" \
+    "$python" scripts/loaded_libraries.py --out "$work/libraries.md" \
+    -- --input "$fixture/inputs/batch" --output "$work/lib-auto" --bundle "$fixture/model" \
+    --device "$device" \
+    -- --input "$fixture/inputs/batch" --output "$work/lib-fp32" --bundle "$fixture/model" \
+    --device "$device" --precision fp32
+
 step bench "engine auto and fp32 vs the naive loop, ${bench_size} px, D4, $device" \
     "$python" -m drac_algo.bench --device "$device" --image-size "$bench_size" --tta d4 \
     --methods naive,engine --precision auto,fp32 --repeats 1 --json "$work/bench.json" \
@@ -160,6 +172,7 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || echo
 mv "$out.partial" "$out"
 cat "$out"
 [[ -f $work/bench.json ]] && cp "$work/bench.json" "${out%.md}-bench.json"
+[[ -f $work/libraries.md ]] && cp "$work/libraries.md" "${out%.md}-libraries.md"
 [[ -f $work/ranks.md ]] && cp "$work/ranks.md" "${out%.md}-ranks.md"
 ((failed == 0)) || die "a step failed (the table above, $out)"
 log "all steps passed or were skipped with their reason ($out)"

@@ -253,3 +253,39 @@ def test_helper_cleans_up_on_sigterm(tmp_path):
         sleeper = (tmp_path / "sleep.pid").read_text().strip()
         if sleeper:
             subprocess.run(["kill", sleeper], capture_output=True)
+
+
+# --- scripts/loaded_libraries.py ---------------------------------------------------------------
+
+
+def _loaded_libraries(tmp_path, *runs):
+    args = [sys.executable, REPO / "scripts/loaded_libraries.py", "--out", tmp_path / "libs.md"]
+    for i, extra in enumerate(runs):
+        args += ["--", "--bundle", FIXTURE, "--output", tmp_path / f"out{i}", "--tta", "none"]
+        args += extra
+    return subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+
+
+def test_loaded_libraries_attributes_what_process_py_maps(tmp_path):
+    batch = ["--input", REPO / "test/container/inputs/batch"]
+    done = _loaded_libraries(tmp_path, batch, [*batch, "--precision", "fp32"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = (tmp_path / "libs.md").read_text()
+    assert text.startswith("process.py runs: 2, exit status 0, 0\n")
+    rows = dict(re.findall(r"^\| ([\w.-]+) \| \d+ MB \| (.+) \|$", text, re.M))
+    assert rows["torch"] != "**none**" and rows["numpy"] != "**none**"
+    # The ONNX Runtime path on the CPU never builds a network in torch.
+    assert rows.get("torchvision", "**none**") == "**none**"
+    assert "| never mapped (over 10 MB) | distribution | size |" in text
+
+
+def test_loaded_libraries_fails_when_a_run_fails(tmp_path):
+    done = _loaded_libraries(tmp_path, ["--input", tmp_path / "missing"])
+    assert done.returncode == 1
+    assert (tmp_path / "libs.md").read_text().startswith("process.py runs: 1, exit status 2\n")
+    usage = subprocess.run(
+        [sys.executable, REPO / "scripts/loaded_libraries.py"], capture_output=True, text=True
+    )
+    assert usage.returncode == 2 and "usage:" in usage.stderr
