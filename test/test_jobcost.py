@@ -21,6 +21,7 @@ from drac_algo.tools.jobcost.bundle import (
 )
 from drac_algo.tools.jobcost.cli import main
 from drac_algo.tools.jobcost.config import JobCostConfig, Size, parse_size, parse_sizes
+from drac_algo.tools.jobcost.report import format_report
 from drac_algo.tools.jobcost.run import job_numbers, summarise
 from drac_algo.tools.jobcost.runners import DockerRunner, JobRun
 
@@ -264,3 +265,55 @@ def test_the_random_bundle_is_a_whole_bundle_and_cached(tmp_path):
     assert {m.model.encoder for _, m in bundle.members()} == {"resnet18"}
     again, reused = cached_bundle(tmp_path, 1, 0, 64, model_changes=dict(QUICK_MODEL))
     assert (again, reused) == (folder, True)
+
+
+# --- docker without docker: the checks before any job, and the report's header ---
+
+
+def fake_docker(tmp_path, monkeypatch, script: str) -> None:
+    """A ``docker`` command on PATH that runs ``script`` (sh) with the arguments given."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text(f"#!/bin/sh\n{script}\n")
+    docker.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{runners.os.environ['PATH']}")
+
+
+def test_a_missing_image_is_refused_naming_it(tmp_path, monkeypatch):
+    fake_docker(tmp_path, monkeypatch, 'echo "Error: No such image: $3" >&2; exit 1')
+    js = tmp_path / "job-cost.json"
+    result = invoke("--image", "drac-algo:nope", "--json", js)
+    rejected(result, "--image drac-algo:nope: docker has no such image", "./build.sh")
+    assert not js.exists()
+
+
+def test_the_docker_header_names_the_image_and_the_command(tmp_path, monkeypatch):
+    script = """case "$1 $2" in
+  "image inspect") echo sha256:0123456789abcdef0123 ;;
+  "info --format") echo '{"io.containerd.runc.v2":{},"nvidia":{}}' ;;
+esac"""
+    fake_docker(tmp_path, monkeypatch, script)
+    runner = DockerRunner(JobCostConfig(sizes=parse_sizes("2:8g")))
+    info = runner.prepare()
+    assert info["image_id"] == "sha256:0123456789abcdef0123" and info["gpus"] == "all"
+    assert "--cpus 2 --memory 8g" in info["command"] and "--gpus all" in info["command"]
+    report = {
+        "machine": {"cpu_model": "Some CPU", "cpu_features": ["avx2", "avx512f"], "cpus": 2,
+                    "memory_bytes": 2**34, "load_average_1m": 0.5},
+        "runner": info,
+        "bundle": {"folder": "/b", "members": {"1": 5, "2": 5, "3": 5}, "members_total": 15,
+                   "architectures": ["unet resnet34"], "input_sizes": [1024], "onnx": True,
+                   "bytes": 2.9e9, "weights": "given (--bundle)"},
+        "job": {"side": 1024, "seed": 0, "image_bytes": 5e5, "jobs_per_size": 1,
+                "process_args": []},
+        "sizes": [{"size": "2:8g", "cpus": 2.0, "memory": "8g", "memory_bytes": 8 * 2**30,
+                   "skipped": "a reason"}],
+    }  # fmt: skip
+    text = format_report(report)
+    assert "- CPU: Some CPU (2 CPUs on the host; avx2, avx512f)" in text
+    assert "image `drac-algo` (sha256:0123456789ab), GPUs: all" in text
+    assert "--network none" in text
+    assert "Bundle: 15 members (class 1: 5, class 2: 5, class 3: 5;" in text
+    assert "2.90 GB on disk" in text
+    assert "| 2 vCPU / 8g | skipped: a reason |" in text

@@ -96,7 +96,7 @@ def _header(report: dict[str, Any]) -> list[str]:
     if runner["runner"] == "docker":
         lines.append(
             f"- Runner: docker, image `{runner['image']}` ({runner['image_id'][:19]}), GPUs: "
-            f"{runner['gpus']}, a fresh container per job: `{runner['command']}`"
+            f"{runner['gpus']}, a fresh container per job, e.g. `{runner['command']}`"
         )
     else:
         lines.append(

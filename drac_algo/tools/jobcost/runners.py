@@ -189,6 +189,7 @@ class DockerRunner:
 
     def __init__(self, cfg: JobCostConfig) -> None:
         self.image = cfg.image
+        self.sizes = cfg.sizes
         self.gpus = cfg.gpus
         self.process_args = cfg.process_args
         self.timeout_s = cfg.timeout_s
@@ -225,8 +226,9 @@ class DockerRunner:
             "image": self.image,
             "image_id": inspect.stdout.strip(),
             "gpus": "all" if self.use_gpus else "none",
+            # What a job runs, for the first size, with the paths named by their role.
             "command": " ".join(
-                self.command(Size("C:M", 0, "M", 0), Path("BUNDLE"), Path("IN"), Path("OUT"), "N")
+                self.command(self.sizes[0], Path("BUNDLE"), Path("INPUT"), Path("OUTPUT"), "NAME")
             ),
         }
 
