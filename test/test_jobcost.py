@@ -315,5 +315,5 @@ esac"""
     assert "image `drac-algo` (sha256:0123456789ab), GPUs: all" in text
     assert "--network none" in text
     assert "Bundle: 15 members (class 1: 5, class 2: 5, class 3: 5;" in text
-    assert "2.90 GB on disk" in text
+    assert "2.70 GiB on disk" in text
     assert "| 2 vCPU / 8g | skipped: a reason |" in text

@@ -109,14 +109,14 @@ def _header(report: dict[str, Any]) -> list[str]:
         f"- Bundle: {bundle['members_total']} members ({per_class}; "
         f"{', '.join(bundle['architectures'])}; input {', '.join(map(str, bundle['input_sizes']))} "
         f"px; ONNX files: {'all members' if bundle['onnx'] else 'not all members'}), "
-        f"{bundle['bytes'] / 1e9:.2f} GB on disk, weights {bundle['weights']}: `{bundle['folder']}`"
+        f"{_gib(bundle['bytes'])} on disk, weights {bundle['weights']}: `{bundle['folder']}`"
     )
     ran = next((s["jobs"][0] for s in report["sizes"] if s.get("jobs")), None)
     if ran is not None:
         lines.append(
             f"- Ran: device {ran['device']}, precision {ran['autocast']}, backend "
-            f"{ran['backend']}, {ran['views_per_batch']} view(s) per batch, TTA {ran['tta']}; "
-            f"bundle id {ran['bundle_id']}"
+            f"{ran['backend']}, {ran['views_per_batch']} view(s) per batch, TTA {ran['tta']} "
+            f"(each member runs the views its manifest lists); bundle id {ran['bundle_id']}"
         )
     extra = (
         f", process.py arguments: {' '.join(job['process_args'])}" if job["process_args"] else ""
