@@ -27,6 +27,7 @@ from drac_algo.serve import doctor, job_settings
 from drac_algo.tools import evaluate, quickstart
 from drac_algo.tools.ablate import __main__ as ablate_cli
 from drac_algo.tools.bench import cli as bench_cli
+from drac_algo.tools.jobcost import cli as jobcost_cli
 from drac_algo.tools.synth import __main__ as synth_cli
 from drac_algo.training import config, onnx_export
 from drac_algo.training.distributed import init_distributed
@@ -47,6 +48,7 @@ COMMANDS: dict[str, click.Command] = {
     "drac-ablate": ablate_cli.main,
     "drac-onnx-export": onnx_export.main,
     "drac-bench": bench_cli.main,
+    "drac-jobcost": jobcost_cli.main,
     "drac-bundle": bundle_check.main,
     "drac-doctor": doctor.main,
 }
@@ -280,6 +282,7 @@ HELP_TARGETS = [
     ("run_module", "drac_algo.ablate", []),
     ("run_module", "drac_algo.onnx_export", []),
     ("run_module", "drac_algo.bench", []),
+    ("run_module", "drac_algo.jobcost", []),
     ("run_module", "drac_algo.bundle", ["check"]),
     ("run_module", "drac_algo.doctor", []),
 ]

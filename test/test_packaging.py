@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMMANDS = {
     "drac-train", "drac-export", "drac-process", "drac-evaluate", "drac-synth",
     "drac-quickstart", "drac-ablate", "drac-bench", "drac-submission", "drac-onnx-export",
-    "drac-bundle", "drac-doctor",
+    "drac-bundle", "drac-doctor", "drac-jobcost",
 }  # fmt: skip
 
 
