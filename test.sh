@@ -172,15 +172,16 @@ fi
 # must be absent, so the runs below prove that inference works without them.
 read -ra leave_out <<<"$(sed -n 's/^ARG LEAVE_OUT="\(.*\)"$/\1/p' "$ROOT/Dockerfile")"
 if ((${#leave_out[@]})); then
-    present=$(docker run --rm --network none --entrypoint python "$tag" -c '
-import importlib.metadata as m, sys
-for name in sys.argv[1:]:
-    try:
-        m.distribution(name)
-        print(name)
-    except m.PackageNotFoundError:
-        pass' "${leave_out[@]}") || die "could not list the packages inside image $tag"
-    [[ -z $present ]] || die "image $tag holds what the Dockerfile leaves out:" $present \
+    # pip's own list (names normalised: lower case, '_' and '.' as '-'), read here.
+    installed=$(docker run --rm --network none --entrypoint python "$tag" -m pip list \
+        --format freeze --disable-pip-version-check --no-color) \
+        || die "could not list the packages inside image $tag"
+    installed=$(sed 's/==.*//; s/[_.]/-/g' <<<"$installed" | tr '[:upper:]' '[:lower:]')
+    present=
+    for name in "${leave_out[@]}"; do
+        if grep -qxF "$name" <<<"$installed"; then present+=" $name"; fi
+    done
+    [[ -z $present ]] || die "image $tag holds what the Dockerfile leaves out:$present" \
         "(rebuild: ./build.sh)"
     log "left out of the image, as the Dockerfile says: ${leave_out[*]}"
 fi
