@@ -12,7 +12,14 @@ import pytest
 
 from drac_algo.common.errors import DracInputError
 from drac_algo.data.metrics import score
-from drac_algo.tools.ablate.plan import DERIVED, TRAINED, Variant, select_rows
+from drac_algo.tools.ablate.plan import (
+    DERIVED,
+    TRAINED,
+    Variant,
+    budget_layers,
+    select_rows,
+    variant,
+)
 from drac_algo.tools.ablate.report import Row, diagnosis, markdown, verdict
 from drac_algo.tools.ablate.run import overlap_to_higher, run_key
 from drac_algo.training.config import load_config
@@ -64,6 +71,7 @@ def test_plan_covers_the_rows_the_issue_asks_for():
         "best, IRMA + skeleton recall",
         "best, IRMA larger crops",
         "best, NV 3 short seeds",
+        "best, IRMA 1.5x steps, NA half",
     ):
         assert needed in names
     v = Variant("x", "best", {"*": {"epochs": 1}, "irma": {"epochs": 2}})
@@ -72,6 +80,24 @@ def test_plan_covers_the_rows_the_issue_asks_for():
     ensemble = Variant("y", "best", members={"nv": 3})
     assert ensemble.task_seeds("nv", 2) == [2, 1002, 2002]
     assert ensemble.task_seeds("irma", 2) == [2]
+
+
+def test_the_budget_shift_row_moves_steps_from_na_to_irma_and_keeps_their_sum():
+    files, budget = budget_layers(quick=False)
+    shift = variant("best, IRMA 1.5x steps, NA half")
+
+    def samples(task: str, v: Variant) -> int:
+        return load_config(
+            task, files, v.recipe, **budget, **v.task_overrides(task)
+        ).samples_per_epoch
+
+    best = variant("best recipe")
+    assert samples("irma", shift) == samples("irma", best) * 3 // 2
+    assert samples("na", shift) == samples("na", best) // 2
+    assert samples("irma", shift) + samples("na", shift) == (
+        samples("irma", best) + samples("na", best)
+    )
+    assert samples("nv", shift) == samples("nv", best)
 
 
 def test_select_rows_keeps_the_reference_and_refuses_unknown_names():

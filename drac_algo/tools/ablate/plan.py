@@ -125,6 +125,13 @@ TRAINED = (
         "batch 4 and half the crops: about the same pixels per epoch",
     ),
     Variant(
+        "best, IRMA 1.5x steps, NA half",
+        "best",
+        {"irma": {"samples_per_epoch": 144}, "na": {"samples_per_epoch": 48}},
+        "the same Unet++ steps in all, moved from NA (large lesions, learnt fast) to IRMA "
+        "(0.1 % of the pixels): 180 steps for IRMA, 60 for NA",
+    ),
+    Variant(
         "best, NV 3 short seeds",
         "best",
         {"nv": {"samples_per_epoch": 80}},
