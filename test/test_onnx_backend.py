@@ -4,6 +4,7 @@ and the engine giving torch's answer through it."""
 import json
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from drac_algo.bundle.manifest import MANIFEST
 from drac_algo.bundle.store import build_member, load_bundle
 from drac_algo.common.errors import DracInputError
 from drac_algo.engine import onnx_backend
+from drac_algo.engine import predictor as predictor_module
 from drac_algo.engine.onnx_backend import OnnxNetwork, choose_backend
 from drac_algo.engine.predictor import Predictor
 from drac_algo.training import onnx_export
@@ -91,6 +93,42 @@ def test_engine_gives_the_same_masks_on_both_backends(onnx_bundle):
         assert difference.max() < 1e-4
         assert np.array_equal(torch_run.masks[index], ort_run.masks[index])
     assert runs["onnxruntime"].settings()["backend"] == "onnxruntime"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sessions_build_several_at_once_and_keep_the_manifest_order(
+    onnx_bundle, monkeypatch, threads
+):
+    built_in: dict[str, str] = {}
+
+    class Recording(OnnxNetwork):
+        def __init__(self, path, threads):
+            built_in[Path(path).name] = threading.current_thread().name
+            super().__init__(path, threads)
+
+    monkeypatch.setattr(predictor_module, "OnnxNetwork", Recording)
+    monkeypatch.setattr(predictor_module, "cpu_threads", lambda: threads)
+    predictor = Predictor.from_bundle(onnx_bundle, device="cpu", backend="onnxruntime")
+    specs = [m for _, m in load_bundle(onnx_bundle).members()]
+    assert sorted(built_in) == sorted(m.onnx.file for m in specs)
+    pooled = {name.startswith("drac-session") for name in built_in.values()}
+    assert pooled == ({True} if threads > 1 else {False})
+    # Each class's members are the manifest's, in its order, whatever thread built them.
+    networks = [m.network.path.name for e in predictor.ensembles.values() for m in e.members]
+    assert networks == [m.onnx.file for m in specs]
+    timings = predictor.load_timings
+    assert [m["file"] for m in timings["members"]] == [m.file for m in specs]
+    assert timings["members_s"] > 0
+
+
+def test_a_session_that_fails_to_build_in_a_worker_is_named(onnx_bundle, monkeypatch):
+    def broken(path, threads):
+        raise DracInputError(f"cannot load the ONNX model {path}: broken")
+
+    monkeypatch.setattr(predictor_module, "OnnxNetwork", broken)
+    monkeypatch.setattr(predictor_module, "cpu_threads", lambda: 2)
+    with pytest.raises(DracInputError, match=r"cannot load the ONNX model .*\.onnx: broken"):
+        Predictor.from_bundle(onnx_bundle, device="cpu", backend="onnxruntime")
 
 
 def test_a_corrupt_onnx_file_fails_its_checksum(onnx_bundle, tmp_path):

@@ -29,6 +29,7 @@ within 99.9 % of float32's masks) and on CUDA.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,17 +112,19 @@ def choose_backend(
 
 
 _SHARED_ARENA: list[bool] = []  # registered in this process (ONNX Runtime allows it once)
+_SHARED_ARENA_LOCK = threading.Lock()  # sessions may be built in several threads at once
 
 
 def _register_shared_arena(ort: Any) -> None:
-    if _SHARED_ARENA:
-        return
-    memory = ort.OrtMemoryInfo(
-        "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
-    )
-    # Defaults (no limit, the default extension strategy), but process-wide.
-    ort.create_and_register_allocator(memory, ort.OrtArenaCfg(0, -1, -1, -1))
-    _SHARED_ARENA.append(True)
+    with _SHARED_ARENA_LOCK:
+        if _SHARED_ARENA:
+            return
+        memory = ort.OrtMemoryInfo(
+            "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+        )
+        # Defaults (no limit, the default extension strategy), but process-wide.
+        ort.create_and_register_allocator(memory, ort.OrtArenaCfg(0, -1, -1, -1))
+        _SHARED_ARENA.append(True)
 
 
 class OnnxNetwork:

@@ -139,16 +139,31 @@ class Predictor:
         )
         threads = cpu_threads()  # the Predictor sets torch's to the same count
 
-        members: list[dict[str, Any]] = []
+        seconds: dict[str, float] = {}
 
-        def network(spec: MemberSpec) -> Network:
+        def build(spec: MemberSpec) -> Network:
             start = time.perf_counter()
             if choice.name == "onnxruntime":
                 built: Network = OnnxNetwork(Path(folder) / spec.onnx.file, threads)
             else:
                 built = build_member(folder, spec, map_location="cpu")
-            members.append({"file": spec.file, "seconds": round(time.perf_counter() - start, 4)})
+            seconds[spec.file] = round(time.perf_counter() - start, 4)
             return built
+
+        start = time.perf_counter()
+        if choice.name == "onnxruntime" and threads > 1 and len(specs) > 1:
+            # ONNX Runtime builds a session (graph optimisation, the CPU layout transform) with
+            # Python's lock released: the members build several at once (15 default members
+            # on 2 CPUs: 2.9 s one at a time, 1.7 s two at a time).
+            with ThreadPoolExecutor(min(threads, len(specs)), "drac-session") as pool:
+                built = dict(zip(map(id, specs), pool.map(build, specs), strict=True))
+        else:
+            built = {id(spec): build(spec) for spec in specs}
+        members_s = round(time.perf_counter() - start, 4)
+        members = [{"file": spec.file, "seconds": seconds[spec.file]} for spec in specs]
+
+        def network(spec: MemberSpec) -> Network:
+            return built[id(spec)]
 
         ensembles = bundle_ensembles(bundle, folder, network, wanted)
         release_freed_memory()  # the parsed member files
@@ -163,8 +178,13 @@ class Predictor:
         )
         predictor.bundle = bundle
         # Where the load's time went (results.json's diagnostics): the manifest and checksums,
-        # then each member's network (built on the CPU; the move to the device is not in it).
-        predictor.load_timings = {"bundle_check_s": round(checked, 4), "members": members}
+        # then building every member's network (members_s, wall time; built on the CPU, the
+        # move to the device is not in it) and each member's own build time.
+        predictor.load_timings = {
+            "bundle_check_s": round(checked, 4),
+            "members_s": members_s,
+            "members": members,
+        }
         return predictor
 
     @property
