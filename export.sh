@@ -73,7 +73,7 @@ check_bundle() {
 }
 
 # `docker save` first writes the image's layers, uncompressed, under the engine's data root
-# (DockerRootDir/tmp) and only then streams them into gzip: exporting the 8.3 GB image needs about
+# (DockerRootDir/tmp) and only then streams them into gzip: exporting the 7.2 GB image needs about
 # its size free there plus ~60 % of it for the tarball in OUT (4.5 GB measured). Checked up front,
 # so that a full disk is named instead of failing minutes into the save.
 free_bytes() { echo $(($(df -Pk "$1" | awk 'NR == 2 {print $4}') * 1024)); }
