@@ -159,6 +159,16 @@ def write_job(folder, image_name="5a3e-uuid.mha", array=None, **geometry):
 # --- running commands -------------------------------------------------------------------------
 
 
+def torchrun_environment(monkeypatch, world: int = 2, rank: int = 0) -> None:
+    """The environment torchrun gives rank ``rank`` of ``world`` processes (no store behind
+    MASTER_ADDR: for code that refuses before it connects)."""
+    for name, value in {
+        "WORLD_SIZE": world, "RANK": rank, "LOCAL_RANK": rank,
+        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": 29500,
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, str(value))
+
+
 def invoke(*args):
     """``process.py`` with these arguments, in this process."""
     from process import main

@@ -12,7 +12,7 @@ import click
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import rejected
+from helpers import rejected, torchrun_environment
 
 from drac_algo.bundle import cli as bundle_check
 from drac_algo.common import choices
@@ -116,7 +116,7 @@ def test_a_gpu_index_the_machine_lacks_is_refused(monkeypatch, tmp_path):
 
 def test_a_fixed_gpu_under_torchrun_is_refused(monkeypatch):
     fake_gpus(monkeypatch, 2)
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    torchrun_environment(monkeypatch)
     with pytest.raises(DracInputError, match="under torchrun each process uses the GPU of its"):
         init_distributed("cuda:1")
 

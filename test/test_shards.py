@@ -17,7 +17,18 @@ import threading
 import time
 
 import pytest
-from helpers import REPO, gray, invoke, ok, rejected, results_of, tree, write_job, write_png
+from helpers import (
+    REPO,
+    gray,
+    invoke,
+    ok,
+    rejected,
+    results_of,
+    torchrun_environment,
+    tree,
+    write_job,
+    write_png,
+)
 
 from drac_algo.common.errors import DracInputError
 from drac_algo.common.fsutil import FolderBusy, FolderLock
@@ -369,6 +380,5 @@ def test_torchrun_refuses_a_fixed_gpu_and_shard(monkeypatch):
     with pytest.raises(DracInputError, match="each rank uses the GPU of its LOCAL_RANK"):
         rank_device("cuda:1", 0, 0)
     assert rank_device("cpu", 1, 1) == "cpu"
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
+    torchrun_environment(monkeypatch)
     rejected(invoke("--shard", "1/2"), "--shard 1/2 under torchrun")

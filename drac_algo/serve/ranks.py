@@ -29,6 +29,7 @@ from typing import Any
 from drac_algo.common.cli import parse_device
 from drac_algo.common.errors import DracInputError
 from drac_algo.common.progress import progress_line
+from drac_algo.common.torchrun import torchrun_process
 from drac_algo.serve.batch import BatchOptions
 from drac_algo.serve.run_state import RunConfig
 from drac_algo.serve.shards import Shard
@@ -40,11 +41,12 @@ EVERY_S = 30.0  # seconds between rank 0's progress lines
 
 def torchrun_world() -> tuple[int, int, int] | None:
     """``(rank, world_size, local_rank)`` when started by torchrun with more than one process,
-    else None (a single process: the plain run)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
+    else None (a single process: the plain run). A half-set torchrun environment is refused
+    (:func:`drac_algo.common.torchrun.torchrun_process`)."""
+    process = torchrun_process()
+    if process is None:
         return None
-    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+    return process.rank, process.world_size, process.local_rank
 
 
 def rank_device(device: str, rank: int, local_rank: int) -> str:

@@ -4,7 +4,6 @@ Outside ``torchrun`` (no ``WORLD_SIZE`` in the environment) everything here degr
 single process, so the training code has one path.
 """
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +12,7 @@ import torch.distributed as dist
 
 from drac_algo.common.cli import parse_device
 from drac_algo.common.errors import DracInputError
+from drac_algo.common.torchrun import torchrun_process
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,10 @@ def init_distributed(device: str = "auto") -> DistContext:
             f"{torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); pass "
             "--device cpu or auto"
         )
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    process = torchrun_process()  # a half-set torchrun environment is refused here
+    world_size, rank, local_rank = (
+        (process.world_size, process.rank, process.local_rank) if process else (1, 0, 0)
+    )
     if use_cuda:
         index = local_rank
         if device.startswith("cuda:"):
