@@ -251,6 +251,33 @@ def test_three_shards_and_merge_equal_a_single_run(tiny_bundle, tmp_path):
     same_as_single(out, single)
 
 
+def test_no_report_holds_for_the_merge_of_shards_that_ran_with_it(tiny_bundle, tmp_path):
+    images = tmp_path / "images"
+    phantom_images(images, 3)
+    args = ("--input", images, "--bundle", tiny_bundle, "--tta", "none")
+    out = tmp_path / "out"
+    for k in (1, 2):
+        ok(invoke(*args, "--output", out, "--shard", f"{k}/2", "--no-report"))
+    assert results_of(out)["report"] is None and not (out / "report.html").exists()
+    ok(invoke("--merge", out))  # the shards' own --no-report
+    assert results_of(out)["report"] is None and not (out / "report.html").exists()
+    # Shards with the report, then a merge asked for none: the earlier page goes too.
+    again = tmp_path / "again"
+    for k in (1, 2):
+        ok(invoke(*args, "--output", again, "--shard", f"{k}/2"))
+    assert results_of(again)["report"] == "report.html" and (again / "report.html").is_file()
+    ok(invoke("--merge", again, "--no-report"))
+    assert results_of(again)["report"] is None
+    assert not (again / "report.html").exists() and not (again / "report").exists()
+    # Shards that disagree about it are not one run.
+    mixed = tmp_path / "mixed"
+    ok(invoke(*args, "--output", mixed, "--shard", "1/2", "--no-report"))
+    result = ok(invoke(*args, "--output", mixed, "--shard", "2/2"))
+    assert "not assembled: the shards' summaries disagree on" in result.stderr
+    assert not (mixed / "results.json").exists()
+    rejected(invoke("--merge", mixed), "--no-submission or --no-report")
+
+
 def _popen_shard(images, out, bundle, spec):
     command = [sys.executable, "process.py", "--input", images, "--output", out]
     command += ["--bundle", bundle, "--tta", "flips", "--device", "cpu", "--shard", spec]

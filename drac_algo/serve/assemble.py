@@ -19,7 +19,7 @@ from typing import Any
 from drac_algo.common.classes import BY_INDEX, LESION_CLASSES
 from drac_algo.data.submission import SUBMISSION_FILES, write_submission
 from drac_algo.serve.outputs import StackCollector
-from drac_algo.serve.report import REPORT_DIR, write_report
+from drac_algo.serve.report import REPORT_DIR, REPORT_FILE, write_report
 from drac_algo.serve.results import RESULTS_FILE, write_results
 
 log = logging.getLogger("drac_algo.serve.pipeline")
@@ -76,9 +76,10 @@ def assemble(
         submission = write_stacks(output_dir, collector, options, warn)
     results = document({"submission": submission})
     write_results(output_dir / RESULTS_FILE, results)
-    # From the files on disk, once they are all there; with --no-report an earlier run's report
-    # folder goes (its page went with the earlier results).
+    # From the files on disk, once they are all there; with --no-report an earlier run's page
+    # and its folder go (a merge, unlike a run, has not retired the page before).
     if options.no_report:
+        (output_dir / REPORT_FILE).unlink(missing_ok=True)
         shutil.rmtree(output_dir / REPORT_DIR, ignore_errors=True)
     else:
         write_report(output_dir)

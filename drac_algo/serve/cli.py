@@ -295,7 +295,7 @@ def _run_command(
             )
         explicit = click.get_current_context().get_parameter_source("input_dir")
         given = explicit is click.core.ParameterSource.COMMANDLINE
-        return merge(merge_dir, config.input_dir if given else None)
+        return merge(merge_dir, config.input_dir if given else None, no_report=batch.no_report)
     if world is not None:
         if shard is not None:
             raise DracInputError(

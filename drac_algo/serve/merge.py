@@ -17,6 +17,7 @@ byte for byte: the same engine writes the same files, and the stacks are built f
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import logging
 import shutil
@@ -82,10 +83,15 @@ def _agreed(summaries: dict[int, dict[str, Any]], key: str, what: str) -> Any:
 
 
 def merge(
-    output_dir: Path, input_dir: Path | None = None, *, quiet: bool = False
+    output_dir: Path,
+    input_dir: Path | None = None,
+    *,
+    quiet: bool = False,
+    no_report: bool = False,
 ) -> dict[str, Any] | None:
     """Assemble a sharded run in ``output_dir`` (see the module docstring); ``input_dir``
-    overrides the input folder the shards recorded. Returns the ``results.json`` written.
+    overrides the input folder the shards recorded; ``no_report`` leaves the report page out
+    (as it is when the shards ran with ``--no-report``). Returns the ``results.json`` written.
     Raises :class:`DracInputError` naming what is missing, or, with ``quiet`` (the last shard
     trying its luck), logs it and returns None."""
     output_dir = Path(output_dir)
@@ -108,10 +114,12 @@ def merge(
             f"cannot merge yet: {busy_message(output_dir, busy.holder)}; merge once they end"
         ) from None
     with lock, run_log(output_dir / PROCESS_LOG, "drac-process"):
-        return _merge_locked(output_dir, input_dir, quiet)
+        return _merge_locked(output_dir, input_dir, quiet, no_report)
 
 
-def _merge_locked(output_dir: Path, input_dir: Path | None, quiet: bool) -> dict[str, Any] | None:
+def _merge_locked(
+    output_dir: Path, input_dir: Path | None, quiet: bool, no_report: bool
+) -> dict[str, Any] | None:
     started = time.perf_counter()
     summaries = read_summaries(output_dir)
     if not summaries:
@@ -124,11 +132,13 @@ def _merge_locked(output_dir: Path, input_dir: Path | None, quiet: bool) -> dict
     if not done:
         done = summaries  # nothing finished: every case is reported missing below
     fingerprint = _agreed(done, "fingerprint", "the settings (bundle, TTA, precision, backend)")
-    _agreed(done, "options", "--classes, --save-probabilities or --no-submission")
+    _agreed(done, "options", "--classes, --save-probabilities, --no-submission or --no-report")
     if input_dir is None:  # given: nodes may mount the same folder at other paths
         input_dir = Path(_agreed(done, "input", "the input folder (pass --input)"))
     first = done[min(done)]
     options = options_of(first)
+    if no_report:
+        options = dataclasses.replace(options, no_report=True)
     classes = tuple(first["classes"])
     if not input_dir.is_dir():
         raise DracInputError(
@@ -172,7 +182,10 @@ def _merge_locked(output_dir: Path, input_dir: Path | None, quiet: bool) -> dict
 
     def document(extra: dict[str, Any]) -> dict[str, Any]:
         cases = [records[name] for name in names]
-        return merged_document(done, cases, warnings, input_dir, output_dir, extra)
+        merged = merged_document(done, cases, warnings, input_dir, output_dir, extra)
+        if options.no_report:
+            merged["report"] = None
+        return merged
 
     results = assemble(output_dir, collector, options, document, warn=warn)
     log.info(

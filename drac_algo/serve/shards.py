@@ -332,6 +332,7 @@ class ShardRun:
                 "classes": None if options.classes is None else list(options.classes),
                 "save_probabilities": options.save_probabilities,
                 "no_submission": options.no_submission,
+                "no_report": options.no_report,
             },
             "cases": [case_name(path) for path in self.images],
             "document": document,
@@ -348,6 +349,7 @@ def options_of(summary: dict[str, Any]) -> BatchOptions:
         save_probabilities=bool(opts.get("save_probabilities")),
         resume=True,
         no_submission=bool(opts.get("no_submission")),
+        no_report=bool(opts.get("no_report")),
     )
 
 
