@@ -182,12 +182,12 @@ def test_batch_folder_end_to_end(tiny_bundle, tmp_path):
     assert set(stages) == {"model_load_s", "decode_s", "inference_s", "write_s"}
     assert all(stages[k] > 0 for k in stages)
     assert stages["model_load_s"] == timings["model_load_s"]
-    # The cold start, part by part: the process's age at the run's start (interpreter and
-    # imports: torch alone takes longer than 0.1 s), the GPU probe, the bundle's checks and each
-    # member's build, which together are the model load.
+    # The cold start, part by part: the GPU probe, the bundle's checks and each member's build,
+    # which together are the model load. The process's age (startup_s) only where the process
+    # was started as the command: this one is pytest's (test_jobcost measures a real start).
     cold = diagnostics["cold_start"]
     assert set(cold) == {"startup_s", "gpu_probe_s", "bundle_check_s", "members_s", "members"}
-    assert 0.1 < cold["startup_s"] < 120 and cold["gpu_probe_s"] >= 0
+    assert cold["startup_s"] is None and cold["gpu_probe_s"] >= 0
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
     classes = manifest["classes"]
     files = [m["file"] for c in sorted(classes) for m in classes[c]["members"]]

@@ -6,6 +6,10 @@ from __future__ import annotations
 import os
 import resource
 import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+_STARTUP_TAKEN: list[bool] = []  # command_startup_s answers once per process
 
 
 def process_age_s() -> float | None:
@@ -24,6 +28,20 @@ def process_age_s() -> float | None:
         return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
         return None
+
+
+def command_startup_s(commands: Iterable[str]) -> float | None:
+    """The cold start of a process started as one of ``commands`` (the file or script name that
+    ``sys.argv[0]`` names, suffix aside: ``process`` for ``python process.py`` and ``python -m
+    process``, ``drac-process``): :func:`process_age_s` at the first call. None at any later
+    call and in a process started as something else (a test runner, a notebook, a Python
+    program calling the run), whose age says nothing about this command's start."""
+    if _STARTUP_TAKEN:
+        return None
+    _STARTUP_TAKEN.append(True)
+    if not sys.argv or Path(sys.argv[0]).stem not in set(commands):
+        return None
+    return process_age_s()
 
 
 def peak_rss_bytes() -> int:

@@ -49,7 +49,7 @@ from drac_algo.common.classes import LESION_CLASSES
 from drac_algo.common.cli import run_log
 from drac_algo.common.errors import DracInputError
 from drac_algo.common.fsutil import FolderBusy, FolderLock, find_links
-from drac_algo.common.procinfo import process_age_s
+from drac_algo.common.procinfo import command_startup_s
 from drac_algo.engine.devices import resolve_device
 from drac_algo.engine.gpu import GpuStatus, check_gpu, gpu_status
 from drac_algo.engine.predictor import Predictor
@@ -64,6 +64,11 @@ from drac_algo.serve.shards import Progress, Shard, busy_message, shard_mode, sh
 __all__ = ["BatchOptions", "RunConfig", "run"]
 
 log = logging.getLogger(__name__)
+
+# How a process that runs this command starts (sys.argv[0]'s name): python process.py, python -m
+# process (the container's entrypoint, torchrun's ranks) and the installed drac-process. Only
+# there is the process's age at the run's start its cold start (results.json cold_start).
+COMMANDS = ("process", "drac-process")
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,7 +194,7 @@ def run(
     :func:`drac_algo.serve.merge.merge`'s.
     """
     started = time.perf_counter()
-    startup = process_age_s()
+    startup = command_startup_s(COMMANDS)
     job = resolve_job_settings(
         config.bundle, config.input_slug, config.output_specs, config.require_gpu
     )
