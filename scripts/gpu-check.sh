@@ -26,7 +26,9 @@
 #   7. ranks       scripts/bench-ranks.sh: torchrun --nproc_per_node=2 -m process (rank r on
 #                  cuda:r) against one process, cases per second and byte-identical outputs,
 #                  where two GPUs exist (the dry run: two gloo ranks on the CPU, tiny images)
-#   8. container   ./test.sh --gpus all, where a Docker engine with the NVIDIA runtime exists
+#   8. job cost    python -m drac_algo.jobcost --local --sizes 4:16g: a platform job of the default
+#                  15-member bundle, import to exit, on the GPU with 4 CPUs (the T4 instance's)
+#   9. container   ./test.sh --gpus all, where a Docker engine with the NVIDIA runtime exists
 #
 # Environment: PYTHON (default .venv/bin/python, else python3). Exit status 0 when no step
 # failed, 1 otherwise, 2 for bad arguments.
@@ -153,6 +155,18 @@ else
     skip ranks "needs two GPUs (this machine: $gpus)"
 fi
 
+# Last but the container: the default 15-member bundle is written (and exported) first, minutes
+# that the budget may not leave; the platform's T4 size has 4 vCPUs and 16 GB.
+if [[ $dry_run -eq 1 ]]; then
+    step "job cost" "one platform job, import to exit, from this checkout (tiny bundle), cpu" \
+        "$python" -m drac_algo.jobcost --local --quick --sizes 1:4g --jobs 1 \
+        --out "$work/jobcost.md" --json "$work/jobcost.json"
+else
+    step "job cost" "one platform job of the default 15-member bundle at 1024 px, 4 CPUs, $device" \
+        "$python" -m drac_algo.jobcost --local --sizes 4:16g --jobs 2 \
+        --out "$work/jobcost.md" --json "$work/jobcost.json"
+fi
+
 if [[ $dry_run -eq 0 ]] && command -v docker >/dev/null \
     && docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"nvidia"'; then
     step container "./test.sh --gpus all: the three platform runs on the GPU" ./test.sh --gpus all
@@ -174,5 +188,6 @@ cat "$out"
 [[ -f $work/bench.json ]] && cp "$work/bench.json" "${out%.md}-bench.json"
 [[ -f $work/libraries.md ]] && cp "$work/libraries.md" "${out%.md}-libraries.md"
 [[ -f $work/ranks.md ]] && cp "$work/ranks.md" "${out%.md}-ranks.md"
+[[ -f $work/jobcost.md ]] && cp "$work/jobcost.md" "${out%.md}-jobcost.md"
 ((failed == 0)) || die "a step failed (the table above, $out)"
 log "all steps passed or were skipped with their reason ($out)"
