@@ -186,6 +186,23 @@ def test_no_report_writes_none_and_removes_an_earlier_one(tiny_bundle, tmp_path)
     assert results_of(out)["report"] is None
 
 
+def test_a_report_that_fails_leaves_results_json_without_it(tiny_bundle, tmp_path, monkeypatch):
+    from drac_algo.serve import assemble
+
+    def broken(output_dir):
+        raise DracInputError("cannot read the overlay of 086")
+
+    monkeypatch.setattr(assemble, "write_report", broken)
+    images = tmp_path / "images"
+    write_png(images / "086.png", gray(86))
+    out = tmp_path / "out"
+    args = ("--input", images, "--output", out, "--bundle", tiny_bundle, "--tta", "none")
+    rejected(invoke(*args), "cannot read the overlay of 086")
+    results = results_of(out)
+    assert results["report"] is None and not (out / "report.html").exists()
+    assert [c["case"] for c in results["cases"]] == ["086"]
+
+
 def test_a_grand_challenge_job_writes_no_report(tiny_bundle, tmp_path):
     out = tmp_path / "out"
     ok(invoke("--input", write_job(tmp_path / "in"), "--output", out, "--bundle", tiny_bundle,

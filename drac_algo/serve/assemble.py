@@ -82,5 +82,12 @@ def assemble(
         (output_dir / REPORT_FILE).unlink(missing_ok=True)
         shutil.rmtree(output_dir / REPORT_DIR, ignore_errors=True)
     else:
-        write_report(output_dir)
+        try:
+            write_report(output_dir)
+        except BaseException:
+            # The page is not there (write_report is atomic): results.json must not name it.
+            # The run still fails with the report's error; the masks and results stand.
+            results["report"] = None
+            write_results(output_dir / RESULTS_FILE, results)
+            raise
     return results
