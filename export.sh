@@ -5,7 +5,8 @@
 #               [--image-only | --model-only]
 #   ./export.sh runs/2024-06-01/model          # the bundle may also be given as the argument
 #
-#   --tag TAG      image to save (default drac-algo)          -> OUT/drac-algo.tar.gz
+#   --tag TAG      image to save (default drac-algo, i.e. drac-algo:latest; exactly that one
+#                  image, never the name's other tags)         -> OUT/drac-algo.tar.gz
 #   --bundle DIR   model bundle folder (default runs/latest/model): manifest.json plus the member
 #                  weight files it lists                       -> OUT/model.tar.gz
 #   --platform FILE  put FILE in model.tar.gz as platform.json: the phase's socket names and
@@ -126,7 +127,19 @@ if [[ $do_model -eq 1 ]]; then
     log "model:  $target ($(human "$target"))"
 fi
 
+# `docker save NAME` without a tag saves every local tag of NAME (drac-algo:latest, :old, ...):
+# a tarball of several images, GBs larger, and not one image for the platform to run. Always
+# one reference: NAME means NAME:latest, as it does for `docker run` and `docker image inspect`.
+one_image() {
+    local ref=$1
+    if [[ $ref != *@* && ${ref##*/} != *:* ]]; then
+        ref=$ref:latest
+    fi
+    echo "$ref"
+}
+
 if [[ $do_image -eq 1 ]]; then
+    tag=$(one_image "$tag")
     docker info >/dev/null 2>&1 \
         || die "no docker engine answers 'docker info' (start one with: sudo .ci/docker-setup.sh)"
     docker image inspect "$tag" >/dev/null 2>&1 \

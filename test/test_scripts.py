@@ -108,6 +108,49 @@ def test_bad_values_are_usage_errors(args, message):
     assert message in done.stderr
 
 
+FAKE_DOCKER = """#!/usr/bin/env bash
+# Records every call; answers info, image inspect (size, id) and save (a few bytes).
+echo "$*" >>"$DOCKER_CALLS"
+case "$1 $2" in
+    "info "*) [[ $* == *DockerRootDir* ]] && echo /nonexistent; exit 0 ;;
+    "image inspect")
+        [[ $* == *Size* ]] && echo 1000
+        [[ $* == *Id* ]] && echo sha256:0123456789abcdef
+        exit 0 ;;
+    "save "*) echo "layers of $2" ;;
+esac
+"""
+
+
+@pytest.mark.parametrize(
+    ("tag", "saved"),
+    [
+        (None, "drac-algo:latest"),
+        ("mine", "mine:latest"),
+        ("mine:v2", "mine:v2"),
+        ("registry.local:5000/team/mine", "registry.local:5000/team/mine:latest"),
+        ("mine@sha256:" + "a" * 64, "mine@sha256:" + "a" * 64),
+    ],
+)
+def test_export_saves_exactly_one_image(tmp_path, tag, saved):
+    """`docker save NAME` would save every local tag of NAME: the export names one."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(FAKE_DOCKER)
+    (bin_dir / "docker").chmod(0o755)
+    calls = tmp_path / "calls"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", DOCKER_CALLS=str(calls))
+    args = ["export.sh", "--image-only", "--out", tmp_path / "dist"]
+    done = subprocess.run(
+        ["bash", REPO / args[0], *args[1:], *(["--tag", tag] if tag else [])],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (save,) = [line for line in calls.read_text().splitlines() if line.startswith("save ")]
+    assert save == f"save {saved}"
+    assert (tmp_path / "dist" / "drac-algo.tar.gz").stat().st_size > 0
+
+
 def test_export_model_tarball_with_equals_forms_and_platform(tmp_path):
     out = tmp_path / "dist"
     done = run(
