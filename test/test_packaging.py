@@ -107,22 +107,29 @@ print(json.dumps(sorted(m for m in sys.modules if m.startswith("drac_algo"))))
 """
 
 
-@pytest.mark.slow
-def test_inference_imports_nothing_the_image_leaves_out(tmp_path):
-    """process.py, in both modes, with the training-only packages unimportable; none of the
-    drac_algo modules it imports may be one that .dockerignore keeps out of the image."""
+def _container_runs_without(blocked: list[str], tmp_path: Path, *extra: str) -> list[str]:
+    """process.py on the container fixtures, in both modes (fp32, no TTA, ``extra``), in one
+    interpreter where the packages ``blocked`` cannot be imported; the drac_algo modules it
+    imported."""
     fixtures = REPO / "test" / "container"
     runs = [
         ["--input", str(fixtures / "inputs" / mode), "--output", str(tmp_path / mode),
-         "--bundle", str(fixtures / "model"), "--precision", "fp32", "--tta", "none"]
+         "--bundle", str(fixtures / "model"), "--precision", "fp32", "--tta", "none", *extra]
         for mode in ("batch", "gc-job")
     ]  # fmt: skip
-    code = _RUN_WITHOUT_TRAINING_PACKAGES.format(blocked=sorted(TRAINING_ONLY), runs=runs)
+    code = _RUN_WITHOUT_TRAINING_PACKAGES.format(blocked=blocked, runs=runs)
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    imported = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_inference_imports_nothing_the_image_leaves_out(tmp_path):
+    """process.py, in both modes, with the training-only packages unimportable; none of the
+    drac_algo modules it imports may be one that .dockerignore keeps out of the image."""
+    imported = _container_runs_without(sorted(TRAINING_ONLY), tmp_path)
     excluded = [
         line.strip().rstrip("/").removesuffix(".py").replace("/", ".")
         for line in (REPO / ".dockerignore").read_text().splitlines()
@@ -145,19 +152,7 @@ def test_the_onnx_runtime_path_never_imports_the_network_libraries(tmp_path):
     """process.py on the ONNX Runtime backend, in both modes, with segmentation-models-pytorch,
     timm and torchvision unimportable: it runs, and imports no drac_algo module that builds
     networks."""
-    fixtures = REPO / "test" / "container"
-    runs = [
-        ["--input", str(fixtures / "inputs" / mode), "--output", str(tmp_path / mode),
-         "--bundle", str(fixtures / "model"), "--precision", "fp32", "--backend", "onnxruntime",
-         "--tta", "none"]
-        for mode in ("batch", "gc-job")
-    ]  # fmt: skip
-    code = _RUN_WITHOUT_TRAINING_PACKAGES.format(blocked=list(NETWORK_BUILDING), runs=runs)
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    imported = json.loads(done.stdout.strip().splitlines()[-1])
+    imported = _container_runs_without(list(NETWORK_BUILDING), tmp_path, "--backend", "onnxruntime")
     assert "drac_algo.engine.onnx_backend" in imported
     assert "drac_algo.networks.models" not in imported and "drac_algo.networks.spec" in imported
 

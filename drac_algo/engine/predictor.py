@@ -139,16 +139,13 @@ class Predictor:
         )
         threads = cpu_threads()  # the Predictor sets torch's to the same count
 
-        seconds: dict[str, float] = {}
-
-        def build(spec: MemberSpec) -> Network:
+        def build(spec: MemberSpec) -> tuple[Network, float]:
             start = time.perf_counter()
             if choice.name == "onnxruntime":
                 built: Network = OnnxNetwork(Path(folder) / spec.onnx.file, threads)
             else:
                 built = build_member(folder, spec, map_location="cpu")
-            seconds[spec.file] = round(time.perf_counter() - start, 4)
-            return built
+            return built, round(time.perf_counter() - start, 4)
 
         start = time.perf_counter()
         if choice.name == "onnxruntime" and threads > 1 and len(specs) > 1:
@@ -156,14 +153,18 @@ class Predictor:
             # Python's lock released: the members build several at once (15 default members
             # on 2 CPUs: 2.9 s one at a time, 1.7 s two at a time).
             with ThreadPoolExecutor(min(threads, len(specs)), "drac-session") as pool:
-                built = dict(zip(map(id, specs), pool.map(build, specs), strict=True))
+                results = list(pool.map(build, specs))
         else:
-            built = {id(spec): build(spec) for spec in specs}
+            results = [build(spec) for spec in specs]
         members_s = round(time.perf_counter() - start, 4)
-        members = [{"file": spec.file, "seconds": seconds[spec.file]} for spec in specs]
+        networks = {id(spec): net for spec, (net, _) in zip(specs, results, strict=True)}
+        members = [
+            {"file": spec.file, "seconds": sec}
+            for spec, (_, sec) in zip(specs, results, strict=True)
+        ]
 
         def network(spec: MemberSpec) -> Network:
-            return built[id(spec)]
+            return networks[id(spec)]
 
         ensembles = bundle_ensembles(bundle, folder, network, wanted)
         release_freed_memory()  # the parsed member files

@@ -280,13 +280,14 @@ def _run_command(
     """The run the flags ask for: a merge, a torchrun rank, one shard (then the merge, when it
     is the last and all is complete), or the plain run. Returns the ``results.json`` written,
     or None where this process wrote none."""
+    from drac_algo.common.torchrun import torchrun_process
     from drac_algo.serve.merge import merge
     from drac_algo.serve.pipeline import run
-    from drac_algo.serve.ranks import run_ranks, torchrun_world
+    from drac_algo.serve.ranks import run_ranks
     from drac_algo.serve.shards import parse_shard
 
     shard = parse_shard(shard_spec) if shard_spec is not None else None
-    world = torchrun_world()
+    world = torchrun_process()
     if merge_dir is not None:
         if shard is not None or world is not None:
             raise DracInputError(
@@ -302,7 +303,7 @@ def _run_command(
                 f"--shard {shard.label} under torchrun: each rank already runs one shard; "
                 "expected one of the two"
             )
-        return run_ranks(config, batch, rank_timeout)
+        return run_ranks(world, config, batch, rank_timeout)
     results = run(config, batch, shard)
     if shard is None:
         return results

@@ -29,7 +29,7 @@ from typing import Any
 from drac_algo.common.cli import parse_device
 from drac_algo.common.errors import DracInputError
 from drac_algo.common.progress import progress_line
-from drac_algo.common.torchrun import torchrun_process
+from drac_algo.common.torchrun import TorchrunProcess
 from drac_algo.serve.batch import BatchOptions
 from drac_algo.serve.run_state import RunConfig
 from drac_algo.serve.shards import Shard
@@ -37,16 +37,6 @@ from drac_algo.serve.shards import Shard
 log = logging.getLogger("drac_algo.serve.pipeline")
 
 EVERY_S = 30.0  # seconds between rank 0's progress lines
-
-
-def torchrun_world() -> tuple[int, int, int] | None:
-    """``(rank, world_size, local_rank)`` when started by torchrun with more than one process,
-    else None (a single process: the plain run). A half-set torchrun environment is refused
-    (:func:`drac_algo.common.torchrun.torchrun_process`)."""
-    process = torchrun_process()
-    if process is None:
-        return None
-    return process.rank, process.world_size, process.local_rank
 
 
 def rank_device(device: str, rank: int, local_rank: int) -> str:
@@ -146,8 +136,11 @@ class _Watch(threading.Thread):
             self.report()
 
 
-def run_ranks(config: RunConfig, batch: BatchOptions, timeout_s: float) -> dict[str, Any] | None:
-    """This rank's part of a torchrun run (see the module docstring). Returns ``results.json``
+def run_ranks(
+    process: TorchrunProcess, config: RunConfig, batch: BatchOptions, timeout_s: float
+) -> dict[str, Any] | None:
+    """This rank's part of a torchrun run (see the module docstring), ``process`` being what
+    :func:`drac_algo.common.torchrun.torchrun_process` read. Returns ``results.json``
     on rank 0 and None on the others; raises :class:`DracInputError` (exit 2) on rank 0 when a
     rank refused its input, and exits 1 when one failed otherwise or timed out."""
     import torch.distributed as dist
@@ -156,7 +149,7 @@ def run_ranks(config: RunConfig, batch: BatchOptions, timeout_s: float) -> dict[
     from drac_algo.serve.merge import merge
     from drac_algo.serve.pipeline import run
 
-    rank, world, local_rank = torchrun_world()  # type: ignore[misc]
+    rank, world, local_rank = process.rank, process.world_size, process.local_rank
     shard = Shard(rank + 1, world, "torchrun")
     if rank != 0:  # one console: rank 0's, with the whole run; each rank's log is in shards/
         for handler in logging.getLogger().handlers:
