@@ -21,7 +21,12 @@ from drac_algo.tools.ablate.plan import (
     variant,
 )
 from drac_algo.tools.ablate.report import Row, diagnosis, markdown, verdict
-from drac_algo.tools.ablate.run import overlap_to_higher, run_key
+from drac_algo.tools.ablate.run import (
+    choose_components,
+    keep_most_confident,
+    overlap_to_higher,
+    run_key,
+)
 from drac_algo.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,6 +77,10 @@ def test_plan_covers_the_rows_the_issue_asks_for():
         "best, IRMA larger crops",
         "best, NV 3 short seeds",
         "best, IRMA 1.5x steps, NA half",
+        "best, IRMA deep supervision",
+        "best, IRMA 2x steps",
+        "best, NV 2 full seeds",
+        "best, final-epoch weights",
     ):
         assert needed in names
     v = Variant("x", "best", {"*": {"epochs": 1}, "irma": {"epochs": 2}})
@@ -119,6 +128,9 @@ def test_run_key_is_the_resolved_config():
     )
     assert run_key(load_config("irma", lr=1e-3)) != run_key(load_config("irma", lr=2e-3))
     assert run_key(left_out).startswith("irma-")
+    # A field added later is left out at its old behaviour's value: earlier runs stay reusable.
+    assert run_key(load_config("irma", checkpoint="best")) == run_key(load_config("irma"))
+    assert run_key(load_config("irma", checkpoint="last")) != run_key(load_config("irma"))
 
 
 def quick_ablation(work: Path) -> subprocess.CompletedProcess:
@@ -175,3 +187,27 @@ def test_diagnosis_counts_missed_false_and_zero_images_over_seeds():
     # Two seeds of the same scores: 4 images scored, 2 of them 0; precision 4/6, recall 4/10.
     assert "| IRMA | 4 | 2 | 0.667 | 0.400 | 2 of 4 | 4 | 2 |" in table
     assert "| NA |" not in table  # no image scored for NA: no row
+
+
+def test_keep_most_confident_keeps_the_components_of_highest_peak():
+    mask = np.array([[1, 1, 0, 1, 0, 1]], np.uint8)  # three components (8-connected)
+    prob = np.array([[0.6, 0.7, 0.0, 0.9, 0.0, 0.65]], np.float32)
+    assert keep_most_confident(mask, prob, 1).tolist() == [[0, 0, 0, 1, 0, 0]]
+    # Peak, not mean or size: the two-pixel component (peak 0.7) beats the single 0.65.
+    assert keep_most_confident(mask, prob, 2).tolist() == [[1, 1, 0, 1, 0, 0]]
+    assert keep_most_confident(mask, prob, 0).tolist() == mask.tolist()  # 0 keeps all
+    assert keep_most_confident(mask, prob, 5).tolist() == mask.tolist()
+    assert keep_most_confident(np.zeros_like(mask), prob, 1).sum() == 0
+
+
+def test_choose_components_takes_what_validation_supports_and_all_on_ties():
+    # Two images with one true lesion each and a weaker false component beside it.
+    prob = np.zeros((2, 1, 8), np.float32)
+    prob[:, 0, :2] = 0.9  # the lesion
+    prob[:, 0, 5] = 0.6  # a false component
+    gt = (prob > 0.8).astype(np.uint8)
+    assert choose_components(prob, gt, 0.5, 0, False) == 1
+    # Nothing false to drop: every k scores the same and "all" (0) wins the tie.
+    assert choose_components(prob, (prob > 0.5).astype(np.uint8), 0.5, 0, False) == 0
+    # No image has the lesion: nothing is scored, nothing is switched on.
+    assert choose_components(prob, np.zeros_like(gt), 0.5, 0, False) == 0

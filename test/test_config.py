@@ -275,6 +275,7 @@ def test_every_training_flag_sets_the_config_key_its_table_names(tmp_path):
         "--init-from": str(tmp_path / "w.pt"),
         "--foreground-fraction": "0.25",
         "--deep-supervision/--no-deep-supervision": None,
+        "--checkpoint": "last",
         "--workers": "1",
     }
     (tmp_path / "w.pt").write_bytes(b"")  # the config checks only that it exists

@@ -413,6 +413,42 @@ def test_deep_supervision_weights_and_outputs():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("checkpoint", "kept"), [("best", 2), ("last", 3)])
+def test_checkpoint_rule_picks_the_kept_epoch_and_its_tuned_threshold(
+    irma_samples, tmp_path, monkeypatch, checkpoint, kept
+):
+    """Validation scripted per epoch: epoch 2 has the best Dice at 0.5, epoch 3 the final one
+    whose best threshold is 0.3. "best" keeps epoch 2, "last" keeps epoch 3 with 0.3."""
+    import drac_algo.training.loop as loop
+
+    cfg = tiny_config(epochs=3, checkpoint=checkpoint)
+    thresholds = loop.threshold_grid(cfg)
+
+    def counts(dice_at_half: float, best_at: float | None = None) -> np.ndarray:
+        # One image of 100 lesion pixels, 100 predicted: Dice = intersection / 100.
+        inter = np.full(len(thresholds), round(100 * dice_at_half))
+        if best_at is not None:
+            inter[np.isclose(thresholds, best_at)] = 95
+        return np.stack([inter, np.full_like(inter, 100), np.full_like(inter, 100)], 1)[None]
+
+    script = iter([counts(0.5), counts(0.8), counts(0.6, best_at=0.3)])
+    monkeypatch.setattr(loop, "validate", lambda *args, **kwargs: (0.1, next(script)))
+    plan = _plan(cfg, irma_samples, tmp_path)
+    result = train_member(cfg, irma_samples, plan, init_distributed("cpu"))
+    assert result.best_epoch == kept
+    assert result.threshold == (0.5 if kept == 2 else 0.3)
+    summary = json.loads((plan.folder / "member.json").read_text())
+    assert summary["best_epoch"] == kept and summary["config"]["checkpoint"] == checkpoint
+    assert load_checkpoint(plan.folder / "best.pt")["epoch"] == kept
+
+
+def test_checkpoint_rule_is_checked():
+    with pytest.raises(
+        DracInputError, match="checkpoint must be one of 'best', 'last'; got 'final'"
+    ):
+        tiny_config(checkpoint="final")
+
+
 def test_deep_supervision_run_keeps_plain_weights_for_the_bundle(irma_samples, tmp_path):
     cfg = tiny_config(epochs=1, deep_supervision=True)
     plan = _plan(cfg, irma_samples, tmp_path)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from drac_algo.common.choices import DEFAULT_RECIPE, RECIPE_FAMILIES
+from drac_algo.common.choices import CHECKPOINTS, DEFAULT_RECIPE, RECIPE_FAMILIES
 from drac_algo.common.classes import LESION_CLASSES
 from drac_algo.common.cli import device_option, tool_command
 from drac_algo.common.errors import DracInputError
@@ -111,6 +111,12 @@ CONFIG_FLAGS = (
         "--deep-supervision/--no-deep-supervision",
         "deep_supervision",
         "Unet++ auxiliary decoder heads during training (the method's option).",
+    ),
+    ConfigFlag(
+        "--checkpoint",
+        "checkpoint",
+        "The weights each member keeps: 'best' (best validation Dice) or 'last' (final epoch).",
+        click.Choice(CHECKPOINTS),
     ),
     ConfigFlag("--workers", "num_workers", "Data-loading worker processes.", int),
 )

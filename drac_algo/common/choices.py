@@ -16,3 +16,5 @@ TTA_CHOICES = ("none", "flips", "d4")
 # Training recipe families (drac_algo/training/recipes/<family>/<task>.toml).
 RECIPE_FAMILIES = ("method", "best")
 DEFAULT_RECIPE = "best"
+# The weights a training member keeps (drac_algo.training.config TrainConfig.checkpoint).
+CHECKPOINTS = ("best", "last")

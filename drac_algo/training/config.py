@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drac_algo.common.choices import DEFAULT_RECIPE, RECIPE_FAMILIES
+from drac_algo.common.choices import CHECKPOINTS, DEFAULT_RECIPE, RECIPE_FAMILIES
 from drac_algo.common.classes import BY_KEY, LesionClass, lesion_class
 from drac_algo.common.dataclass_io import check_keys, convert, plain
 from drac_algo.common.datafiles import read_toml
@@ -123,7 +123,10 @@ class TrainConfig:
     whose weights the network starts from (the method continues training from its best-Dice
     weights); optimiser and schedule start afresh. ``deep_supervision``: train a Unet++ with
     auxiliary heads on its decoder (:mod:`drac_algo.training.deep_supervision`; the bundle keeps the
-    plain network).
+    plain network). ``checkpoint``: which epoch's weights the member keeps: ``"best"`` the
+    epoch of highest validation Dice at threshold 0.5 (the method's rule), ``"last"`` the final
+    epoch's (nnU-Net's default: on a handful of validation images the best epoch is partly the
+    luckiest one); either way its threshold is tuned on that epoch's validation predictions.
     ``amp``: ``"auto"`` (bf16 autocast wherever the device computes bf16 natively, fp16 on
     older GPUs, float32 on other CPUs; :func:`drac_algo.training.loop.amp_dtype`), ``true`` or
     ``false``. ``samples_per_epoch``: training crops per epoch (``None``: one pass over the
@@ -163,6 +166,7 @@ class TrainConfig:
     encoder_weights: str | None = None
     init_from: str | None = None
     deep_supervision: bool = False
+    checkpoint: str = "best"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task", lesion_class(self.task).key)
@@ -208,6 +212,11 @@ class TrainConfig:
         if self.deep_supervision and self.model.arch != "unetplusplus":
             raise DracInputError(
                 f"deep_supervision needs arch = 'unetplusplus'; got {self.model.arch!r}"
+            )
+        if self.checkpoint not in CHECKPOINTS:
+            raise DracInputError(
+                f"checkpoint must be one of {', '.join(map(repr, CHECKPOINTS))}; "
+                f"got {self.checkpoint!r}"
             )
         if self.init_from is not None and not Path(self.init_from).expanduser().is_file():
             raise DracInputError(f"init_from: checkpoint {self.init_from} does not exist")

@@ -7,9 +7,10 @@ The epoch's own work (mixed precision, gradient accumulation, DDP, validation th
 inference code) is in :mod:`drac_algo.training.epoch`.
 
 Files of a member, in ``RUN_DIR/<task>/<member>/`` (:mod:`drac_algo.training.run_layout`):
-``last.pt`` (full resumable state), ``best.pt`` (best weights by validation Dice at threshold
-0.5, the method's selection rule, plus the threshold tuned on that epoch's validation
-predictions), ``metrics.csv``, ``curves.png``, ``config.json`` and ``member.json`` (the summary
+``last.pt`` (full resumable state), ``best.pt`` (the weights the member keeps, plus the
+threshold tuned on that epoch's validation predictions: by default the best epoch by
+validation Dice at threshold 0.5, the method's selection rule; with ``checkpoint = "last"`` the
+final epoch), ``metrics.csv``, ``curves.png``, ``config.json`` and ``member.json`` (the summary
 that the bundle export reads; written by :func:`drac_algo.training.members.write_member_summary`).
 """
 
@@ -218,7 +219,8 @@ class MemberRun:
 
     def epoch(self, epoch: int) -> tuple[dict, bool]:
         """Train and validate one epoch (every process); returns its history row and whether
-        its validation Dice at threshold 0.5 is the best so far (then :attr:`best` is it)."""
+        its weights replace the kept ones (then :attr:`best` is it): under ``checkpoint = "best"``
+        when its validation Dice at threshold 0.5 is the best so far, under ``"last"`` always."""
         cfg, ctx = self.cfg, self.ctx
         t0 = time.perf_counter()
         self.dataset.set_epoch(epoch)
@@ -271,7 +273,10 @@ class MemberRun:
             "seconds": round(time.perf_counter() - t0, 2),
         }
         self.history.append(row)
-        improved = not math.isnan(val_dice) and val_dice > self.best["dice"]
+        # Every scored epoch replaces the kept one under "last", so the final one is kept.
+        improved = not math.isnan(val_dice) and (
+            cfg.checkpoint == "last" or val_dice > self.best["dice"]
+        )
         if improved:
             threshold, tuned = best_threshold(counts, self.thresholds)
             self.best = {
@@ -322,7 +327,7 @@ class MemberRun:
             row["train_loss"],
             row["val_loss"],
             row["val_dice"],
-            " (best)" if improved else "",
+            " (best)" if improved and self.cfg.checkpoint == "best" else "",
             row["seconds"],
         )
 

@@ -68,6 +68,10 @@ class Derived:
     # Each pixel that both IRMA and NV mark goes to the class with the higher probability (the
     # same team's overlap rule); off: the classes are decided independently, as the product does.
     overlap_rule: bool = False
+    # Keep only each image's k most confident components (highest peak probability), k chosen
+    # per task run on its own validation images from COMPONENT_CANDIDATES (0 = keep all, which
+    # wins ties): nnU-Net's way of deciding its keep-the-largest-component rule per class.
+    components_on_validation: bool = False
     note: str = ""
 
 
@@ -132,6 +136,34 @@ TRAINED = (
         "(0.1 % of the pixels): 180 steps for IRMA, 60 for NA",
     ),
     Variant(
+        "best, IRMA deep supervision",
+        "best",
+        {"irma": {"deep_supervision": True}},
+        "IRMA's Unet++ trained with auxiliary heads on its decoder (the method's option; "
+        "nnU-Net's level weights); inference unchanged",
+    ),
+    Variant(
+        "best, IRMA 2x steps",
+        "best",
+        {"irma": {"samples_per_epoch": 192}},
+        "IRMA: 240 steps instead of 120, the rest unchanged: spends the headroom under the "
+        "quickstart's 10-minute target on the weakest class",
+    ),
+    Variant(
+        "best, final-epoch weights",
+        "best",
+        {t: {"checkpoint": "last"} for t in ("irma", "nv")},
+        "IRMA and NV keep their final epoch's weights (nnU-Net's default) instead of the epoch "
+        "of best validation Dice; NA's best epoch was its last in every seed measured",
+    ),
+    Variant(
+        "best, NV 2 full seeds",
+        "best",
+        members={"nv": 2},
+        note="NV: two full-length members (seeds s and s + 1000), ensembled: 1.5 more CPU "
+        "minutes, inside the quickstart's 10-minute target",
+    ),
+    Variant(
         "best, NV 3 short seeds",
         "best",
         {"nv": {"samples_per_epoch": 80}},
@@ -151,11 +183,18 @@ DERIVED = (
         note="a pixel marked IRMA and NV goes to the class with the higher probability",
     ),
     Derived(
+        "best, k most confident components",
+        components_on_validation=True,
+        note="per image, only the k components of highest peak probability; k in 0 (all), 1, "
+        "2, 3, 5 chosen on each run's validation images",
+    ),
+    Derived(
         "best, NV multi-scale",
         nv_scales=(1.0, 1.25, 1.5),
         note="NV members also at 1.25x and 1.5x their input size, averaged",
     ),
 )
+COMPONENT_CANDIDATES = (0, 1, 2, 3, 5)  # k for "k most confident components"; 0 = all
 # "post-processing on": what the row turns on when the recipe has none, per task key:
 # (min_component_px as a fraction of the image's pixels, fill_holes).
 POSTPROCESS_ON = {"irma": (2e-4, False), "na": (1e-3, True), "nv": (2e-4, False)}

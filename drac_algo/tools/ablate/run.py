@@ -19,18 +19,25 @@ from drac_algo.bundle.manifest import MANIFEST
 from drac_algo.bundle.store import load_bundle
 from drac_algo.common.classes import lesion_class
 from drac_algo.common.fsutil import atomic_path
-from drac_algo.data.metrics import Scores, score
+from drac_algo.data.metrics import Scores, dice_iou, score
 from drac_algo.data.release import find_layout, list_cases
 from drac_algo.engine.postprocess import postprocess_mask, threshold_probability
 from drac_algo.engine.predictor import Predictor
-from drac_algo.tools.ablate.plan import POSTPROCESS_ON, TASKS, Derived, Variant, budget_layers
+from drac_algo.tools.ablate.plan import (
+    COMPONENT_CANDIDATES,
+    POSTPROCESS_ON,
+    TASKS,
+    Derived,
+    Variant,
+    budget_layers,
+)
 from drac_algo.tools.baseline import predict_baseline, train_baseline
 from drac_algo.training.config import TrainConfig, load_config
 from drac_algo.training.dataset import Sample, load_samples
 from drac_algo.training.distributed import init_distributed
 from drac_algo.training.experiment import run_training
 from drac_algo.training.losses import loss_defaults
-from drac_algo.training.run_layout import bundle_dir
+from drac_algo.training.run_layout import MEMBER_SUMMARY, bundle_dir
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,8 @@ class TaskRun:
     min_component_px: int
     fill_holes: bool
     probabilities: dict[str, np.ndarray] = field(default_factory=dict)  # tta -> (N, H, W)
+    # tta -> (probabilities, ground truth), each (N, H, W), of the run's validation images
+    validation: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 @dataclass
@@ -120,6 +129,23 @@ class Ablation:
             )
         return run.probabilities[key]
 
+    def validation_probabilities(
+        self, run: TaskRun, task: str, tta: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, ground truth), each (N, H, W), of the validation images the task run
+        was tuned on (its members share one split: :func:`drac_algo.training.experiment`'s
+        split seed is the run's first seed)."""
+        if tta not in run.validation:
+            summary = sorted(run.bundle.parent.glob(f"{task}/*/{MEMBER_SUMMARY}"))[0]
+            ids = json.loads(summary.read_text())["val_cases"]
+            cases = {c.case_id: c for c in list_cases(find_layout(self.data), "train")}
+            index = lesion_class(task).index
+            samples = load_samples([cases[i] for i in ids], index)
+            predictor = Predictor.from_bundle(run.bundle, device="cpu", tta=tta, classes=[index])
+            probs = np.stack([predictor.predict(s.image).probabilities[index] for s in samples])
+            run.validation[tta] = (probs, np.stack([s.mask for s in samples]))
+        return run.validation[tta]
+
     # -- scoring ----------------------------------------------------------------------------
 
     def score_trained(self, v: Variant, seed: int) -> tuple[Scores, float]:
@@ -154,7 +180,15 @@ class Ablation:
             elif d.postprocess == "on":
                 fraction, holes = POSTPROCESS_ON[task]
                 min_px = max(2, round(fraction * prob[0].size))
-            pred[index] = _masks(prob, threshold, min_px, holes)
+            keep = 0
+            if d.components_on_validation:
+                (run,) = runs  # one seed: each run has its own validation split
+                val_prob, val_gt = self.validation_probabilities(run, task, d.tta)
+                keep = choose_components(val_prob, val_gt, threshold, min_px, holes)
+                log.info(
+                    "ablation: %s keeps the %s most confident component(s)", task, keep or "all"
+                )
+            pred[index] = _masks(prob, threshold, min_px, holes, keep)
         if d.overlap_rule:
             pred = overlap_to_higher(pred, probs, IRMA_NV)
         return score(self.gt(), pred)
@@ -184,10 +218,18 @@ class Ablation:
         return score(self.gt(), pred), seconds
 
 
+# Config fields added after work folders with trained runs existed, with the default that
+# trains what those runs trained: left out of the key at that default, so the runs stay valid.
+LATER_FIELDS = {"checkpoint": "best"}
+
+
 def run_key(cfg: TrainConfig) -> str:
     """``<task>-<hash>`` of the resolved config: equal for configs that train the same network,
     a loss parameter written out at its default included."""
     data = cfg.to_dict()
+    for name, default in LATER_FIELDS.items():
+        if data.get(name) == default:
+            del data[name]
     data["loss"]["params"] = {**loss_defaults(cfg.loss.name), **data["loss"]["params"]}
     text = json.dumps(data, sort_keys=True)
     return f"{cfg.task}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
@@ -214,7 +256,55 @@ def _epochs(epochs: int | None) -> dict[str, int]:
     return {} if epochs is None else {"epochs": epochs}
 
 
-def _masks(prob: np.ndarray, threshold: float, min_px: int, holes: bool) -> np.ndarray:
+def keep_most_confident(mask: np.ndarray, probability: np.ndarray, k: int) -> np.ndarray:
+    """``mask`` (H, W) {0, 1} with only its ``k`` 8-connected components of highest peak
+    ``probability`` (H, W) kept (ties by label order); ``k = 0`` keeps all."""
+    import cv2
+
+    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    if k == 0 or count - 1 <= k:
+        return mask
+    peak = np.zeros(count)
+    np.maximum.at(peak, labels.ravel(), probability.ravel())
+    peak[0] = -np.inf  # the background
+    keep = np.zeros(count, dtype=bool)
+    keep[np.argsort(-peak, kind="stable")[:k]] = True
+    return keep[labels].astype(np.uint8)
+
+
+def choose_components(
+    prob: np.ndarray,
+    gt: np.ndarray,
+    threshold: float,
+    min_px: int,
+    holes: bool,
+    candidates: Sequence[int] = COMPONENT_CANDIDATES,
+) -> int:
+    """The k of ``candidates`` whose masks score the highest challenge Dice against ``gt``
+    (both (N, H, W); images without the lesion skipped); the first candidate (0 = all) wins ties,
+    so the rule is on only where validation shows it helping."""
+
+    def dice(k: int) -> float:
+        masks = _masks(prob, threshold, min_px, holes, k)
+        per_image = [dice_iou(g, m)[0] for g, m in zip(gt, masks, strict=True)]
+        scored = [d for d in per_image if not np.isnan(d)]
+        return float(np.mean(scored)) if scored else float("nan")
+
+    scores = [dice(k) for k in candidates]
+    best = max((s for s in scores if not np.isnan(s)), default=None)
+    if best is None:
+        return candidates[0]
+    return candidates[next(i for i, s in enumerate(scores) if s >= best - 1e-12)]
+
+
+def _masks(
+    prob: np.ndarray, threshold: float, min_px: int, holes: bool, keep: int = 0
+) -> np.ndarray:
     return np.stack(
-        [postprocess_mask(threshold_probability(p, threshold), min_px, holes) for p in prob]
+        [
+            keep_most_confident(
+                postprocess_mask(threshold_probability(p, threshold), min_px, holes), p, keep
+            )
+            for p in prob
+        ]
     )
