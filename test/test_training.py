@@ -3,6 +3,7 @@ phantom data, resume equivalence, atomic checkpoints, the bundle export round tr
 two gloo processes (the schedules: test_optim.py)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -440,6 +441,16 @@ def test_checkpoint_rule_picks_the_kept_epoch_and_its_tuned_threshold(
     summary = json.loads((plan.folder / "member.json").read_text())
     assert summary["best_epoch"] == kept and summary["config"]["checkpoint"] == checkpoint
     assert load_checkpoint(plan.folder / "best.pt")["epoch"] == kept
+
+
+def test_curves_mark_the_kept_epoch_not_the_highest_dice():
+    from drac_algo.training.curves import kept_point
+
+    history = [{"epoch": e, "val_dice": d} for e, d in [(1, 0.2), (2, 0.9), (3, 0.5)]]
+    assert kept_point(history, 3) == (3, 0.5)  # checkpoint = "last": epoch 3, not 2
+    assert kept_point(history, 2) == (2, 0.9)
+    assert kept_point(history, -1) is None  # nothing kept yet
+    assert kept_point([{"epoch": 1, "val_dice": math.nan}], 1) is None
 
 
 def test_checkpoint_rule_is_checked():

@@ -21,8 +21,21 @@ def write_history_csv(path: str | Path, history: Sequence[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def plot_curves(path: str | Path, history: Sequence[dict], title: str) -> None:
-    """Two panels sharing the epoch axis: losses on the left, validation Dice on the right."""
+def kept_point(history: Sequence[dict], kept_epoch: int) -> tuple[int, float] | None:
+    """(epoch, validation Dice) of the epoch whose weights the member keeps, if it is in
+    ``history`` with a Dice (the curves mark that one, not the highest Dice, which differs under
+    ``checkpoint = "last"``)."""
+    for row in history:
+        if row["epoch"] == kept_epoch and not math.isnan(row["val_dice"]):
+            return kept_epoch, row["val_dice"]
+    return None
+
+
+def plot_curves(
+    path: str | Path, history: Sequence[dict], title: str, kept_epoch: int, kept_label: str
+) -> None:
+    """Two panels sharing the epoch axis: losses on the left, validation Dice on the right with
+    the kept epoch marked and labelled ``kept_label``."""
     # Imported here: matplotlib takes about a second and only the plot needs it.
     import matplotlib
 
@@ -39,10 +52,9 @@ def plot_curves(path: str | Path, history: Sequence[dict], title: str) -> None:
     ax_loss.grid(alpha=0.3)
     dice = [r["val_dice"] for r in history]
     ax_dice.plot(epochs, dice, marker="o", color="tab:green", label="validation Dice")
-    finite = [(e, d) for e, d in zip(epochs, dice, strict=True) if not math.isnan(d)]
-    if finite:
-        best_epoch, best_dice = max(finite, key=lambda ed: ed[1])
-        ax_dice.scatter([best_epoch], [best_dice], color="tab:red", zorder=3, label="best")
+    kept = kept_point(history, kept_epoch)
+    if kept is not None:
+        ax_dice.scatter([kept[0]], [kept[1]], color="tab:red", zorder=3, label=kept_label)
     ax_dice.set_xlabel("epoch")
     ax_dice.set_ylabel("challenge Dice (threshold 0.5)")
     ax_dice.set_ylim(0, 1)

@@ -313,7 +313,8 @@ class MemberRun:
         )
         write_history_csv(self.folder / METRICS_CSV, self.history)
         title = f"{self.plan.task.upper()} {self.plan.name}"
-        plot_curves(self.folder / CURVES_PNG, self.history, title)
+        label = "kept: best" if self.cfg.checkpoint == "best" else "kept: final epoch"
+        plot_curves(self.folder / CURVES_PNG, self.history, title, self.best["epoch"], label)
 
     def report(self, row: dict, improved: bool) -> None:
         """The epoch's log line (main process)."""
