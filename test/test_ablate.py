@@ -23,6 +23,9 @@ from drac_algo.tools.ablate.plan import (
 from drac_algo.tools.ablate.report import Row, diagnosis, markdown, verdict
 from drac_algo.tools.ablate.run import (
     choose_components,
+    choose_hysteresis,
+    hysteresis_mask,
+    hysteresis_pair,
     keep_most_confident,
     overlap_to_higher,
     run_key,
@@ -218,3 +221,29 @@ def test_choose_components_takes_what_validation_supports_and_all_on_ties():
     assert choose_components(prob, (prob > 0.5).astype(np.uint8), 0.5, 0, False) == 0
     # No image has the lesion: nothing is scored, nothing is switched on.
     assert choose_components(prob, np.zeros_like(gt), 0.5, 0, False) == 0
+
+
+def test_hysteresis_keeps_low_components_that_reach_the_high_threshold():
+    # A segment with a weak gap (0.3) joined to a confident core, and a weak false component.
+    prob = np.array([[0.9, 0.3, 0.6, 0.0, 0.4, 0.45]], np.float32)
+    assert hysteresis_mask(prob, 0.5, 0.5).tolist() == [[1, 0, 1, 0, 0, 0]]  # plain threshold
+    assert hysteresis_mask(prob, 0.25, 0.8).tolist() == [[1, 1, 1, 0, 0, 0]]
+    # A low threshold alone would keep the false component; the high one drops it.
+    assert hysteresis_mask(prob, 0.25, 0.25).tolist() == [[1, 1, 1, 0, 1, 1]]
+    assert hysteresis_mask(np.zeros_like(prob), 0.25, 0.8).sum() == 0
+    assert hysteresis_pair(0.4, (0.5, 0.5)) == pytest.approx((0.2, 0.7))
+    assert hysteresis_pair(0.4, (1.0, 0.0)) == pytest.approx((0.4, 0.4))
+
+
+def test_choose_hysteresis_takes_what_validation_supports_and_plain_on_ties():
+    # Two images: a lesion whose middle pixel is weak, and a weak false component beside it.
+    prob = np.zeros((2, 1, 8), np.float32)
+    prob[:, 0, :3] = [0.9, 0.3, 0.9]
+    prob[:, 0, 6] = 0.45
+    gt = np.zeros_like(prob, dtype=np.uint8)
+    gt[:, 0, :3] = 1
+    low, high = choose_hysteresis(prob, gt, 0.5, 0, False)
+    assert low == pytest.approx(0.25) and high > 0.45
+    # The plain threshold already gives the truth: every pair that ties leaves it plain.
+    assert choose_hysteresis(prob, (prob >= 0.5).astype(np.uint8), 0.5, 0, False) == (0.5, 0.5)
+    assert choose_hysteresis(prob, np.zeros_like(gt), 0.5, 0, False) == (0.5, 0.5)

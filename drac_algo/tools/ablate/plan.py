@@ -72,6 +72,12 @@ class Derived:
     # per task run on its own validation images from COMPONENT_CANDIDATES (0 = keep all, which
     # wins ties): nnU-Net's way of deciding its keep-the-largest-component rule per class.
     components_on_validation: bool = False
+    # Hysteresis thresholds per task run, chosen on its own validation images from
+    # HYSTERESIS_CANDIDATES: the components of the mask at the low threshold whose peak
+    # probability reaches the high one are kept (a thin segment's weak gaps stay joined to its
+    # confident core; a component with no confident pixel goes). (tuned, tuned), the plain
+    # threshold, wins ties.
+    hysteresis_on_validation: bool = False
     note: str = ""
 
 
@@ -148,6 +154,18 @@ TRAINED = (
         "IRMA keeps its final epoch's weights (as NV does) instead of its best validation epoch",
     ),
     Variant(
+        "best, IRMA lesion-centred 0.8",
+        "best",
+        {"irma": {"foreground_fraction": 0.8}},
+        "IRMA: 80 % of the crops centred on a lesion pixel instead of half (same steps)",
+    ),
+    Variant(
+        "best, IRMA 360 steps",
+        "best",
+        {"irma": {"samples_per_epoch": 288}},
+        "IRMA: 360 steps of 8 crops instead of 240 (about 2 more CPU minutes)",
+    ),
+    Variant(
         "best, NV best-epoch weights",
         "best",
         {"nv": {"checkpoint": "best"}},
@@ -186,12 +204,21 @@ DERIVED = (
         "2, 3, 5 chosen on each run's validation images",
     ),
     Derived(
+        "best, hysteresis thresholds",
+        hysteresis_on_validation=True,
+        note="per class, a low and a high threshold chosen on each run's validation images: "
+        "components at the low one kept where their peak reaches the high one",
+    ),
+    Derived(
         "best, NV multi-scale",
         nv_scales=(1.0, 1.25, 1.5),
         note="NV members also at 1.25x and 1.5x their input size, averaged",
     ),
 )
 COMPONENT_CANDIDATES = (0, 1, 2, 3, 5)  # k for "k most confident components"; 0 = all
+# (low, high) for "hysteresis thresholds", as functions of the tuned threshold t: low t or t / 2,
+# high t or 1/2 or 3/4 of the way from t to 1. The first, (t, t), is the plain threshold.
+HYSTERESIS_CANDIDATES = ((1.0, 0.0), (1.0, 0.5), (1.0, 0.75), (0.5, 0.0), (0.5, 0.5), (0.5, 0.75))
 # "post-processing on": what the row turns on when the recipe has none, per task key:
 # (min_component_px as a fraction of the image's pixels, fill_holes).
 POSTPROCESS_ON = {"irma": (2e-4, False), "na": (1e-3, True), "nv": (2e-4, False)}

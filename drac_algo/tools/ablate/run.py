@@ -25,6 +25,7 @@ from drac_algo.engine.postprocess import postprocess_mask, threshold_probability
 from drac_algo.engine.predictor import Predictor
 from drac_algo.tools.ablate.plan import (
     COMPONENT_CANDIDATES,
+    HYSTERESIS_CANDIDATES,
     POSTPROCESS_ON,
     TASKS,
     Derived,
@@ -180,15 +181,24 @@ class Ablation:
             elif d.postprocess == "on":
                 fraction, holes = POSTPROCESS_ON[task]
                 min_px = max(2, round(fraction * prob[0].size))
-            keep = 0
-            if d.components_on_validation:
+            keep, hysteresis = 0, None
+            if d.components_on_validation or d.hysteresis_on_validation:
                 (run,) = runs  # one seed: each run has its own validation split
                 val_prob, val_gt = self.validation_probabilities(run, task, d.tta)
+            if d.components_on_validation:
                 keep = choose_components(val_prob, val_gt, threshold, min_px, holes)
                 log.info(
                     "ablation: %s keeps the %s most confident component(s)", task, keep or "all"
                 )
-            pred[index] = _masks(prob, threshold, min_px, holes, keep)
+            if d.hysteresis_on_validation:
+                hysteresis = choose_hysteresis(val_prob, val_gt, threshold, min_px, holes)
+                log.info(
+                    "ablation: %s thresholds low %.3f, high %.3f (tuned %.3f)",
+                    task,
+                    *hysteresis,
+                    threshold,
+                )
+            pred[index] = _masks(prob, threshold, min_px, holes, keep, hysteresis)
         if d.overlap_rule:
             pred = overlap_to_higher(pred, probs, IRMA_NV)
         return score(self.gt(), pred)
@@ -272,6 +282,43 @@ def keep_most_confident(mask: np.ndarray, probability: np.ndarray, k: int) -> np
     return keep[labels].astype(np.uint8)
 
 
+def hysteresis_mask(probability: np.ndarray, low: float, high: float) -> np.ndarray:
+    """(H, W) {0, 1}: the 8-connected components of ``probability >= low`` whose peak
+    probability reaches ``high`` (``low == high`` is the plain threshold)."""
+    import cv2
+
+    mask = threshold_probability(probability, low)
+    if high <= low:
+        return mask
+    count, labels = cv2.connectedComponents(mask, connectivity=8)
+    peak = np.zeros(count)
+    np.maximum.at(peak, labels.ravel(), probability.ravel())
+    keep = peak >= high
+    keep[0] = False  # the background
+    return keep[labels].astype(np.uint8)
+
+
+def hysteresis_pair(threshold: float, candidate: tuple[float, float]) -> tuple[float, float]:
+    """(low, high) of a :data:`HYSTERESIS_CANDIDATES` entry for the tuned ``threshold``."""
+    low, high = candidate
+    return low * threshold, threshold + high * (1.0 - threshold)
+
+
+def _validation_dice(gt: np.ndarray, masks: np.ndarray) -> float:
+    """The challenge Dice of (N, H, W) masks: images without the lesion skipped."""
+    per_image = [dice_iou(g, m)[0] for g, m in zip(gt, masks, strict=True)]
+    scored = [d for d in per_image if not np.isnan(d)]
+    return float(np.mean(scored)) if scored else float("nan")
+
+
+def _first_best(scores: Sequence[float]) -> int:
+    """Index of the highest score, the first on a tie (0 when every score is NaN)."""
+    best = max((s for s in scores if not np.isnan(s)), default=None)
+    if best is None:
+        return 0
+    return next(i for i, s in enumerate(scores) if s >= best - 1e-12)
+
+
 def choose_components(
     prob: np.ndarray,
     gt: np.ndarray,
@@ -283,28 +330,41 @@ def choose_components(
     """The k of ``candidates`` whose masks score the highest challenge Dice against ``gt``
     (both (N, H, W); images without the lesion skipped); the first candidate (0 = all) wins ties,
     so the rule is on only where validation shows it helping."""
+    scores = [_validation_dice(gt, _masks(prob, threshold, min_px, holes, k)) for k in candidates]
+    return candidates[_first_best(scores)]
 
-    def dice(k: int) -> float:
-        masks = _masks(prob, threshold, min_px, holes, k)
-        per_image = [dice_iou(g, m)[0] for g, m in zip(gt, masks, strict=True)]
-        scored = [d for d in per_image if not np.isnan(d)]
-        return float(np.mean(scored)) if scored else float("nan")
 
-    scores = [dice(k) for k in candidates]
-    best = max((s for s in scores if not np.isnan(s)), default=None)
-    if best is None:
-        return candidates[0]
-    return candidates[next(i for i, s in enumerate(scores) if s >= best - 1e-12)]
+def choose_hysteresis(
+    prob: np.ndarray,
+    gt: np.ndarray,
+    threshold: float,
+    min_px: int,
+    holes: bool,
+    candidates: Sequence[tuple[float, float]] = HYSTERESIS_CANDIDATES,
+) -> tuple[float, float]:
+    """The (low, high) thresholds of ``candidates`` (see :func:`hysteresis_pair`) whose masks
+    score the highest challenge Dice against ``gt``; the first (the plain threshold) wins ties."""
+    pairs = [hysteresis_pair(threshold, c) for c in candidates]
+    scores = [
+        _validation_dice(gt, _masks(prob, threshold, min_px, holes, hysteresis=pair))
+        for pair in pairs
+    ]
+    return pairs[_first_best(scores)]
 
 
 def _masks(
-    prob: np.ndarray, threshold: float, min_px: int, holes: bool, keep: int = 0
+    prob: np.ndarray,
+    threshold: float,
+    min_px: int,
+    holes: bool,
+    keep: int = 0,
+    hysteresis: tuple[float, float] | None = None,
 ) -> np.ndarray:
+    def binary(p: np.ndarray) -> np.ndarray:
+        if hysteresis is None:
+            return threshold_probability(p, threshold)
+        return hysteresis_mask(p, *hysteresis)
+
     return np.stack(
-        [
-            keep_most_confident(
-                postprocess_mask(threshold_probability(p, threshold), min_px, holes), p, keep
-            )
-            for p in prob
-        ]
+        [keep_most_confident(postprocess_mask(binary(p), min_px, holes), p, keep) for p in prob]
     )
