@@ -173,6 +173,22 @@ TRAINED = (
         "lesions to learn from, fewer to choose the epoch and threshold on",
     ),
     Variant(
+        "best, IRMA stronger augmentation",
+        "best",
+        {
+            "irma": {
+                "augment__rotate_p": 0.8,
+                "augment__crop_p": 0.8,
+                "augment__noise_p": 0.4,
+                "augment__brightness_contrast_p": 0.6,
+                "augment__distortion_p": 0.6,
+            }
+        },
+        "IRMA: every augmentation but the flip more often (rotation and zoom 0.8, noise 0.4, "
+        "brightness/contrast and distortion 0.6): its validation loss stops falling half-way "
+        "while its training loss goes on",
+    ),
+    Variant(
         "best, NV best-epoch weights",
         "best",
         {"nv": {"checkpoint": "best"}},
