@@ -313,7 +313,11 @@ def _loaded_libraries(tmp_path, *runs):
 
 def test_loaded_libraries_attributes_what_process_py_maps(tmp_path):
     batch = ["--input", REPO / "test/container/inputs/batch"]
-    done = _loaded_libraries(tmp_path, batch, [*batch, "--precision", "fp32"])
+    # Both runs on ONNX Runtime, on every CPU: "auto" alone is bf16 on a CPU with AVX512-BF16
+    # or AMX, which torch runs (and then torchvision is rightly mapped).
+    done = _loaded_libraries(
+        tmp_path, [*batch, "--backend", "onnxruntime"], [*batch, "--precision", "fp32"]
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     text = (tmp_path / "libs.md").read_text()
     assert text.startswith("process.py runs: 2, exit status 0, 0\n")
