@@ -185,8 +185,8 @@ TRAINED = (
             }
         },
         "IRMA: every augmentation but the flip more often (rotation and zoom 0.8, noise 0.4, "
-        "brightness/contrast and distortion 0.6): its validation loss stops falling half-way "
-        "while its training loss goes on",
+        "brightness/contrast and distortion 0.6): its validation loss stops falling after 7 of "
+        "10 epochs while its training loss goes on",
     ),
     Variant(
         "best, NV best-epoch weights",

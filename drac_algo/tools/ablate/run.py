@@ -266,18 +266,27 @@ def _epochs(epochs: int | None) -> dict[str, int]:
     return {} if epochs is None else {"epochs": epochs}
 
 
-def keep_most_confident(mask: np.ndarray, probability: np.ndarray, k: int) -> np.ndarray:
-    """``mask`` (H, W) {0, 1} with only its ``k`` 8-connected components of highest peak
-    ``probability`` (H, W) kept (ties by label order); ``k = 0`` keeps all."""
+def component_peaks(mask: np.ndarray, probability: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, peak) of ``mask``'s 8-connected components: labels (H, W) with 0 = background,
+    and peak[i] the highest ``probability`` in component i (peak[0] = -inf, the background)."""
     import cv2
 
     count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    if k == 0 or count - 1 <= k:
-        return mask
     peak = np.zeros(count)
     np.maximum.at(peak, labels.ravel(), probability.ravel())
-    peak[0] = -np.inf  # the background
-    keep = np.zeros(count, dtype=bool)
+    peak[0] = -np.inf
+    return labels, peak
+
+
+def keep_most_confident(mask: np.ndarray, probability: np.ndarray, k: int) -> np.ndarray:
+    """``mask`` (H, W) {0, 1} with only its ``k`` 8-connected components of highest peak
+    ``probability`` (H, W) kept (ties by label order); ``k = 0`` keeps all."""
+    if k == 0:
+        return mask
+    labels, peak = component_peaks(mask, probability)
+    if len(peak) - 1 <= k:
+        return mask
+    keep = np.zeros(len(peak), dtype=bool)
     keep[np.argsort(-peak, kind="stable")[:k]] = True
     return keep[labels].astype(np.uint8)
 
@@ -285,17 +294,11 @@ def keep_most_confident(mask: np.ndarray, probability: np.ndarray, k: int) -> np
 def hysteresis_mask(probability: np.ndarray, low: float, high: float) -> np.ndarray:
     """(H, W) {0, 1}: the 8-connected components of ``probability >= low`` whose peak
     probability reaches ``high`` (``low == high`` is the plain threshold)."""
-    import cv2
-
     mask = threshold_probability(probability, low)
     if high <= low:
         return mask
-    count, labels = cv2.connectedComponents(mask, connectivity=8)
-    peak = np.zeros(count)
-    np.maximum.at(peak, labels.ravel(), probability.ravel())
-    keep = peak >= high
-    keep[0] = False  # the background
-    return keep[labels].astype(np.uint8)
+    labels, peak = component_peaks(mask, probability)
+    return (peak >= high)[labels].astype(np.uint8)
 
 
 def hysteresis_pair(threshold: float, candidate: tuple[float, float]) -> tuple[float, float]:
