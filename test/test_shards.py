@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from helpers import (
@@ -409,3 +410,50 @@ def test_torchrun_refuses_a_fixed_gpu_and_shard(monkeypatch):
     assert rank_device("cpu", 1, 1) == "cpu"
     torchrun_environment(monkeypatch)
     rejected(invoke("--shard", "1/2"), "--shard 1/2 under torchrun")
+
+
+@pytest.mark.parametrize("before", ["absent", "empty", "ours"])
+def test_a_shard_marking_its_folder_never_looks_foreign_to_another(tmp_path, monkeypatch, before):
+    """Shards start side by side: while one creates ``shards/`` or ``masks/`` another checks
+    that the folder is this program's. At every rename (the moments a file appears), the
+    folder must be absent, empty, or hold the marker; a marker written into the folder after
+    creating it left a moment with only a temporary inside (a torchrun rank was refused)."""
+    from drac_algo.serve.outputs import OWNED_MARKER, check_replaceable
+    from drac_algo.serve.shards import mark_owned
+
+    folder = tmp_path / "out" / "shards"
+    if before != "absent":
+        folder.mkdir(parents=True)
+    if before == "ours":
+        (folder / OWNED_MARKER).write_text("earlier run\n")
+        (folder / "1-of-2.json").write_text("{}")
+    seen = []
+    for name in ("rename", "replace"):
+        real = getattr(os, name)
+
+        def checked(src, dst, *args, _real=real, **kwargs):
+            check_replaceable(folder)  # what another shard does at this moment
+            seen.append(Path(dst).name)
+            return _real(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(os, name, checked)
+    mark_owned(folder)
+    mark_owned(folder)  # the second shard: the folder is there, marked
+    monkeypatch.undo()
+    assert (folder / OWNED_MARKER).is_file()
+    assert seen == ([] if before == "ours" else ["shards"])
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["shards"]  # no temporary left
+
+
+def test_create_dir_holding_leaves_a_folder_that_holds_something_alone(tmp_path):
+    from drac_algo.common.fsutil import create_dir_holding
+
+    target = tmp_path / "masks"
+    assert create_dir_holding(target, {"a.txt": "first\n"})
+    assert not create_dir_holding(target, {"a.txt": "second\n", "b.txt": "x"})
+    assert (target / "a.txt").read_text() == "first\n" and not (target / "b.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["masks"]
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(OSError):
+        create_dir_holding(tmp_path / "file", {"a.txt": "x"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "masks"]

@@ -5,6 +5,7 @@ writes through links (:func:`find_links`), and a folder pruned to what it should
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import json
 import os
@@ -132,7 +133,30 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-# What atomic_path / atomic_dir name their temporaries: ".<name>.<random>.partial<suffixes>".
+def create_dir_holding(path: str | os.PathLike, files: dict[str, str]) -> bool:
+    """Create the folder ``path`` holding ``files`` (name -> text) in one step, for writers that
+    run side by side: it is built beside and renamed into place, so nobody ever sees it holding
+    only part of ``files``. An empty folder there is replaced. Returns False, and changes
+    nothing, when ``path`` already holds something (another writer got there first)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        os.chmod(tmp, _default_mode(0o777))
+        for name, text in files.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        try:
+            os.rename(tmp, path)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not path.is_dir():
+                raise
+            return False
+        return True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# What atomic_path / atomic_dir / create_dir_holding name their temporaries: ".<name>.<random>.partial<suffixes>".
 _PARTIAL = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]+\.partial(?P<suffix>(\.[^.]+)*)")
 
 
@@ -163,9 +187,10 @@ def _remove(paths: list[Path]) -> list[Path]:
 
 
 def remove_stale_partials(path: str | os.PathLike) -> list[Path]:
-    """Remove what an interrupted :func:`atomic_path` / :func:`atomic_dir` for ``path`` left
-    beside it (``.<name>.*.partial*``: a killed process runs no cleanup); returns what was
-    removed. Only for outputs one process writes at a time."""
+    """Remove what an interrupted :func:`atomic_path`, :func:`atomic_dir` or
+    :func:`create_dir_holding` for ``path`` left beside it (``.<name>.*.partial*``: a killed
+    process runs no cleanup); returns what was removed. Only for outputs one process writes at
+    a time."""
     path = Path(path)
     if not path.parent.is_dir():
         return []

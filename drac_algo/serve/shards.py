@@ -36,7 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from drac_algo.common.errors import DracInputError
-from drac_algo.common.fsutil import FolderBusy, FolderLock, atomic_write_text, find_links
+from drac_algo.common.fsutil import (
+    FolderBusy,
+    FolderLock,
+    atomic_write_text,
+    create_dir_holding,
+    find_links,
+)
 from drac_algo.data.images import image_size
 from drac_algo.data.release import case_id
 from drac_algo.engine.predictor import Predictor
@@ -196,10 +202,17 @@ def shard_writer(output_dir: Path, shard: Shard) -> Iterator[None]:
 
 
 def mark_owned(folder: Path) -> None:
-    """Create ``folder`` with this program's marker in it; shards do so side by side."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Create ``folder`` with this program's marker in it; shards do so side by side.
+
+    Another shard may be checking the folder (:func:`check_replaceable`) at any moment, so it
+    never sees the folder holding something and no marker: the folder is created with its marker
+    in one step. A folder already there (checked replaceable: empty, or an earlier run's of this
+    program) gets the marker if it lacks one."""
+    marker = "written by drac_algo.serve.pipeline\n"
+    if (folder / OWNED_MARKER).is_file() or create_dir_holding(folder, {OWNED_MARKER: marker}):
+        return
     if not (folder / OWNED_MARKER).is_file():
-        atomic_write_text(folder / OWNED_MARKER, "written by drac_algo.serve.pipeline\n")
+        atomic_write_text(folder / OWNED_MARKER, marker)
 
 
 class _NoStacks:
