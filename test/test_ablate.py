@@ -1,6 +1,7 @@
 """The ablation command: its smoke run end to end (no score is asserted: 2 epochs on 64 px
 images mean nothing), its plan and its verdicts."""
 
+import copy
 import json
 import math
 import subprocess
@@ -26,7 +27,6 @@ from drac_algo.tools.ablate.run import (
     choose_hysteresis,
     hysteresis_mask,
     hysteresis_pair,
-    keep_most_confident,
     overlap_to_higher,
     run_key,
 )
@@ -128,7 +128,7 @@ def test_select_rows_keeps_the_reference_and_refuses_unknown_names():
         select_rows(TRAINED, DERIVED, ["nope"])
 
 
-def test_run_key_is_the_resolved_config():
+def test_run_key_is_the_resolved_config(monkeypatch):
     written = load_config("irma", loss__name="dice", loss__params={"smooth": 1.0})
     left_out = load_config("irma", loss__name="dice")
     assert left_out.loss.params == {} and written.loss.params == {"smooth": 1.0}
@@ -141,6 +141,15 @@ def test_run_key_is_the_resolved_config():
     # A field added later is left out at its old behaviour's value: earlier runs stay reusable.
     assert run_key(load_config("irma", checkpoint="best")) == run_key(load_config("irma"))
     assert run_key(load_config("irma", checkpoint="last")) != run_key(load_config("irma"))
+    # Nested too: a config without the component rule has the key it had before the field was.
+    off = load_config("irma", postprocess__keep_most_confident=())
+    before = off.to_dict()
+    del before["postprocess"]["keep_most_confident"]
+    monkeypatch.setattr(type(off), "to_dict", lambda self: copy.deepcopy(before))
+    older_key = run_key(off)
+    monkeypatch.undo()
+    assert run_key(off) == older_key
+    assert run_key(off) != run_key(load_config("irma", postprocess__keep_most_confident=(1, 2)))
 
 
 def quick_ablation(work: Path) -> subprocess.CompletedProcess:
@@ -197,17 +206,6 @@ def test_diagnosis_counts_missed_false_and_zero_images_over_seeds():
     # Two seeds of the same scores: 4 images scored, 2 of them 0; precision 4/6, recall 4/10.
     assert "| IRMA | 4 | 2 | 0.667 | 0.400 | 2 of 4 | 4 | 2 |" in table
     assert "| NA |" not in table  # no image scored for NA: no row
-
-
-def test_keep_most_confident_keeps_the_components_of_highest_peak():
-    mask = np.array([[1, 1, 0, 1, 0, 1]], np.uint8)  # three components (8-connected)
-    prob = np.array([[0.6, 0.7, 0.0, 0.9, 0.0, 0.65]], np.float32)
-    assert keep_most_confident(mask, prob, 1).tolist() == [[0, 0, 0, 1, 0, 0]]
-    # Peak, not mean or size: the two-pixel component (peak 0.7) beats the single 0.65.
-    assert keep_most_confident(mask, prob, 2).tolist() == [[1, 1, 0, 1, 0, 0]]
-    assert keep_most_confident(mask, prob, 0).tolist() == mask.tolist()  # 0 keeps all
-    assert keep_most_confident(mask, prob, 5).tolist() == mask.tolist()
-    assert keep_most_confident(np.zeros_like(mask), prob, 1).sum() == 0
 
 
 def test_choose_components_takes_what_validation_supports_and_all_on_ties():

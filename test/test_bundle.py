@@ -111,11 +111,20 @@ def test_manifest_layout(saved):
     data = json.loads((folder / MANIFEST).read_text())
     assert (data["format"], data["version"], data["drac_algo_version"]) == (
         "drac-algo-bundle",
-        2,
+        3,
         "0.1.0",
     )
     assert data["created"].endswith("+00:00")
     assert list(data["classes"]) == ["1", "3"]
+    assert list(data["classes"]["1"]) == [
+        "key",
+        "threshold",
+        "min_component_px",
+        "fill_holes",
+        "keep_components",
+        "members",
+    ]
+    assert data["classes"]["1"]["keep_components"] == 0  # every component: the default
     member = data["classes"]["1"]["members"][1]
     assert set(member) == {
         "file",
@@ -175,7 +184,7 @@ def test_bad_manifest_lists_every_problem(saved):
     folder, _, _ = saved
 
     def break_it(data):
-        data["version"] = 3
+        data["version"] = 4
         data["classes"]["4"] = data["classes"].pop("3")
         irma = data["classes"]["1"]
         irma["threshold"] = 1.5
@@ -188,7 +197,7 @@ def test_bad_manifest_lists_every_problem(saved):
         load_bundle(folder)
     message = str(err.value)
     for expected in [
-        "version must be one of 1, 2; got 3",
+        "version must be one of 1, 2, 3; got 4",
         "unknown class '4'; valid: 1 (irma), 2 (na), 3 (nv)",
         "class 1: threshold must be in (0, 1); got 1.5",
         "class 1 member 0: tta must be a non-empty list of identity, hflip",

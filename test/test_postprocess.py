@@ -3,7 +3,9 @@ import pytest
 
 from drac_algo.common.errors import DracInputError
 from drac_algo.engine.postprocess import (
+    class_mask,
     fill_holes,
+    keep_most_confident,
     postprocess_mask,
     remove_small_components,
     threshold_probability,
@@ -65,3 +67,22 @@ def test_postprocess_fills_then_removes():
     assert out[0:4, 0:4].all() and out.sum() == 16
     assert postprocess_mask(mask, min_component_px=14, holes=False).sum() == 0
     assert np.array_equal(postprocess_mask(mask), mask)
+
+
+def test_keep_most_confident_keeps_the_components_of_highest_peak():
+    mask = np.array([[1, 1, 0, 1, 0, 1]], np.uint8)  # three components (8-connected)
+    prob = np.array([[0.6, 0.7, 0.0, 0.9, 0.0, 0.65]], np.float32)
+    assert keep_most_confident(mask, prob, 1).tolist() == [[0, 0, 0, 1, 0, 0]]
+    # Peak, not mean or size: the two-pixel component (peak 0.7) beats the single 0.65.
+    assert keep_most_confident(mask, prob, 2).tolist() == [[1, 1, 0, 1, 0, 0]]
+    assert keep_most_confident(mask, prob, 0).tolist() == mask.tolist()  # 0 keeps all
+    assert keep_most_confident(mask, prob, 5).tolist() == mask.tolist()
+    assert keep_most_confident(np.zeros_like(mask), prob, 1).sum() == 0
+    # The order of the clean-up: threshold, clean-up, then the k most confident.
+    prob = np.array([[0.9, 0.0, 0.6, 0.6, 0.0, 0.55]], np.float32)
+    assert class_mask(prob, 0.5).tolist() == [[1, 0, 1, 1, 0, 1]]
+    assert class_mask(prob, 0.5, keep_components=1).tolist() == [[1, 0, 0, 0, 0, 0]]
+    # Components below min_component_px go first, then k counts among the rest.
+    assert class_mask(prob, 0.5, 2, keep_components=1).tolist() == [[0, 0, 1, 1, 0, 0]]
+    with pytest.raises(DracInputError, match="k must be >= 0"):
+        keep_most_confident(mask, prob, -1)

@@ -113,7 +113,7 @@ def test_validation_feeds_the_network_exactly_what_inference_feeds_it(shape):
     assert len(validation_net.inputs) == len(inference_net.inputs) == 1
     torch.testing.assert_close(validation_net.inputs[0], inference_net.inputs[0], rtol=0, atol=0)
     # ... and the validation counts are those of inference's full-resolution probabilities.
-    for t, row in zip(thresholds, counts[0], strict=True):
+    for t, row in zip(thresholds, counts[0, :, 0], strict=True):
         predicted = probability >= t
         assert tuple(row) == (
             int((predicted & (mask > 0)).sum()),

@@ -92,6 +92,8 @@ def test_validation_counts_match_the_official_metric():
     gts = [(rng.random((16, 16)) > 0.6).astype(np.uint8) for _ in range(3)]
     gts.append(np.zeros((16, 16), np.uint8))  # an image without the lesion: skipped
     counts = np.stack([overlap_counts(p, g, thresholds) for p, g in zip(probs, gts, strict=True)])
+    assert counts.shape == (4, 3, 1, 3)  # images, thresholds, component counts (all), counts
+    counts = counts[:, :, 0]
     dice = challenge_dice(counts)
     for t_index, t in enumerate(thresholds):
         per_image = [
@@ -101,6 +103,67 @@ def test_validation_counts_match_the_official_metric():
     threshold, tuned = best_threshold(counts, thresholds)
     assert tuned == pytest.approx(np.nanmax(dice))
     assert threshold in thresholds
+
+
+def blobs_image(rng, size=32, count=6):
+    """(prob, gt): ``count`` square blobs of random peak probability, half of them lesions, on a
+    faint noisy background."""
+    prob = rng.random((size, size)) * 0.3
+    gt = np.zeros((size, size), np.uint8)
+    for i in range(count):
+        y, x = rng.integers(0, size - 4, 2)
+        side = int(rng.integers(1, 4))
+        prob[y : y + side, x : x + side] = rng.uniform(0.4, 1.0)
+        if i % 2 == 0:
+            gt[y : y + side, x : x + side] = 1
+    return prob, gt
+
+
+@pytest.mark.parametrize(("min_px", "holes"), [(0, False), (3, False), (0, True)])
+def test_component_counts_match_the_masks_inference_writes(min_px, holes):
+    """For every threshold and component count, the counts are those of class_mask's mask:
+    the threshold tuning and the choice of k see exactly what process.py would write."""
+    from drac_algo.engine.postprocess import class_mask
+
+    rng = np.random.default_rng(1)
+    thresholds = np.array([0.2, 0.35, 0.5, 0.75])
+    keep = (0, 1, 2, 3, 50)
+    for _ in range(5):
+        prob, gt = blobs_image(rng)
+        counts = overlap_counts(prob, gt, thresholds, min_px, holes, keep)
+        assert counts.shape == (len(thresholds), len(keep), 3)
+        for i, t in enumerate(thresholds):
+            for j, k in enumerate(keep):
+                mask = class_mask(prob, t, min_px, holes, k).astype(bool)
+                expected = [(mask & (gt == 1)).sum(), mask.sum(), gt.sum()]
+                assert counts[i, j].tolist() == expected, (t, k)
+
+
+def test_best_keep_needs_validation_to_score_higher_to_cut_components():
+    from drac_algo.training.validation import best_keep
+
+    assert best_keep(np.array([0.4, 0.6, 0.6]), (0, 1, 2)) == (1, 0.6)  # the first best
+    assert best_keep(np.array([0.6, 0.6, 0.5]), (0, 1, 2)) == (0, 0.6)  # all wins ties
+    assert best_keep(np.array([0.6, 0.6 + 1e-13]), (0, 1))[0] == 0  # ties within rounding
+    k, dice = best_keep(np.array([np.nan, np.nan]), (0, 1))
+    assert k == 0 and math.isnan(dice)
+
+
+def test_keep_most_confident_candidates_are_checked():
+    assert tiny_config(postprocess__keep_most_confident=(1, 2)).postprocess.keep_most_confident
+    for bad in [(0, 1), (2, 2), (-1,), (1.5,), (True,)]:
+        with pytest.raises(DracInputError, match="keep_most_confident"):
+            tiny_config(postprocess__keep_most_confident=bad)
+
+
+def test_median_keep_counts_all_as_the_most():
+    from drac_algo.training.bundle_export import median_keep
+
+    assert median_keep([2]) == 2
+    assert median_keep([1, 0, 2]) == 2  # 1, 2, all
+    assert median_keep([0, 0, 1]) == 0
+    assert median_keep([1, 3]) == 3  # the higher middle one: cut no further than most chose
+    assert median_keep([2, 0]) == 0
 
 
 def test_best_threshold_prefers_the_one_nearest_half_on_ties():
@@ -430,7 +493,8 @@ def test_checkpoint_rule_picks_the_kept_epoch_and_its_tuned_threshold(
         inter = np.full(len(thresholds), round(100 * dice_at_half))
         if best_at is not None:
             inter[np.isclose(thresholds, best_at)] = 95
-        return np.stack([inter, np.full_like(inter, 100), np.full_like(inter, 100)], 1)[None]
+        counts = np.stack([inter, np.full_like(inter, 100), np.full_like(inter, 100)], 1)
+        return counts[None, :, None, :]  # one image, every threshold, one component count
 
     script = iter([counts(0.5), counts(0.8), counts(0.6, best_at=0.3)])
     monkeypatch.setattr(loop, "validate", lambda *args, **kwargs: (0.1, next(script)))
@@ -441,6 +505,49 @@ def test_checkpoint_rule_picks_the_kept_epoch_and_its_tuned_threshold(
     summary = json.loads((plan.folder / "member.json").read_text())
     assert summary["best_epoch"] == kept and summary["config"]["checkpoint"] == checkpoint
     assert load_checkpoint(plan.folder / "best.pt")["epoch"] == kept
+
+
+def test_the_kept_epoch_chooses_how_many_components_and_the_bundle_says_so(
+    irma_samples, tmp_path, monkeypatch
+):
+    """Validation scripted per epoch, with the component counts (all, 1, 2): epoch 1 scores
+    higher keeping 2 at 0.3, epoch 2 (kept: the best at 0.5) keeping 1 at its tuned threshold 0.4.
+    The member keeps epoch 2's choice, the bundle states it, and inference applies it."""
+    import drac_algo.training.loop as loop
+    from drac_algo.engine.predictor import Predictor
+
+    cfg = tiny_config(epochs=2, postprocess__keep_most_confident=(1, 2))
+    thresholds = loop.threshold_grid(cfg)
+
+    def counts(at_half: float, best_keep: int, best_threshold: float) -> np.ndarray:
+        # One image of 100 lesion pixels, 100 predicted: Dice = intersection / 100.
+        inter = np.full((len(thresholds), 3), round(100 * at_half))
+        inter[np.isclose(thresholds, best_threshold), 0] = 90
+        inter[np.isclose(thresholds, best_threshold), best_keep] = 95
+        full = np.full_like(inter, 100)
+        return np.stack([inter, full, full], -1)[None]
+
+    script = iter([counts(0.5, 2, 0.3), counts(0.8, 1, 0.4)])
+    monkeypatch.setattr(loop, "validate", lambda *args, **kwargs: (0.1, next(script)))
+    plan = _plan(cfg, irma_samples, tmp_path)
+    result = train_member(cfg, irma_samples, plan, init_distributed("cpu"))
+    assert (result.best_epoch, result.threshold, result.keep_components) == (2, 0.4, 1)
+    assert result.tuned_dice == pytest.approx(0.95)
+    summary = json.loads((plan.folder / "member.json").read_text())
+    assert summary["keep_components"] == 1
+    monkeypatch.undo()
+
+    bundle_dir = export_bundle(tmp_path)
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    assert manifest["version"] == 3 and manifest["classes"]["1"]["keep_components"] == 1
+    predictor = Predictor.from_bundle(bundle_dir, device="cpu", tta="none", precision="fp32")
+    assert predictor.settings()["classes"]["1"]["keep_components"] == 1
+    image = irma_samples[0].image
+    prediction = predictor.predict(image)
+    import cv2
+
+    count, _ = cv2.connectedComponents(prediction.masks[1], connectivity=8)
+    assert count - 1 <= 1
 
 
 def test_curves_mark_the_kept_epoch_not_the_highest_dice():

@@ -230,15 +230,36 @@ def member_field(key, value):
     return lambda d: irma_entry(d).update({key: value})
 
 
+def as_version_3(data, irma_keeps):
+    data["version"] = 3
+    for entry in data["classes"].values():
+        entry["keep_components"] = 0
+    data["classes"]["1"]["keep_components"] = irma_keeps
+
+
 OUT_OF_RANGE = {
     "version true": (
         lambda d: d.update(version=True),
-        "version must be one of 1, 2; got True",
+        "version must be one of 1, 2, 3; got True",
     ),
     "created a number": (lambda d: d.update(created=5), "created must be a string; got 5"),
     "min_component_px huge": (
         lambda d: d["classes"]["1"].update(min_component_px=2**40),
         "class 1: min_component_px must be an integer in [0, 16777216]; got 1099511627776",
+    ),
+    # Version 3 added keep_components: required from then on, unknown before.
+    "keep_components negative": (
+        lambda d: as_version_3(d, irma_keeps=-1),
+        "class 1: keep_components must be an integer in [0, 1000] (0 keeps every component); "
+        "got -1",
+    ),
+    "keep_components in a version 2 manifest": (
+        lambda d: d["classes"]["1"].update(keep_components=2),
+        "class 1: unknown key(s) 'keep_components'",
+    ),
+    "version 3 without keep_components": (
+        lambda d: d.update(version=3),
+        "class 1: missing keep_components",
     ),
     "input_size huge": (
         member_field("input_size", 8192),
@@ -299,6 +320,7 @@ def as_version_1(folder):
     def downgrade(data):
         data["version"] = 1
         for entry in data["classes"].values():
+            entry.pop("keep_components", None)
             for member in entry["members"]:
                 member["onnx"].pop("source_sha256", None)
 
@@ -343,7 +365,7 @@ def check_agrees(folder):
     assert result.exit_code == 0, result.output
     assert "ONNX Runtime agrees with torch within" in result.output
     data = json.loads((folder / MANIFEST).read_text())
-    assert data["version"] == 2
+    assert data["version"] == 3
     for entry in data["classes"].values():
         for member in entry["members"]:
             assert (

@@ -12,7 +12,7 @@ or 1), booleans real ``true``/``false`` (never 0, 1 or ``"yes"``):
 field                                      valid
 =========================================  ===================================================
 ``format``                                 ``"drac-algo-bundle"``
-``version``                                the integer 1 or 2 (:data:`VERSION` is written)
+``version``                                the integer 1, 2 or 3 (:data:`VERSION` is written)
 ``created``, ``drac_algo_version``         strings
 class key (``"classes"``)                  exactly ``"1"``, ``"2"`` or ``"3"`` (no ``"01"``,
                                            ``" 1"``, ``"1.0"`` or non-ASCII digits), each once
@@ -21,6 +21,9 @@ class key (``"classes"``)                  exactly ``"1"``, ``"2"`` or ``"3"`` (
                                            positive, or none
 ``min_component_px``                       an integer in [0, :data:`MAX_COMPONENT_PX`]
 ``fill_holes``                             ``true`` or ``false``
+``keep_components``                        an integer in [0, :data:`MAX_KEEP_COMPONENTS`]: each
+                                           mask keeps only its k components of highest peak
+                                           probability, 0 keeps all (version 3; absent before)
 ``members``                                a non-empty list
 member ``file``                            a plain name ending in ``.pt``, each file used once
 ``sha256`` (of ``file``; of the ONNX file)  64 lowercase hex digits
@@ -52,6 +55,13 @@ are marked untied (:attr:`OnnxFile.source_sha256` ``None``) and never run: infer
 and says so in a warning, ``--backend onnxruntime`` is refused, and :data:`REEXPORT_COMMAND`
 re-exports them with the source recorded. A wrong answer is never silent: what runs is always
 the weights the manifest's checksums name.
+
+Version 3 added ``keep_components`` to each class, chosen on validation images in training
+(:func:`drac_algo.engine.postprocess.keep_most_confident`). It is required from version 3 on and
+refused as an unknown key before, so that a bundle always says whether its masks are cut to their
+most confident components; a version 1 or 2 manifest keeps every component, as it always did.
+A program that reads only versions 1 and 2 refuses a version 3 bundle by its version, rather than
+running it without the rule and writing other masks than the bundle's validation chose.
 """
 
 from __future__ import annotations
@@ -65,8 +75,8 @@ from drac_algo.common.classes import BY_INDEX
 from drac_algo.networks.spec import ModelSpec, Normalization
 
 FORMAT = "drac-algo-bundle"
-VERSION = 2  # written; 1 is still read (its ONNX files untied, see above)
-READABLE_VERSIONS = (1, 2)
+VERSION = 3  # written; 1 and 2 are still read (see above)
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 # The D4 group on the last two tensor dims: en-face OCTA has no preferred orientation.
 TTA_NAMES = (
@@ -86,6 +96,7 @@ SHA256 = re.compile(r"[0-9a-f]{64}")
 # accident (int() accepts all of them) and could collide with the canonical key.
 CLASS_KEYS = tuple(str(index) for index in sorted(BY_INDEX))
 MAX_COMPONENT_PX = 1 << 24  # a 4096 x 4096 image
+MAX_KEEP_COMPONENTS = 1000
 MAX_INPUT_SIZE = 4096
 MAX_FOLD = 999
 MAX_SEED = 2**63 - 1
@@ -158,6 +169,7 @@ class ClassEntry:
     min_component_px: int
     fill_holes: bool
     members: list[MemberSpec]
+    keep_components: int = 0  # the k most confident components of each mask; 0 keeps all
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -165,6 +177,7 @@ class ClassEntry:
             "threshold": self.threshold,
             "min_component_px": self.min_component_px,
             "fill_holes": self.fill_holes,
+            "keep_components": self.keep_components,
             "members": [m.to_dict() for m in self.members],
         }
 

@@ -11,12 +11,12 @@ Layout (the folder is e.g. ``/opt/ml/model``)::
                            (:mod:`drac_algo.engine.onnx_backend`,
                            :mod:`drac_algo.training.onnx_export`)
 
-Manifest (``format: "drac-algo-bundle"``, ``version: 2``)::
+Manifest (``format: "drac-algo-bundle"``, ``version: 3``)::
 
-    {"format": "drac-algo-bundle", "version": 2, "created": "<ISO 8601 UTC>",
+    {"format": "drac-algo-bundle", "version": 3, "created": "<ISO 8601 UTC>",
      "drac_algo_version": "0.1.0",
      "classes": {"1": {"key": "irma", "threshold": 0.5, "min_component_px": 0,
-                       "fill_holes": false,
+                       "fill_holes": false, "keep_components": 2,
                        "members": [{"file": "irma_f0_s0.pt", "sha256": "<hex>",
                                     "model": {ModelSpec.to_dict()}, "input_size": 1024,
                                     "normalization": {"mean": 0.5, "std": 0.25},

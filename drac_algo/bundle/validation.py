@@ -17,6 +17,7 @@ from drac_algo.bundle.manifest import (
     MAX_COMPONENT_PX,
     MAX_FOLD,
     MAX_INPUT_SIZE,
+    MAX_KEEP_COMPONENTS,
     MAX_OPSET,
     MAX_SEED,
     MEMBER_FILE,
@@ -175,6 +176,8 @@ def _parse_class(key: Any, data: Any, version: int, problems: list[str]) -> Clas
         problems.append(f"{where}: expected an object, got {data!r}")
         return None
     valid = ["key", "threshold", "min_component_px", "fill_holes", "members"]
+    if version >= 3:  # version 3 added keep_components (required from then on)
+        valid.insert(4, "keep_components")
     if not _check_keys(data, valid, where, problems):
         return None
     before = len(problems)
@@ -189,6 +192,12 @@ def _parse_class(key: Any, data: Any, version: int, problems: list[str]) -> Clas
         )
     if not isinstance(data["fill_holes"], bool):
         problems.append(f"{where}: fill_holes must be true or false; got {data['fill_holes']!r}")
+    keep = data.get("keep_components", 0)
+    if not _int_in(keep, 0, MAX_KEEP_COMPONENTS):
+        problems.append(
+            f"{where}: keep_components must be an integer in [0, {MAX_KEEP_COMPONENTS}] "
+            f"(0 keeps every component); got {keep!r}"
+        )
     raw_members = data["members"]
     if not isinstance(raw_members, list) or not raw_members:
         problems.append(f"{where}: members must be a non-empty list")
@@ -206,6 +215,7 @@ def _parse_class(key: Any, data: Any, version: int, problems: list[str]) -> Clas
         min_component_px=data["min_component_px"],
         fill_holes=data["fill_holes"],
         members=members,
+        keep_components=keep,
     )
 
 

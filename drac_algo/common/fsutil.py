@@ -156,7 +156,8 @@ def create_dir_holding(path: str | os.PathLike, files: dict[str, str]) -> bool:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-# What atomic_path / atomic_dir / create_dir_holding name their temporaries: ".<name>.<random>.partial<suffixes>".
+# What atomic_path / atomic_dir / create_dir_holding name their temporaries:
+# ".<name>.<random>.partial<suffixes>".
 _PARTIAL = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]+\.partial(?P<suffix>(\.[^.]+)*)")
 
 

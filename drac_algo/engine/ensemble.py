@@ -57,6 +57,7 @@ class ClassEnsemble(Generic[N]):
     min_component_px: int = 0
     fill_holes: bool = False
     key: str = ""
+    keep_components: int = 0  # the k most confident components of each mask; 0 keeps all
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -134,6 +135,7 @@ def bundle_ensembles(
                 min_component_px=entry.min_component_px,
                 fill_holes=entry.fill_holes,
                 key=entry.key,
+                keep_components=entry.keep_components,
             )
         )
     return tuple(ensembles)

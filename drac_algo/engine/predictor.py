@@ -34,7 +34,7 @@ from drac_algo.engine.onnx_backend import (
     backend_precision,
     choose_backend,
 )
-from drac_algo.engine.postprocess import postprocess_mask, threshold_probability
+from drac_algo.engine.postprocess import class_mask
 from drac_algo.engine.precision import precision_name, resolve_precision
 from drac_algo.engine.tta import TTATransform, select_transforms
 
@@ -210,9 +210,14 @@ class Predictor:
                 self._state,
                 inputs,
             )
-            mask = threshold_probability(probability, ensemble.threshold)
             probabilities[index] = probability
-            masks[index] = postprocess_mask(mask, ensemble.min_component_px, ensemble.fill_holes)
+            masks[index] = class_mask(
+                probability,
+                ensemble.threshold,
+                ensemble.min_component_px,
+                ensemble.fill_holes,
+                ensemble.keep_components,
+            )
         seconds = time.perf_counter() - start
         self._seconds.append(seconds)
         return CasePrediction(probabilities, masks, seconds, self._state.events[first_event:])
@@ -265,6 +270,7 @@ class Predictor:
                     "threshold": ensemble.threshold,
                     "min_component_px": ensemble.min_component_px,
                     "fill_holes": ensemble.fill_holes,
+                    "keep_components": ensemble.keep_components,
                     "members": [
                         {
                             "name": member.name,

@@ -87,7 +87,12 @@ def run_facts(results: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]
                 f"{', '.join(sorted({str(m.get('input_size')) for m in members}))} px, "
                 f"{'/'.join(map(str, views))} TTA view(s) each, components >= "
                 f"{entry.get('min_component_px')} px"
-                + (", holes filled" if entry.get("fill_holes") else ""),
+                + (", holes filled" if entry.get("fill_holes") else "")
+                + (
+                    f", the {entry['keep_components']} most confident component(s) kept"
+                    if entry.get("keep_components")
+                    else ""
+                ),
             )
         )
     requested = settings.get("requested_classes")

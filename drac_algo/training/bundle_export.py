@@ -3,14 +3,16 @@
 Reads ``RUN_DIR/<task>/<member>/{member.json,best.pt}`` for every member that finished and
 writes ``RUN_DIR/model/`` (see :mod:`drac_algo.bundle.store`) with each member's verified ONNX
 export for the CPU backend (:mod:`drac_algo.training.onnx_export`; on failure a warning, and the
-bundle runs on torch). A class's decision threshold is the median of its members' tuned thresholds;
-post-processing settings come from the task's config.
+bundle runs on torch). A class's decision threshold is the median of its members' tuned thresholds,
+and its number of most confident components kept the median of theirs (keeping all counting as
+the most; :func:`median_keep`); the other post-processing settings come from the task's config.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 from pathlib import Path
 
@@ -46,6 +48,18 @@ def find_members(run_dir: Path) -> dict[str, list[Path]]:
     return found
 
 
+def median_keep(keeps: list[int]) -> int:
+    """The members' component counts combined: their median, with 0 (keep all) counting as the
+    largest and the higher of the two middle values on an even count, so a class cuts its masks
+    only as far as most of its members chose."""
+    ordered = sorted(keeps, key=lambda k: math.inf if k == 0 else k)
+    return ordered[len(ordered) // 2]
+
+
+def describe_keep(keep: int) -> str:
+    return "every component kept" if keep == 0 else f"the {keep} most confident component(s) kept"
+
+
 def export_bundle(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the bundle of every finished member in ``run_dir`` to ``out``
     (default ``run_dir/model``) and return its path."""
@@ -62,7 +76,7 @@ def export_bundle(run_dir: str | Path, out: str | Path | None = None) -> Path:
     states: dict[str, dict[str, torch.Tensor]] = {}
     trained_in: list[dict] = []  # the distinct environments the members were trained in
     for task, folders in members_by_task.items():
-        members, thresholds = [], []
+        members, thresholds, keeps = [], [], []
         for folder in folders:
             summary = json.loads((folder / MEMBER_SUMMARY).read_text(encoding="utf-8"))
             cfg = TrainConfig.from_dict(summary["config"], str(folder / MEMBER_SUMMARY))
@@ -70,6 +84,7 @@ def export_bundle(run_dir: str | Path, out: str | Path | None = None) -> Path:
             file = f"{task}_{folder.name}.pt"
             states[file] = best["model"]
             thresholds.append(float(summary["threshold"]))
+            keeps.append(int(summary.get("keep_components", 0)))  # older members kept all
             if summary.get("environment") not in (None, *trained_in):
                 trained_in.append(summary["environment"])
             members.append(
@@ -93,12 +108,14 @@ def export_bundle(run_dir: str | Path, out: str | Path | None = None) -> Path:
             min_component_px=cfg.postprocess.min_component_px,
             fill_holes=cfg.postprocess.fill_holes,
             members=members,
+            keep_components=median_keep(keeps),
         )
         log.info(
-            "bundle: %s with %d member(s), threshold %.2f",
+            "bundle: %s with %d member(s), threshold %.2f, %s",
             task,
             len(members),
             classes[lesion.index].threshold,
+            describe_keep(classes[lesion.index].keep_components),
         )
     save_bundle(Bundle(classes, environment={"training": trained_in}), out, states)
     try:

@@ -92,11 +92,17 @@ class ValConfig:
 class PostprocessConfig:
     """Turning probabilities into a mask: the threshold is chosen on validation data from
     ``threshold_grid``; connected components smaller than ``min_component_px`` pixels are
-    dropped (0: keep all); ``fill_holes`` fills holes inside components."""
+    dropped (0: keep all); ``fill_holes`` fills holes inside components.
+    ``keep_most_confident``: the counts k (each >= 1) among which validation chooses, at the
+    tuned threshold, how many components of highest peak probability each mask keeps
+    (:func:`drac_algo.engine.postprocess.keep_most_confident`); keeping all is always a candidate
+    and wins ties, so the rule is on only where the validation images score higher with it.
+    Empty: keep all, as the method does."""
 
     threshold_grid: tuple[float, ...] = tuple(round(0.2 + 0.05 * i, 2) for i in range(13))
     min_component_px: int = 0
     fill_holes: bool = False
+    keep_most_confident: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.threshold_grid or not all(0 < t < 1 for t in self.threshold_grid):
@@ -105,6 +111,14 @@ class PostprocessConfig:
             )
         if self.min_component_px < 0:
             raise DracInputError(f"min_component_px must be >= 0; got {self.min_component_px}")
+        keep = self.keep_most_confident
+        if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in keep) or len(
+            set(keep)
+        ) != len(keep):
+            raise DracInputError(
+                "keep_most_confident needs distinct whole numbers >= 1 (keeping all is always a "
+                f"candidate; [] turns the rule off); got {list(keep)}"
+            )
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,8 @@ def validate(
     (the preprocessing, network call and inverse geometry of ``process.py``, without TTA), and
     each threshold's mask through the bundle's post-processing before it is counted against the
     full-resolution ground truth. Returns (mean validation loss of the full-resolution
-    probabilities, overlap counts (N, T, 3) in sample order) on every process.
+    probabilities, overlap counts (N, T, K, 3) in sample order: T thresholds, K component
+    counts (:func:`keep_grid`)) on every process.
     """
     model.eval()
     member = Member(
@@ -167,7 +168,7 @@ def validate(
         )
         loss = probability_loss(loss_fn, prob, sample.mask)
         counts = overlap_counts(
-            prob, sample.mask, thresholds, post.min_component_px, post.fill_holes
+            prob, sample.mask, thresholds, post.min_component_px, post.fill_holes, keep_grid(cfg)
         )
         local[i] = (loss, counts)
     merged: dict[int, tuple[float, np.ndarray]] = {}
@@ -176,6 +177,12 @@ def validate(
     losses = [merged[i][0] for i in range(len(samples))]
     counts = np.stack([merged[i][1] for i in range(len(samples))])
     return float(np.mean(losses)), counts
+
+
+def keep_grid(cfg: TrainConfig) -> tuple[int, ...]:
+    """The component counts validation scores: 0 (keep all, the method's masks) first, then the
+    recipe's ``keep_most_confident`` candidates."""
+    return (0, *cfg.postprocess.keep_most_confident)
 
 
 def threshold_grid(cfg: TrainConfig) -> np.ndarray:

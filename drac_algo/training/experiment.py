@@ -169,12 +169,12 @@ def _train_task(
 def summary_table(summary: RunSummary) -> str:
     lines = [
         f"{'task':<6}{'member':<18}{'best epoch':>11}{'val Dice@0.5':>14}{'threshold':>11}"
-        f"{'val Dice@thr':>14}"
+        f"{'components':>12}{'val Dice@thr':>14}"
     ]
     for task, members in summary.results.items():
         for r in members:
             lines.append(
                 f"{task:<6}{r.plan.name:<18}{r.best_epoch:>11}{r.val_dice:>14.4f}"
-                f"{r.threshold:>11.2f}{r.tuned_dice:>14.4f}"
+                f"{r.threshold:>11.2f}{r.keep_components or 'all':>12}{r.tuned_dice:>14.4f}"
             )
     return "\n".join(lines)

@@ -8,7 +8,8 @@ inference code) is in :mod:`drac_algo.training.epoch`.
 
 Files of a member, in ``RUN_DIR/<task>/<member>/`` (:mod:`drac_algo.training.run_layout`):
 ``last.pt`` (full resumable state), ``best.pt`` (the weights the member keeps, plus the
-threshold tuned on that epoch's validation predictions: by default the best epoch by
+threshold tuned on that epoch's validation predictions, and at that threshold the number of most
+confident components each mask keeps when the recipe offers any: by default the best epoch by
 validation Dice at threshold 0.5, the method's selection rule; with ``checkpoint = "last"`` the
 final epoch), ``metrics.csv``, ``curves.png``, ``config.json`` and ``member.json`` (the summary
 that the bundle export reads; written by :func:`drac_algo.training.members.write_member_summary`).
@@ -51,6 +52,7 @@ from drac_algo.training.distributed import (
 )
 from drac_algo.training.epoch import (
     aux_heads_state,
+    keep_grid,
     make_loader,
     network_of,
     threshold_grid,
@@ -69,7 +71,7 @@ from drac_algo.training.run_layout import (
     MEMBER_CONFIG,
     METRICS_CSV,
 )
-from drac_algo.training.validation import best_threshold, challenge_dice
+from drac_algo.training.validation import best_keep, best_threshold, challenge_dice
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +265,8 @@ class MemberRun:
             self.dtype,
             self.thresholds,
         )
-        val_dice = float(challenge_dice(counts)[self.half])
+        dice = challenge_dice(counts)  # (T thresholds, K component counts); k = 0 keeps all
+        val_dice = float(dice[self.half, 0])
         row = {
             "epoch": epoch + 1,
             "lr": lr,
@@ -278,11 +281,14 @@ class MemberRun:
             cfg.checkpoint == "last" or val_dice > self.best["dice"]
         )
         if improved:
-            threshold, tuned = best_threshold(counts, self.thresholds)
+            threshold, _ = best_threshold(counts[:, :, 0], self.thresholds)
+            at = int(np.flatnonzero(self.thresholds == threshold)[0])
+            keep, tuned = best_keep(dice[at], keep_grid(cfg))
             self.best = {
                 "dice": val_dice,
                 "epoch": epoch + 1,
                 "threshold": threshold,
+                "keep_components": keep,
                 "tuned": tuned,
             }
         self.last_epoch = epoch
@@ -341,7 +347,14 @@ class MemberRun:
                 f"{plan.task}/{plan.name}: expected validation images with this lesion to select "
                 "a checkpoint by, found none; use more data or fewer folds"
             )
-        result = MemberResult(plan, best["epoch"], best["dice"], best["threshold"], best["tuned"])
+        result = MemberResult(
+            plan,
+            best["epoch"],
+            best["dice"],
+            best["threshold"],
+            best["tuned"],
+            best.get("keep_components", 0),  # a run resumed from before the rule keeps all
+        )
         if self.ctx.is_main:
             write_member_summary(self.cfg, result)
         return broadcast_object(self.ctx, result)

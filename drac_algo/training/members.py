@@ -38,7 +38,8 @@ class MemberResult:
     best_epoch: int
     val_dice: float
     threshold: float
-    tuned_dice: float
+    tuned_dice: float  # validation Dice at the threshold, with keep_components
+    keep_components: int = 0  # the most confident components each mask keeps; 0 all
 
 
 def write_member_summary(cfg: TrainConfig, result: MemberResult) -> None:
@@ -50,6 +51,7 @@ def write_member_summary(cfg: TrainConfig, result: MemberResult) -> None:
         "best_epoch": result.best_epoch,
         "val_dice": result.val_dice,
         "threshold": result.threshold,
+        "keep_components": result.keep_components,
         "val_dice_at_threshold": result.tuned_dice,
         "train_cases": list(result.plan.train_ids),
         "val_cases": list(result.plan.val_ids),

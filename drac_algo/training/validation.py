@@ -1,18 +1,19 @@
 """Validation scoring for model selection and threshold tuning, with the challenge's semantics.
 
-Each validation image is reduced to overlap counts at every candidate threshold, so the counts of
-all images (from every process of a distributed run) are enough to compute the challenge Dice at
-any threshold: per image Dice on {0, 1} masks, images without the lesion skipped (NaN), mean over
-the rest.
+Each validation image is reduced to overlap counts at every candidate threshold and component
+count (the most confident components kept), so the counts of all images (from every process of a
+distributed run) are enough to compute the challenge Dice of any of them: per image Dice on
+{0, 1} masks, images without the lesion skipped (NaN), mean over the rest.
 """
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from drac_algo.engine.postprocess import postprocess_mask
+from drac_algo.engine.postprocess import component_peaks, postprocess_mask
 
 # Probabilities are clipped this far from 0 and 1 before turning them back into logits.
 _LOGIT_EPS = 1e-6
@@ -24,37 +25,47 @@ def overlap_counts(
     thresholds: np.ndarray,
     min_component_px: int = 0,
     fill_holes: bool = False,
+    keep: Sequence[int] = (0,),
 ) -> np.ndarray:
     """Counts for one image.
 
-    prob: (H, W) float probabilities in [0, 1]; gt: (H, W) {0, 1}; thresholds: (T,) floats.
-    Returns (T, 3) int64: |GT ∩ P|, |P|, |GT| with P = prob >= threshold, cleaned up by
-    :func:`drac_algo.engine.postprocess.postprocess_mask` as inference does when either clean-up is
-    on.
+    prob: (H, W) float probabilities in [0, 1]; gt: (H, W) {0, 1}; thresholds: (T,) floats;
+    keep: (K,) component counts, 0 for all. Returns (T, K, 3) int64: |GT ∩ P|, |P|, |GT| with
+    P = prob >= threshold, cleaned up by :func:`drac_algo.engine.postprocess.postprocess_mask`
+    and cut to its ``keep[k]`` most confident components, exactly as
+    :func:`drac_algo.engine.postprocess.class_mask` makes inference's masks.
     """
     if prob.shape != gt.shape:
         raise ValueError(f"prob shape {prob.shape} != ground truth shape {gt.shape}")
-    if min_component_px > 1 or fill_holes:
-        gt_bool = gt.astype(bool)
-        counts = np.empty((len(thresholds), 3), dtype=np.int64)
-        for i, t in enumerate(thresholds):
-            mask = postprocess_mask((prob >= t).astype(np.uint8), min_component_px, fill_holes)
-            pred = mask.astype(bool)
-            counts[i] = (int((pred & gt_bool).sum()), int(pred.sum()), int(gt_bool.sum()))
-        return counts
-    gt_bool = gt.astype(bool).ravel()
-    p = prob.ravel()
-    counts = np.empty((len(thresholds), 3), dtype=np.int64)
+    keep = tuple(keep)
+    gt_bool = gt.astype(bool)
     gt_sum = int(gt_bool.sum())
-    p_in = p[gt_bool]
+    counts = np.empty((len(thresholds), len(keep), 3), dtype=np.int64)
+    if min_component_px <= 1 and not fill_holes and keep == (0,):
+        p = prob.ravel()
+        p_in = p[gt_bool.ravel()]
+        for i, t in enumerate(thresholds):
+            counts[i, 0] = (int((p_in >= t).sum()), int((p >= t).sum()), gt_sum)
+        return counts
     for i, t in enumerate(thresholds):
-        counts[i] = (int((p_in >= t).sum()), int((p >= t).sum()), gt_sum)
+        mask = postprocess_mask((prob >= t).astype(np.uint8), min_component_px, fill_holes)
+        labels, peak = component_peaks(mask, prob)
+        # Per component (label 0 the background): its pixels and its pixels on the lesion.
+        area = np.bincount(labels.ravel(), minlength=len(peak))
+        inside = np.bincount(labels.ravel(), weights=gt_bool.ravel(), minlength=len(peak))
+        order = np.argsort(-peak[1:], kind="stable") + 1  # most confident first, as inference
+        area_cum = np.concatenate([[0], np.cumsum(area[order])])
+        inside_cum = np.concatenate([[0], np.cumsum(inside[order])])
+        for j, k in enumerate(keep):
+            n = len(order) if k == 0 else min(k, len(order))
+            counts[i, j] = (int(round(inside_cum[n])), int(area_cum[n]), gt_sum)
     return counts
 
 
 def challenge_dice(counts: np.ndarray) -> np.ndarray:
-    """Challenge Dice per threshold from stacked counts (N, T, 3): NaN-ignoring mean over images
-    of 2|GT ∩ P| / (|GT| + |P|), images with empty GT skipped. Returns (T,) floats (NaN when no
+    """Challenge Dice per setting from stacked counts (N, ..., 3), e.g. (N, T, 3) per threshold
+    or (N, T, K, 3) per threshold and component count: NaN-ignoring mean over images of
+    2|GT ∩ P| / (|GT| + |P|), images with empty GT skipped. Returns (...) floats (NaN when no
     image has the lesion)."""
     counts = np.asarray(counts, dtype=np.float64)
     inter, pred, gt = counts[..., 0], counts[..., 1], counts[..., 2]
@@ -63,6 +74,16 @@ def challenge_dice(counts: np.ndarray) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(dice, axis=0)
+
+
+def best_keep(dice: np.ndarray, keep: Sequence[int]) -> tuple[int, float]:
+    """(k, Dice) of the highest challenge Dice among ``dice`` (K,), the scores of the component
+    counts ``keep`` (K,) at one threshold; the first (0, keep all) wins ties, so cutting masks to
+    their most confident components is chosen only where validation scores it higher."""
+    if np.all(np.isnan(dice)):
+        return int(keep[0]), float("nan")
+    pick = int(np.flatnonzero(dice >= np.nanmax(dice) - 1e-12)[0])
+    return int(keep[pick]), float(dice[pick])
 
 
 def best_threshold(counts: np.ndarray, thresholds: np.ndarray) -> tuple[float, float]:

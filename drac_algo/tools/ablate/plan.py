@@ -86,6 +86,13 @@ TRAINED = (
     Variant("method recipe", "method", note="the published method at this budget"),
     Variant("best recipe", "best", note="the default"),
     Variant(
+        "best, every component kept",
+        "best",
+        {t: {"postprocess__keep_most_confident": ()} for t in ("irma", "nv")},
+        "IRMA and NV masks keep every component (the method's masks) instead of the k most "
+        "confident ones, k chosen on validation",
+    ),
+    Variant(
         "best, published CAM gates",
         "best",
         {t: {"model__attention": "cam"} for t in ATTENTION_TASKS},
@@ -224,7 +231,8 @@ DERIVED = (
         "best, k most confident components",
         components_on_validation=True,
         note="per image, only the k components of highest peak probability; k in 0 (all), 1, "
-        "2, 3, 5 chosen on each run's validation images",
+        "2, 3, 5 chosen again for every class on each run's validation images with D4 TTA "
+        "(the best recipe's own k: IRMA and NV, chosen in training without TTA)",
     ),
     Derived(
         "best, hysteresis thresholds",

@@ -21,7 +21,12 @@ from drac_algo.common.classes import lesion_class
 from drac_algo.common.fsutil import atomic_path
 from drac_algo.data.metrics import Scores, dice_iou, score
 from drac_algo.data.release import find_layout, list_cases
-from drac_algo.engine.postprocess import postprocess_mask, threshold_probability
+from drac_algo.engine.postprocess import (
+    component_peaks,
+    keep_most_confident,
+    postprocess_mask,
+    threshold_probability,
+)
 from drac_algo.engine.predictor import Predictor
 from drac_algo.tools.ablate.plan import (
     COMPONENT_CANDIDATES,
@@ -33,6 +38,7 @@ from drac_algo.tools.ablate.plan import (
     budget_layers,
 )
 from drac_algo.tools.baseline import predict_baseline, train_baseline
+from drac_algo.training.bundle_export import median_keep
 from drac_algo.training.config import TrainConfig, load_config
 from drac_algo.training.dataset import Sample, load_samples
 from drac_algo.training.distributed import init_distributed
@@ -53,6 +59,7 @@ class TaskRun:
     threshold: float
     min_component_px: int
     fill_holes: bool
+    keep_components: int  # chosen by the run's validation (0: all), as process.py applies it
     probabilities: dict[str, np.ndarray] = field(default_factory=dict)  # tta -> (N, H, W)
     # tta -> (probabilities, ground truth), each (N, H, W), of the run's validation images
     validation: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
@@ -104,7 +111,12 @@ class Ablation:
             done.write_text(f"{seconds:.1f}\n")
         entry = load_bundle(bundle).classes[cfg.lesion.index]
         self.runs[key] = TaskRun(
-            bundle, seconds, entry.threshold, entry.min_component_px, entry.fill_holes
+            bundle,
+            seconds,
+            entry.threshold,
+            entry.min_component_px,
+            entry.fill_holes,
+            entry.keep_components,
         )
         return self.runs[key]
 
@@ -158,7 +170,9 @@ class Ablation:
             run = self.task_run(self.config(v, task, seed))
             index = lesion_class(task).index
             prob = self.probabilities(run, index, "d4")
-            pred[index] = _masks(prob, run.threshold, run.min_component_px, run.fill_holes)
+            pred[index] = _masks(
+                prob, run.threshold, run.min_component_px, run.fill_holes, run.keep_components
+            )
             seconds += run.seconds
         return score(self.gt(), pred), seconds
 
@@ -176,12 +190,13 @@ class Ablation:
             if d.threshold == "0.5":
                 threshold = 0.5
             min_px, holes = runs[0].min_component_px, runs[0].fill_holes
+            # The bundle's rule, combined over seeds as a bundle of those members would.
+            keep, hysteresis = median_keep([r.keep_components for r in runs]), None
             if d.postprocess == "off":
-                min_px, holes = 0, False
+                min_px, holes, keep = 0, False, 0
             elif d.postprocess == "on":
                 fraction, holes = POSTPROCESS_ON[task]
                 min_px = max(2, round(fraction * prob[0].size))
-            keep, hysteresis = 0, None
             if d.components_on_validation or d.hysteresis_on_validation:
                 (run,) = runs  # one seed: each run has its own validation split
                 val_prob, val_gt = self.validation_probabilities(run, task, d.tta)
@@ -230,7 +245,7 @@ class Ablation:
 
 # Config fields added after work folders with trained runs existed, with the default that
 # trains what those runs trained: left out of the key at that default, so the runs stay valid.
-LATER_FIELDS = {"checkpoint": "best"}
+LATER_FIELDS = {"checkpoint": "best", "postprocess.keep_most_confident": []}
 
 
 def run_key(cfg: TrainConfig) -> str:
@@ -238,8 +253,12 @@ def run_key(cfg: TrainConfig) -> str:
     a loss parameter written out at its default included."""
     data = cfg.to_dict()
     for name, default in LATER_FIELDS.items():
-        if data.get(name) == default:
-            del data[name]
+        *parents, leaf = name.split(".")
+        section = data
+        for parent in parents:
+            section = section[parent]
+        if section.get(leaf) == default:
+            del section[leaf]
     data["loss"]["params"] = {**loss_defaults(cfg.loss.name), **data["loss"]["params"]}
     text = json.dumps(data, sort_keys=True)
     return f"{cfg.task}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
@@ -264,31 +283,6 @@ def overlap_to_higher(
 
 def _epochs(epochs: int | None) -> dict[str, int]:
     return {} if epochs is None else {"epochs": epochs}
-
-
-def component_peaks(mask: np.ndarray, probability: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, peak) of ``mask``'s 8-connected components: labels (H, W) with 0 = background,
-    and peak[i] the highest ``probability`` in component i (peak[0] = -inf, the background)."""
-    import cv2
-
-    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    peak = np.zeros(count)
-    np.maximum.at(peak, labels.ravel(), probability.ravel())
-    peak[0] = -np.inf
-    return labels, peak
-
-
-def keep_most_confident(mask: np.ndarray, probability: np.ndarray, k: int) -> np.ndarray:
-    """``mask`` (H, W) {0, 1} with only its ``k`` 8-connected components of highest peak
-    ``probability`` (H, W) kept (ties by label order); ``k = 0`` keeps all."""
-    if k == 0:
-        return mask
-    labels, peak = component_peaks(mask, probability)
-    if len(peak) - 1 <= k:
-        return mask
-    keep = np.zeros(len(peak), dtype=bool)
-    keep[np.argsort(-peak, kind="stable")[:k]] = True
-    return keep[labels].astype(np.uint8)
 
 
 def hysteresis_mask(probability: np.ndarray, low: float, high: float) -> np.ndarray:

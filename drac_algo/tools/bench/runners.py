@@ -21,7 +21,7 @@ from drac_algo.common.errors import DracInputError
 from drac_algo.data.preprocess import from_network_output, to_network_input
 from drac_algo.engine.devices import resolve_views_per_batch
 from drac_algo.engine.onnx_backend import OnnxNetwork, backend_precision, choose_backend
-from drac_algo.engine.postprocess import postprocess_mask, threshold_probability
+from drac_algo.engine.postprocess import class_mask
 from drac_algo.engine.precision import precision_name, resolve_precision
 from drac_algo.tools.bench.config import BenchConfig, split_engine_token
 from drac_algo.tools.bench.plan import Plan, member_views
@@ -35,10 +35,8 @@ def class_masks(plan: Plan, probabilities: dict[int, np.ndarray]) -> dict[int, n
     """Each class's (H, W) uint8 mask in {0, 1}: its (H, W) float32 probability at the class
     threshold, then the class's clean-up, as the engine makes them."""
     return {
-        c.index: postprocess_mask(
-            threshold_probability(probabilities[c.index], c.threshold),
-            c.min_component_px,
-            c.fill_holes,
+        c.index: class_mask(
+            probabilities[c.index], c.threshold, c.min_component_px, c.fill_holes, c.keep_components
         )
         for c in plan
     }
