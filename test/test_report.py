@@ -364,3 +364,27 @@ def test_the_quickstart_ends_by_naming_the_report(tiny_bundle, tmp_path, monkeyp
     assert len(parsed.rows) == 3
     assert "report/curves/irma_fold0-seed0.png" in parsed.images
     _check_files(report.parent, parsed)
+
+
+def test_run_facts_name_the_component_rule_only_where_a_class_has_it():
+    from drac_algo.serve.report import run_facts
+
+    def entry(keep):
+        return {
+            "key": "irma",
+            "threshold": 0.45,
+            "min_component_px": 0,
+            "fill_holes": False,
+            "keep_components": keep,
+            "members": [{"name": "irma m0", "input_size": 1024, "views": ["identity"]}],
+        }
+
+    def facts(classes):
+        tables = dict(run_facts({"settings": {"classes": classes}}))
+        return " | ".join(value for _, value in tables["Bundle"])
+
+    assert "the 2 most confident component(s) kept" in facts({"1": entry(2)})
+    assert "most confident" not in facts({"1": entry(0)})
+    assert "most confident" not in facts(
+        {"1": {k: v for k, v in entry(0).items() if k != "keep_components"}}
+    )

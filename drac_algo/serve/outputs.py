@@ -192,8 +192,9 @@ def write_probabilities(folder: Path, name: str, probabilities: dict[int, np.nda
     """``folder/<name>.npz`` (``numpy.savez_compressed``): per class its key (``irma``, ``na``,
     ``nv``) -> the ensemble's mean probability, (H, W) float16 in [0, 1] at the image's size.
     float16 keeps about 3 significant digits (steps of 2^-11 = 0.0005 below 1): a mask made
-    from it with the bundle threshold differs from the written one only where the probability
-    lies within that step of the threshold. Read with ``numpy.load(path)["irma"]``."""
+    from it with the class's decision (:func:`drac_algo.engine.postprocess.class_mask` with the
+    bundle's settings) differs from the written one only where the probability lies within that
+    step of the threshold. Read with ``numpy.load(path)["irma"]``."""
     path = folder / f"{name}.npz"
     arrays = {BY_INDEX[i].key: np.asarray(p, dtype=np.float16) for i, p in probabilities.items()}
     # A file object, not the temporary name: savez would append ".npz" to a name.
