@@ -549,6 +549,12 @@ def test_the_kept_epoch_chooses_how_many_components_and_the_bundle_says_so(
     count, _ = cv2.connectedComponents(prediction.masks[1], connectivity=8)
     assert count - 1 <= 1
 
+    # A member trained before the rule (no keep_components in its member.json) keeps all.
+    summary.pop("keep_components")
+    (plan.folder / "member.json").write_text(json.dumps(summary))
+    older = json.loads((export_bundle(tmp_path, tmp_path / "older") / "manifest.json").read_text())
+    assert older["classes"]["1"]["keep_components"] == 0
+
 
 def test_curves_mark_the_kept_epoch_not_the_highest_dice():
     from drac_algo.training.curves import kept_point

@@ -81,6 +81,8 @@ class Derived:
     note: str = ""
 
 
+# 0.05 to 0.80 in steps of 0.05: the default grid (0.20-0.80) extended down.
+WIDE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 17))
 TRAINED = (
     Variant("plain baseline", "baseline", note="drac_algo/tools/baseline.py, the reference row"),
     Variant("method recipe", "method", note="the published method at this budget"),
@@ -91,6 +93,13 @@ TRAINED = (
         {t: {"postprocess__keep_most_confident": ()} for t in ("irma", "nv")},
         "IRMA and NV masks keep every component (the method's masks) instead of the k most "
         "confident ones, k chosen on validation",
+    ),
+    Variant(
+        "best, thresholds from 0.05",
+        "best",
+        {"*": {"postprocess__threshold_grid": WIDE_THRESHOLDS}},
+        "validation tunes each threshold over 0.05-0.80 instead of 0.20-0.80 (the tuned NV "
+        "threshold sat at the grid's lower edge, 0.2, in every seed)",
     ),
     Variant(
         "best, published CAM gates",
