@@ -76,9 +76,10 @@ def component_peaks(mask: np.ndarray, probability: np.ndarray) -> tuple[np.ndarr
     background, and peak[i] the highest ``probability`` (H, W) in component i (peak[0] = -inf)."""
     _check_mask(mask)
     count, labels = cv2.connectedComponents((mask != 0).astype(np.uint8), connectivity=8)
-    peak = np.zeros(count)
-    np.maximum.at(peak, labels.ravel(), probability.ravel())
-    peak[0] = -np.inf
+    peak = np.full(count, -np.inf)
+    flat = labels.ravel()
+    inside = flat > 0  # the foreground only: np.maximum.at is slow, lesions are few pixels
+    np.maximum.at(peak, flat[inside], probability.ravel()[inside])
     return labels, peak
 
 

@@ -50,9 +50,12 @@ def overlap_counts(
     for i, t in enumerate(thresholds):
         mask = postprocess_mask((prob >= t).astype(np.uint8), min_component_px, fill_holes)
         labels, peak = component_peaks(mask, prob)
-        # Per component (label 0 the background): its pixels and its pixels on the lesion.
-        area = np.bincount(labels.ravel(), minlength=len(peak))
-        inside = np.bincount(labels.ravel(), weights=gt_bool.ravel(), minlength=len(peak))
+        # Per component (label 0 the background): its pixels and its pixels on the lesion,
+        # counted over the foreground only.
+        flat = labels.ravel()
+        fg = flat > 0
+        area = np.bincount(flat[fg], minlength=len(peak))
+        inside = np.bincount(flat[fg], weights=gt_bool.ravel()[fg], minlength=len(peak))
         order = np.argsort(-peak[1:], kind="stable") + 1  # most confident first, as inference
         area_cum = np.concatenate([[0], np.cumsum(area[order])])
         inside_cum = np.concatenate([[0], np.cumsum(inside[order])])

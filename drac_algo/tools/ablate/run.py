@@ -45,6 +45,7 @@ from drac_algo.training.distributed import init_distributed
 from drac_algo.training.experiment import run_training
 from drac_algo.training.losses import loss_defaults
 from drac_algo.training.run_layout import MEMBER_SUMMARY, bundle_dir
+from drac_algo.training.validation import best_keep, challenge_dice, overlap_counts
 
 log = logging.getLogger(__name__)
 
@@ -326,9 +327,15 @@ def choose_components(
 ) -> int:
     """The k of ``candidates`` whose masks score the highest challenge Dice against ``gt``
     (both (N, H, W); images without the lesion skipped); the first candidate (0 = all) wins ties,
-    so the rule is on only where validation shows it helping."""
-    scores = [_validation_dice(gt, _masks(prob, threshold, min_px, holes, k)) for k in candidates]
-    return candidates[_first_best(scores)]
+    so the rule is on only where validation shows it helping. Training's own choice
+    (:func:`drac_algo.training.validation.best_keep`), on these probabilities."""
+    counts = np.stack(
+        [
+            overlap_counts(p, g, np.array([threshold]), min_px, holes, candidates)[0]
+            for p, g in zip(prob, gt, strict=True)
+        ]
+    )
+    return best_keep(challenge_dice(counts), candidates)[0]
 
 
 def choose_hysteresis(
