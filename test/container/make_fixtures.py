@@ -41,6 +41,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from compare import OVERLAYS_DIR, PROCESS_LOG, REPORT_DIR, REPORT_FILE
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 CONFIG = HERE / "bundle.toml"
@@ -159,7 +161,12 @@ def make_expected(work: Path) -> None:
             cwd=scratch,
         )
         out = scratch / "expected" / name
-        shutil.rmtree(out / "overlays", ignore_errors=True)
+        # What compare.py derives from results.json or only checks for (the overlays, the
+        # report, the log) is not an expected file: keep the masks and results.json alone.
+        for derived in (OVERLAYS_DIR, REPORT_DIR):
+            shutil.rmtree(out / derived, ignore_errors=True)
+        for name_ in (REPORT_FILE, PROCESS_LOG):
+            (out / name_).unlink(missing_ok=True)
         for marker in out.rglob(".*"):
             marker.unlink()
     replace_dir(EXPECTED, scratch / "expected")
