@@ -25,6 +25,7 @@ from drac_algo.tools.ablate.report import Row, diagnosis, markdown, verdict
 from drac_algo.tools.ablate.run import (
     choose_components,
     choose_hysteresis,
+    choose_threshold_and_components,
     hysteresis_mask,
     hysteresis_pair,
     overlap_to_higher,
@@ -219,6 +220,23 @@ def test_choose_components_takes_what_validation_supports_and_all_on_ties():
     assert choose_components(prob, (prob > 0.5).astype(np.uint8), 0.5, 0, False) == 0
     # No image has the lesion: nothing is scored, nothing is switched on.
     assert choose_components(prob, np.zeros_like(gt), 0.5, 0, False) == 0
+
+
+def test_threshold_and_k_chosen_together_reach_what_one_after_the_other_cannot():
+    # A lesion with a weak half (0.4) and a wide weak false component (0.35) apart from it.
+    prob = np.zeros((2, 1, 13), np.float32)
+    prob[:, 0, :4] = (0.9, 0.9, 0.4, 0.4)
+    prob[:, 0, 7:] = 0.35
+    gt = np.zeros_like(prob, np.uint8)
+    gt[:, 0, :4] = 1
+    grid = np.array([0.3, 0.5, 0.7])
+    # One after the other: 0.5 is the best threshold with every component kept (Dice 0.67
+    # against 0.57 at 0.3), and at 0.5 there is nothing false left to cut.
+    assert choose_components(prob, gt, 0.5, 0, False) == 0
+    # Together: at 0.3 the whole lesion is in and keeping the most confident component drops
+    # the false one (Dice 1).
+    assert choose_threshold_and_components(prob, gt, grid, 0, False) == (0.3, 1)
+    assert choose_threshold_and_components(prob, np.zeros_like(gt), grid, 0, False) == (0.5, 0)
 
 
 def test_hysteresis_keeps_low_components_that_reach_the_high_threshold():

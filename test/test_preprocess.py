@@ -10,7 +10,12 @@ from drac_algo.data.preprocess import from_network_output, plan_geometry, to_net
 from drac_algo.engine.ensemble import ClassEnsemble, Member
 from drac_algo.engine.predictor import Predictor
 from drac_algo.networks.spec import Normalization
-from drac_algo.training.augment import AugmentConfig, apply_transform, train_transform
+from drac_algo.training.augment import (
+    AugmentConfig,
+    apply_transform,
+    invariant_views,
+    train_transform,
+)
 from drac_algo.training.config import load_config
 from drac_algo.training.dataset import Sample
 from drac_algo.training.distributed import init_distributed
@@ -89,9 +94,18 @@ class Recorder(torch.nn.Module):
         return x * self.weight - 0.1 * x.roll(1, -1)
 
 
-@pytest.mark.parametrize("shape", [(48, 48), (40, 56)])
-def test_validation_feeds_the_network_exactly_what_inference_feeds_it(shape):
-    cfg = load_config("irma", input_size=32, crop_size="none", model__encoder="resnet18", amp=False)
+@pytest.mark.parametrize(
+    ("shape", "tta"), [((48, 48), "none"), ((40, 56), "none"), ((40, 56), "d4")]
+)
+def test_validation_feeds_the_network_exactly_what_inference_feeds_it(shape, tta):
+    cfg = load_config(
+        "irma",
+        input_size=32,
+        crop_size="none",
+        model__encoder="resnet18",
+        amp=False,
+        val__tta=tta,
+    )
     image = random_image(*shape, seed=4)
     mask = (image > 200).astype(np.uint8)
     validation_net, inference_net = Recorder(), Recorder()
@@ -105,13 +119,21 @@ def test_validation_feeds_the_network_exactly_what_inference_feeds_it(shape):
         None,
         thresholds,
     )
+    # The member as its bundle lists it: the views its augmentation covers (identity, hflip).
     member = Member(
-        inference_net, input_size=32, mean=cfg.normalization.mean, std=cfg.normalization.std
+        inference_net,
+        input_size=32,
+        mean=cfg.normalization.mean,
+        std=cfg.normalization.std,
+        tta=invariant_views(cfg.augment),
     )
-    predictor = Predictor([ClassEnsemble(1, (member,))], device="cpu", precision="fp32", tta="none")
+    predictor = Predictor([ClassEnsemble(1, (member,))], device="cpu", precision="fp32", tta=tta)
     probability = predictor.predict(image).probabilities[1]
-    assert len(validation_net.inputs) == len(inference_net.inputs) == 1
-    torch.testing.assert_close(validation_net.inputs[0], inference_net.inputs[0], rtol=0, atol=0)
+    views = sum(x.shape[0] for x in validation_net.inputs)
+    assert views == (1 if tta == "none" else 2)  # identity (and hflip)
+    assert len(validation_net.inputs) == len(inference_net.inputs)
+    for seen, fed in zip(validation_net.inputs, inference_net.inputs, strict=True):
+        torch.testing.assert_close(seen, fed, rtol=0, atol=0)
     # ... and the validation counts are those of inference's full-resolution probabilities.
     for t, row in zip(thresholds, counts[0, :, 0], strict=True):
         predicted = probability >= t

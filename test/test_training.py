@@ -149,11 +149,40 @@ def test_best_keep_needs_validation_to_score_higher_to_cut_components():
     assert k == 0 and math.isnan(dice)
 
 
+def test_best_threshold_and_keep_chooses_both_together():
+    from drac_algo.training.validation import best_threshold_and_keep
+
+    t = np.array([0.3, 0.5, 0.7])
+    # Rows: thresholds; columns: k = all, 1, 2. The best pair is (0.3, 1), which tuning the
+    # threshold with every component kept (column 0: 0.7 wins) would never reach.
+    dice = np.array([[0.40, 0.62, 0.58], [0.45, 0.55, 0.50], [0.50, 0.52, 0.51]])
+    assert best_threshold_and_keep(dice, t, (0, 1, 2)) == (0.3, 1, 0.62)
+    # Ties: keeping every component first, then the threshold nearest 0.5.
+    t = np.array([0.2, 0.5, 0.7])
+    tied = np.array([[0.6, 0.6, 0.5], [0.5, 0.6, 0.5], [0.6, 0.5, 0.5]])
+    assert best_threshold_and_keep(tied, t, (0, 1, 2))[:2] == (0.7, 0)
+    tied[2, 0] = 0.5
+    assert best_threshold_and_keep(tied, t, (0, 1, 2))[:2] == (0.2, 0)
+    tied[0, 0] = 0.5
+    assert best_threshold_and_keep(tied, t, (0, 1, 2))[:2] == (0.5, 1)
+    threshold, k, value = best_threshold_and_keep(np.full((3, 2), np.nan), t, (0, 1))
+    assert (threshold, k) == (0.5, 0) and math.isnan(value)
+
+
 def test_keep_most_confident_candidates_are_checked():
     assert tiny_config(postprocess__keep_most_confident=(1, 2)).postprocess.keep_most_confident
     for bad in [(0, 1), (2, 2), (-1,), (1.5,), (True,)]:
         with pytest.raises(DracInputError, match="keep_most_confident"):
             tiny_config(postprocess__keep_most_confident=bad)
+
+
+def test_validation_tta_is_a_known_set():
+    assert tiny_config(val__tta="d4").val.tta == "d4"
+    assert tiny_config().val.tta == "none"
+    with pytest.raises(
+        DracInputError, match=r"val.tta must be one of none, flips, d4; got 'hflip'"
+    ):
+        tiny_config(val__tta="hflip")
 
 
 def test_median_keep_counts_all_as_the_most():

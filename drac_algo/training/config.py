@@ -37,6 +37,7 @@ from drac_algo.common.dataclass_io import check_keys, convert, plain
 from drac_algo.common.datafiles import read_toml
 from drac_algo.common.errors import DracInputError
 from drac_algo.data.images import MAX_IMAGE_SIDE
+from drac_algo.engine.tta import TTA_SETS
 from drac_algo.networks.models import check_encoder
 from drac_algo.networks.spec import ModelSpec, Normalization, input_multiple
 from drac_algo.training import RECIPES_DIR
@@ -68,13 +69,21 @@ class ValConfig:
     Default: ``folds``-fold cross-validation (K >= 2), every fold trained (``fold = None``) or
     only fold ``fold`` (0-based). With ``holdout_fraction`` set, one random split holding out
     that fraction replaces the folds (then ``fold`` must stay unset).
+
+    ``tta``: the test-time views validation averages, a set of :data:`TTA_SETS` intersected with
+    the views the member's augmentation covers, as ``process.py --tta`` does: ``"none"`` (the
+    network once per image, the default) or ``"d4"`` (what ``process.py`` runs by default). The
+    epoch, threshold and component count are then chosen on the probabilities inference makes.
     """
 
     folds: int = 5
     fold: int | None = None
     holdout_fraction: float | None = None
+    tta: str = "none"
 
     def __post_init__(self) -> None:
+        if self.tta not in TTA_SETS:
+            raise DracInputError(f"val.tta must be one of {', '.join(TTA_SETS)}; got {self.tta!r}")
         if self.folds < 2:
             raise DracInputError(f"folds must be >= 2; got {self.folds}")
         if self.fold is not None and not 0 <= self.fold < self.folds:

@@ -22,6 +22,7 @@ from drac_algo.common.errors import DracInputError
 from drac_algo.engine.core import predict_probability
 from drac_algo.engine.ensemble import Member
 from drac_algo.engine.precision import autocast, precision_name
+from drac_algo.training.augment import invariant_views
 from drac_algo.training.config import TrainConfig
 from drac_algo.training.dataset import LesionDataset, Sample
 from drac_algo.training.deep_supervision import DeepSupervisionNet, supervised_loss
@@ -143,7 +144,8 @@ def validate(
     ``world_size``-th one).
 
     Each full-resolution image goes through :func:`drac_algo.engine.core.predict_probability`
-    (the preprocessing, network call and inverse geometry of ``process.py``, without TTA), and
+    (the preprocessing, network call and inverse geometry of ``process.py``, with the TTA views
+    of ``cfg.val.tta`` that the member's augmentation covers; none by default), and
     each threshold's mask through the bundle's post-processing before it is counted against the
     full-resolution ground truth. Returns (mean validation loss of the full-resolution
     probabilities, overlap counts (N, T, K, 3) in sample order: T thresholds, K component
@@ -155,6 +157,7 @@ def validate(
         input_size=cfg.input_size,
         mean=cfg.normalization.mean,
         std=cfg.normalization.std,
+        tta=invariant_views(cfg.augment),  # the views the bundle's manifest will list
         name=f"{cfg.task} validation",
     )
     precision = precision_name(dtype)
@@ -164,7 +167,7 @@ def validate(
     for i in mine:
         sample = samples[i]
         prob = predict_probability(
-            [member], sample.image, tta="none", device=ctx.device, precision=precision
+            [member], sample.image, tta=cfg.val.tta, device=ctx.device, precision=precision
         )
         loss = probability_loss(loss_fn, prob, sample.mask)
         counts = overlap_counts(

@@ -100,6 +100,19 @@ def best_threshold(counts: np.ndarray, thresholds: np.ndarray) -> tuple[float, f
     return float(thresholds[pick]), float(dice[pick])
 
 
+def best_threshold_and_keep(
+    dice: np.ndarray, thresholds: np.ndarray, keep: Sequence[int]
+) -> tuple[float, int, float]:
+    """(threshold, k, Dice) of the highest challenge Dice among ``dice`` (T, K), the scores of
+    every threshold of ``thresholds`` (T,) with every component count of ``keep`` (K,), chosen
+    together. Ties go to the first count (0, keep all), then to the threshold nearest 0.5."""
+    if np.all(np.isnan(dice)):
+        return 0.5, int(keep[0]), float("nan")
+    ties = np.argwhere(dice >= np.nanmax(dice) - 1e-12)  # (t, k) pairs
+    t, k = min(ties, key=lambda tk: (tk[1], abs(thresholds[tk[0]] - 0.5), tk[0]))
+    return float(thresholds[t]), int(keep[k]), float(dice[t, k])
+
+
 def probability_loss(loss_fn: nn.Module, prob: np.ndarray, gt: np.ndarray) -> float:
     """A training loss evaluated on one full-resolution probability map: (H, W) float in [0, 1]
     and (H, W) {0, 1} ground truth; the probabilities, clipped to [1e-6, 1 - 1e-6], are turned

@@ -59,7 +59,9 @@ class Derived:
 
     name: str
     tta: str = "d4"
-    threshold: str = "tuned"  # "tuned" (the bundle's) or "0.5"
+    # "tuned" (the bundle's), "0.5", or "with k": chosen again on the run's validation images
+    # over its threshold grid together with k (with ``components_on_validation``)
+    threshold: str = "tuned"
     postprocess: str = "bundle"  # "bundle", "off" or "on"
     ensemble_seeds: bool = False  # one ensemble of every seed's members (one value, no spread)
     # NV's members run at these multiples of their input size, probabilities averaged (the
@@ -100,6 +102,14 @@ TRAINED = (
         {"*": {"postprocess__threshold_grid": WIDE_THRESHOLDS}},
         "validation tunes each threshold over 0.05-0.80 instead of 0.20-0.80 (the tuned NV "
         "threshold sat at the grid's lower edge, 0.2, in every seed)",
+    ),
+    Variant(
+        "best, validation with TTA",
+        "best",
+        {"*": {"val__tta": "d4"}},
+        "validation scores each epoch with the views process.py averages by default (the "
+        "member's, of D4) instead of the network once: the epoch, threshold and k are chosen "
+        "on the probabilities inference makes",
     ),
     Variant(
         "best, published CAM gates",
@@ -182,6 +192,19 @@ TRAINED = (
         "IRMA: 360 steps of 8 crops instead of 240 (about 2 more CPU minutes)",
     ),
     Variant(
+        "best, IRMA with lesion-free images",
+        "best",
+        {"irma": {"positives_only": False}},
+        "IRMA also trains on its fold's images without IRMA (their crops are all background: "
+        "normal vessels to tell apart from IRMA) instead of the images with it only",
+    ),
+    Variant(
+        "best, NV with lesion-free images",
+        "best",
+        {"nv": {"positives_only": False}},
+        "NV also trains on its fold's images without NV instead of the images with it only",
+    ),
+    Variant(
         "best, IRMA 8 folds",
         "best",
         {"irma": {"val__folds": 8}},
@@ -242,6 +265,13 @@ DERIVED = (
         note="per image, only the k components of highest peak probability; k in 0 (all), 1, "
         "2, 3, 5 chosen again for every class on each run's validation images with D4 TTA "
         "(the best recipe's own k: IRMA and NV, chosen in training without TTA)",
+    ),
+    Derived(
+        "best, threshold and k chosen together",
+        threshold="with k",
+        components_on_validation=True,
+        note="as the row above, but each class's threshold is chosen again with k (every "
+        "threshold of the grid with every k) instead of first with every component kept",
     ),
     Derived(
         "best, hysteresis thresholds",

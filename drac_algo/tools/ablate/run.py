@@ -38,14 +38,20 @@ from drac_algo.tools.ablate.plan import (
     budget_layers,
 )
 from drac_algo.tools.baseline import predict_baseline, train_baseline
-from drac_algo.training.bundle_export import median_keep
+from drac_algo.training.bundle_export import describe_keep, median_keep
 from drac_algo.training.config import TrainConfig, load_config
 from drac_algo.training.dataset import Sample, load_samples
 from drac_algo.training.distributed import init_distributed
+from drac_algo.training.epoch import threshold_grid
 from drac_algo.training.experiment import run_training
 from drac_algo.training.losses import loss_defaults
 from drac_algo.training.run_layout import MEMBER_SUMMARY, bundle_dir
-from drac_algo.training.validation import best_keep, challenge_dice, overlap_counts
+from drac_algo.training.validation import (
+    best_keep,
+    best_threshold_and_keep,
+    challenge_dice,
+    overlap_counts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -201,11 +207,15 @@ class Ablation:
             if d.components_on_validation or d.hysteresis_on_validation:
                 (run,) = runs  # one seed: each run has its own validation split
                 val_prob, val_gt = self.validation_probabilities(run, task, d.tta)
-            if d.components_on_validation:
-                keep = choose_components(val_prob, val_gt, threshold, min_px, holes)
-                log.info(
-                    "ablation: %s keeps the %s most confident component(s)", task, keep or "all"
+            if d.components_on_validation and d.threshold == "with k":
+                grid = threshold_grid(self.config(best, task, seeds[0]))
+                threshold, keep = choose_threshold_and_components(
+                    val_prob, val_gt, grid, min_px, holes
                 )
+                log.info("ablation: %s: threshold %.2f, %s", task, threshold, describe_keep(keep))
+            elif d.components_on_validation:
+                keep = choose_components(val_prob, val_gt, threshold, min_px, holes)
+                log.info("ablation: %s: %s", task, describe_keep(keep))
             if d.hysteresis_on_validation:
                 hysteresis = choose_hysteresis(val_prob, val_gt, threshold, min_px, holes)
                 log.info(
@@ -246,7 +256,11 @@ class Ablation:
 
 # Config fields added after work folders with trained runs existed, with the default that
 # trains what those runs trained: left out of the key at that default, so the runs stay valid.
-LATER_FIELDS = {"checkpoint": "best", "postprocess.keep_most_confident": []}
+LATER_FIELDS = {
+    "checkpoint": "best",
+    "postprocess.keep_most_confident": [],
+    "val.tta": "none",
+}
 
 
 def run_key(cfg: TrainConfig) -> str:
@@ -336,6 +350,26 @@ def choose_components(
         ]
     )
     return best_keep(challenge_dice(counts), candidates)[0]
+
+
+def choose_threshold_and_components(
+    prob: np.ndarray,
+    gt: np.ndarray,
+    thresholds: np.ndarray,
+    min_px: int,
+    holes: bool,
+    candidates: Sequence[int] = COMPONENT_CANDIDATES,
+) -> tuple[float, int]:
+    """(threshold, k) of ``thresholds`` x ``candidates`` whose masks score the highest challenge
+    Dice against ``gt``, chosen together (:func:`best_threshold_and_keep`'s tie rule)."""
+    counts = np.stack(
+        [
+            overlap_counts(p, g, thresholds, min_px, holes, candidates)
+            for p, g in zip(prob, gt, strict=True)
+        ]
+    )
+    threshold, keep, _ = best_threshold_and_keep(challenge_dice(counts), thresholds, candidates)
+    return threshold, keep
 
 
 def choose_hysteresis(
