@@ -37,7 +37,7 @@ def test_method_recipes_match_the_method(task):
     assert cfg.positives_only is True
     assert cfg.encoder_weights is None
     assert (cfg.normalization.mean, cfg.normalization.std) == (0.5, 0.25)
-    assert (cfg.val.folds, cfg.val.fold) == (5, None)
+    assert (cfg.val.folds, cfg.val.fold, cfg.val.tta) == (5, None, "none")
     assert cfg.n_members == 5  # the default ensemble: every fold, one seed
 
 
@@ -52,6 +52,7 @@ def test_best_recipes_keep_the_cards_architectures(task):
     assert (best.crop_size, best.foreground_fraction) == (512, 0.5)
     assert best.input_size == method.input_size == 1024
     assert best.n_members == method.n_members == 5
+    assert best.val.tta == "d4"  # validated on the views process.py averages by default
 
 
 def test_task_by_index_unknown_task_and_unknown_family():

@@ -104,12 +104,12 @@ TRAINED = (
         "threshold sat at the grid's lower edge, 0.2, in every seed)",
     ),
     Variant(
-        "best, validation with TTA",
+        "best, validation without TTA",
         "best",
-        {"*": {"val__tta": "d4"}},
-        "validation scores each epoch with the views process.py averages by default (the "
-        "member's, of D4) instead of the network once: the epoch, threshold and k are chosen "
-        "on the probabilities inference makes",
+        {"*": {"val__tta": "none"}},
+        "validation scores each epoch with the network once instead of the views process.py "
+        "averages by default (the member's, of D4): the epoch, threshold and k are chosen on "
+        "other probabilities than inference makes",
     ),
     Variant(
         "best, published CAM gates",
@@ -264,7 +264,7 @@ DERIVED = (
         components_on_validation=True,
         note="per image, only the k components of highest peak probability; k in 0 (all), 1, "
         "2, 3, 5 chosen again for every class on each run's validation images with D4 TTA "
-        "(the best recipe's own k: IRMA and NV, chosen in training without TTA)",
+        "(the best recipe chooses k for IRMA and NV only)",
     ),
     Derived(
         "best, threshold and k chosen together",
