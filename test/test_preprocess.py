@@ -1,6 +1,8 @@
 """The one preprocessing contract: geometry, normalisation, padding and the way back; and that
 training's validation feeds the networks exactly what inference feeds them."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -97,7 +99,8 @@ class Recorder(torch.nn.Module):
 @pytest.mark.parametrize(
     ("shape", "tta"), [((48, 48), "none"), ((40, 56), "none"), ((40, 56), "d4")]
 )
-def test_validation_feeds_the_network_exactly_what_inference_feeds_it(shape, tta):
+def test_validation_feeds_the_network_exactly_what_inference_feeds_it(shape, tta, caplog):
+    caplog.set_level(logging.INFO)
     cfg = load_config(
         "irma",
         input_size=32,
@@ -120,6 +123,7 @@ def test_validation_feeds_the_network_exactly_what_inference_feeds_it(shape, tta
         thresholds,
     )
     # The member as its bundle lists it: the views its augmentation covers (identity, hflip).
+    assert "not valid for this network" not in caplog.text  # no line per image and epoch
     member = Member(
         inference_net,
         input_size=32,

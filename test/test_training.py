@@ -176,9 +176,14 @@ def test_keep_most_confident_candidates_are_checked():
             tiny_config(postprocess__keep_most_confident=bad)
 
 
-def test_validation_tta_is_a_known_set():
-    assert tiny_config(val__tta="d4").val.tta == "d4"
-    assert tiny_config().val.tta == "none"
+def test_validation_tta_is_a_known_set_cut_to_the_members_views():
+    from drac_algo.training.epoch import validation_views
+
+    assert validation_views(tiny_config(val__tta="d4")) == ("identity", "hflip")
+    assert validation_views(tiny_config(val__tta="flips")) == ("identity", "hflip")
+    assert validation_views(tiny_config()) == ("identity",)
+    no_flip = tiny_config(val__tta="d4", augment__hflip_p=0.0)
+    assert validation_views(no_flip) == ("identity",)
     with pytest.raises(
         DracInputError, match=r"val.tta must be one of none, flips, d4; got 'hflip'"
     ):

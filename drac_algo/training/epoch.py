@@ -22,6 +22,7 @@ from drac_algo.common.errors import DracInputError
 from drac_algo.engine.core import predict_probability
 from drac_algo.engine.ensemble import Member
 from drac_algo.engine.precision import autocast, precision_name
+from drac_algo.engine.tta import TTA_SETS
 from drac_algo.training.augment import invariant_views
 from drac_algo.training.config import TrainConfig
 from drac_algo.training.dataset import LesionDataset, Sample
@@ -157,9 +158,9 @@ def validate(
         input_size=cfg.input_size,
         mean=cfg.normalization.mean,
         std=cfg.normalization.std,
-        tta=invariant_views(cfg.augment),  # the views the bundle's manifest will list
         name=f"{cfg.task} validation",
     )
+    views = validation_views(cfg)
     precision = precision_name(dtype)
     post = cfg.postprocess
     mine = list(range(ctx.rank, len(samples), ctx.world_size))
@@ -167,7 +168,7 @@ def validate(
     for i in mine:
         sample = samples[i]
         prob = predict_probability(
-            [member], sample.image, tta=cfg.val.tta, device=ctx.device, precision=precision
+            [member], sample.image, tta=views, device=ctx.device, precision=precision
         )
         loss = probability_loss(loss_fn, prob, sample.mask)
         counts = overlap_counts(
@@ -180,6 +181,14 @@ def validate(
     losses = [merged[i][0] for i in range(len(samples))]
     counts = np.stack([merged[i][1] for i in range(len(samples))])
     return float(np.mean(losses)), counts
+
+
+def validation_views(cfg: TrainConfig) -> tuple[str, ...]:
+    """The test-time views validation averages: those of ``cfg.val.tta``'s set that the member's
+    augmentation covers (what its bundle manifest lists and ``process.py --tta`` intersects
+    with), in the set's order; identity when none is."""
+    seen = set(invariant_views(cfg.augment))
+    return tuple(name for name in TTA_SETS[cfg.val.tta] if name in seen) or ("identity",)
 
 
 def keep_grid(cfg: TrainConfig) -> tuple[int, ...]:

@@ -60,6 +60,7 @@ from drac_algo.training.epoch import (
     train_samples,
     unwrap,
     validate,
+    validation_views,
 )
 from drac_algo.training.losses import build_loss
 from drac_algo.training.members import MemberPlan, MemberResult, write_member_summary
@@ -206,14 +207,15 @@ class MemberRun:
                 self.folder / MEMBER_CONFIG, json.dumps(cfg.to_dict(), indent=2) + "\n"
             )
             log.info(
-                "%s/%s: %d training images (%s), %d validation images (%d with the lesion), "
-                "%d epochs on %s%s",
+                "%s/%s: %d training images (%s), %d validation images (%d with the lesion; "
+                "views %s), %d epochs on %s%s",
                 plan.task,
                 plan.name,
                 len(self.train_samples),
                 "positives only" if cfg.positives_only else "all",
                 len(self.val_samples),
                 sum(s.positive for s in self.val_samples),
+                " + ".join(validation_views(cfg)),
                 cfg.epochs,
                 ctx.device,
                 f", autocast {self.dtype}" if self.dtype is not None else "",
