@@ -2,6 +2,7 @@
 phantom data, resume equivalence, atomic checkpoints, the bundle export round trip, and DDP with
 two gloo processes (the schedules: test_optim.py)."""
 
+import dataclasses
 import json
 import math
 import os
@@ -326,6 +327,62 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(irma_samples, tmp_
         resumed.val_dice,
         resumed.threshold,
     )
+
+
+def test_resume_fingerprint_names_what_changed(irma_samples):
+    from drac_algo.training.fingerprint import check_resume, member_fingerprint
+
+    cfg = tiny_config(lr=1e-3)
+    train, val = irma_samples[:4], irma_samples[4:6]
+    stored = member_fingerprint(cfg, train, val)
+    assert check_resume(stored, member_fingerprint(cfg, train, val), "m") is True
+    assert check_resume(None, stored, "m") is False  # a last.pt from before fingerprints
+    # How the work runs may change between the runs; what is learnt may not.
+    runtime = tiny_config(lr=1e-3, num_workers=3, amp=False, channels_last=False, seeds=(0, 1))
+    assert check_resume(stored, member_fingerprint(runtime, train, val), "m")
+    with pytest.raises(DracInputError, match=r"m: cannot resume: .* lr 0\.001 -> 0\.002"):
+        check_resume(stored, member_fingerprint(tiny_config(lr=2e-3), train, val), "m")
+    with pytest.raises(DracInputError, match=r"val\.tta 'none' -> 'd4'"):
+        check_resume(
+            stored, member_fingerprint(tiny_config(lr=1e-3, val__tta="d4"), train, val), "m"
+        )
+    first = train[0]
+    edited = dataclasses.replace(first, mask=first.mask.copy())
+    edited.mask[0, 0] ^= 1
+    changed = [edited, *train[1:]]
+    with pytest.raises(DracInputError, match=rf"train case\(s\) changed: {first.case_id}\b"):
+        check_resume(stored, member_fingerprint(cfg, changed, val), "m")
+    with pytest.raises(DracInputError, match=rf"val case\(s\) gone: {val[1].case_id}\b"):
+        check_resume(stored, member_fingerprint(cfg, train, val[:1]), "m")
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_run_whose_config_or_images_changed(irma_samples, tmp_path):
+    cfg = tiny_config(epochs=3, lr=1e-3)
+    ctx = init_distributed("cpu")
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_first(epoch):
+        raise Interrupted
+
+    plan = _plan(cfg, irma_samples, tmp_path)
+    with pytest.raises(Interrupted):
+        train_member(cfg, irma_samples, plan, ctx, on_epoch_end=stop_after_first)
+    files = {p.name: p.read_bytes() for p in plan.folder.iterdir() if p.is_file()}
+    with pytest.raises(DracInputError, match=r"cannot resume: .*lr 0\.001 -> 0\.0005"):
+        train_member(tiny_config(epochs=3, lr=5e-4), irma_samples, plan, ctx, resume=True)
+    case = plan.val_ids[0]
+    swapped = [
+        dataclasses.replace(s, image=255 - s.image) if s.case_id == case else s
+        for s in irma_samples
+    ]
+    with pytest.raises(DracInputError, match=rf"val case\(s\) changed: {case}\b"):
+        train_member(cfg, swapped, plan, ctx, resume=True)
+    # Refused before anything was written: the interrupted run is as it was, and resumes.
+    assert {p.name: p.read_bytes() for p in plan.folder.iterdir() if p.is_file()} == files
+    assert train_member(cfg, irma_samples, plan, ctx, resume=True).best_epoch in (1, 2, 3)
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):

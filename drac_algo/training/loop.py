@@ -62,6 +62,7 @@ from drac_algo.training.epoch import (
     validate,
     validation_views,
 )
+from drac_algo.training.fingerprint import check_resume, member_fingerprint
 from drac_algo.training.losses import build_loss
 from drac_algo.training.members import MemberPlan, MemberResult, write_member_summary
 from drac_algo.training.optim import make_optimizer, make_scheduler
@@ -135,6 +136,7 @@ class MemberRun:
         train_ids, val_ids = set(plan.train_ids), set(plan.val_ids)
         self.train_samples = train_samples(cfg, samples, train_ids)
         self.val_samples = [s for s in samples if s.case_id in val_ids]
+        self.fingerprint = member_fingerprint(cfg, self.train_samples, self.val_samples)
         self.thresholds = threshold_grid(cfg)
         self.half = int(np.flatnonzero(np.isclose(self.thresholds, 0.5))[0])
 
@@ -173,6 +175,13 @@ class MemberRun:
 
     def _restore(self) -> None:
         state = load_checkpoint(self.folder / LAST_CHECKPOINT)
+        where = f"{self.plan.task}/{self.plan.name} ({self.folder / LAST_CHECKPOINT})"
+        if not check_resume(state.get("fingerprint"), self.fingerprint, where):
+            log.warning(
+                "%s: written before runs recorded their config and images; resuming without "
+                "checking that they are unchanged",
+                where,
+            )
         network_of(self.model).load_state_dict(state["model"])
         if state.get("aux_heads") is not None:
             unwrap(self.model).heads.load_state_dict(state["aux_heads"])
@@ -317,6 +326,7 @@ class MemberRun:
                 "history": self.history,
                 "best": self.best,
                 "rng": rng_state(),
+                "fingerprint": self.fingerprint,
             },
         )
         write_history_csv(self.folder / METRICS_CSV, self.history)
