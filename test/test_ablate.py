@@ -104,11 +104,13 @@ def test_the_budget_rows_are_what_their_names_say():
         return load_config(task, files, v.recipe, **budget, **v.task_overrides(task))
 
     best = "best recipe"
-    # IRMA trains twice NA's steps of the same Unet++; the 120-step row halves IRMA's again.
-    assert resolved("irma", best).samples_per_epoch == 2 * resolved("na", best).samples_per_epoch
-    assert resolved("irma", "best, IRMA 120 steps").samples_per_epoch == (
-        resolved("na", best).samples_per_epoch
-    )
+    # IRMA trains three times NA's steps of the same Unet++; the earlier budgets are rows, and
+    # so is NA at half its steps.
+    na_steps = resolved("na", best).samples_per_epoch
+    assert resolved("irma", best).samples_per_epoch == 3 * na_steps
+    assert resolved("irma", "best, IRMA 240 steps").samples_per_epoch == 2 * na_steps
+    assert resolved("irma", "best, IRMA 120 steps").samples_per_epoch == na_steps
+    assert 2 * resolved("na", "best, NA 60 steps").samples_per_epoch == na_steps
     # The larger crops row keeps the optimiser steps per epoch (half the crops in half batches).
     crops = resolved("irma", "best, IRMA larger crops")
     irma = resolved("irma", best)
