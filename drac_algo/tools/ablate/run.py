@@ -343,13 +343,8 @@ def choose_components(
     (both (N, H, W); images without the lesion skipped); the first candidate (0 = all) wins ties,
     so the rule is on only where validation shows it helping. Training's own choice
     (:func:`drac_algo.training.validation.best_keep`), on these probabilities."""
-    counts = np.stack(
-        [
-            overlap_counts(p, g, np.array([threshold]), min_px, holes, candidates)[0]
-            for p, g in zip(prob, gt, strict=True)
-        ]
-    )
-    return best_keep(challenge_dice(counts), candidates)[0]
+    counts = _validation_counts(prob, gt, np.array([threshold]), min_px, holes, candidates)
+    return best_keep(challenge_dice(counts[:, 0]), candidates)[0]
 
 
 def choose_threshold_and_components(
@@ -362,14 +357,27 @@ def choose_threshold_and_components(
 ) -> tuple[float, int]:
     """(threshold, k) of ``thresholds`` x ``candidates`` whose masks score the highest challenge
     Dice against ``gt``, chosen together (:func:`best_threshold_and_keep`'s tie rule)."""
-    counts = np.stack(
+    counts = _validation_counts(prob, gt, thresholds, min_px, holes, candidates)
+    threshold, keep, _ = best_threshold_and_keep(challenge_dice(counts), thresholds, candidates)
+    return threshold, keep
+
+
+def _validation_counts(
+    prob: np.ndarray,
+    gt: np.ndarray,
+    thresholds: np.ndarray,
+    min_px: int,
+    holes: bool,
+    candidates: Sequence[int],
+) -> np.ndarray:
+    """Overlap counts (N, T, K, 3) of every image of ``prob`` / ``gt`` (N, H, W) at each
+    threshold with each component count, as training's validation counts them."""
+    return np.stack(
         [
             overlap_counts(p, g, thresholds, min_px, holes, candidates)
             for p, g in zip(prob, gt, strict=True)
         ]
     )
-    threshold, keep, _ = best_threshold_and_keep(challenge_dice(counts), thresholds, candidates)
-    return threshold, keep
 
 
 def choose_hysteresis(
